@@ -1,0 +1,84 @@
+"""The data-construction pipeline: puzzle splits, the recipe's mixture and filters, tokenisation.
+
+Built on Hugging Face `datasets`: one dataset per domain, interleaved with the recipe's mixture
+probabilities, filtered by the recipe's rules and tokenised into fixed-length training rows with a
+loss mask on the answer only. The dev split is fixed (the evaluator regenerates it from DEV_SEED);
+the held-out leaderboard split is not here: the toolkit's leaderboard adapter draws it from a
+shifted distribution and keeps it outside every sandbox.
+"""
+
+from __future__ import annotations
+
+import datasets
+
+import puzzles
+from tokenizer import EOS, PAD, encode
+
+DEV_SEED = 10_001
+DEV_PER_DOMAIN = 100
+SEQUENCE_POOL = dict(pool_seed=1, size=40)
+
+# Parameters of the training (and dev) distribution, per domain.
+TRAIN_PARAMS = {
+    "bits": {},
+    "equation": {},
+    "cipher": {},
+    "base": {"n_range": (0, 99)},
+    "sequence": {"templates": puzzles.sequence_templates(**SEQUENCE_POOL)},
+}
+
+
+def split(seed: int, per_domain: int, params: dict[str, dict] = TRAIN_PARAMS) -> datasets.Dataset:
+    """`per_domain` examples of every domain, drawn from `params`, in domain order."""
+    rows = [ex for d in puzzles.DOMAINS for ex in puzzles.generate(d, per_domain, seed, **params[d])]
+    return datasets.Dataset.from_list(rows)
+
+
+def dev_split() -> datasets.Dataset:
+    return split(DEV_SEED, DEV_PER_DOMAIN)
+
+
+def mixture_dataset(data_recipe: dict, seed: int) -> datasets.Dataset:
+    """The training examples: the recipe's mixture of domains, then its filters."""
+    weights = {d: float(w) for d, w in data_recipe["mixture"].items() if float(w) > 0}
+    unknown = sorted(set(data_recipe["mixture"]) - set(puzzles.DOMAINS))
+    if unknown or not weights:
+        raise ValueError(f"recipe data.mixture: domains must be some of {puzzles.DOMAINS} with a positive weight (got {unknown or 'none positive'})")
+    total = data_recipe["train_examples"]
+    parts = [
+        datasets.Dataset.from_list(puzzles.generate(d, total, seed, **TRAIN_PARAMS[d])) for d in weights
+    ]
+    norm = sum(weights.values())
+    mixed = datasets.interleave_datasets(
+        parts, probabilities=[w / norm for w in weights.values()], seed=seed, stopping_strategy="first_exhausted"
+    ).select(range(total))
+    return apply_filters(mixed, data_recipe.get("filter", {}))
+
+
+def apply_filters(ds: datasets.Dataset, rules: dict) -> datasets.Dataset:
+    """Recipe filters: drop long answers, drop exact duplicate prompts."""
+    max_answer = rules.get("max_answer_chars")
+    if max_answer:
+        ds = ds.filter(lambda ex: len(ex["answer"]) <= max_answer)
+    if rules.get("dedupe"):
+        seen: set[str] = set()
+        keep = []
+        for i, prompt in enumerate(ds["prompt"]):
+            if prompt not in seen:
+                seen.add(prompt)
+                keep.append(i)
+        ds = ds.select(keep)
+    return ds
+
+
+def tokenize(ds: datasets.Dataset, seq_len: int) -> datasets.Dataset:
+    """Rows of `seq_len` token ids with the loss on the answer and its end-of-sequence token only."""
+
+    def encode_row(ex):
+        prompt, answer = encode(ex["prompt"]), encode(ex["answer"]) + [EOS]
+        ids = (prompt + answer)[: seq_len + 1]
+        mask = ([0] * len(prompt) + [1] * len(answer))[: seq_len + 1]
+        pad = seq_len + 1 - len(ids)
+        return {"ids": ids + [PAD] * pad, "loss_mask": mask + [0] * pad}
+
+    return ds.map(encode_row, remove_columns=ds.column_names)

@@ -1,0 +1,133 @@
+"""The tiny GPT, built with megatron-core's local layer spec so it runs on CPU with gloo.
+
+megatron-core assumes CUDA in a few places; the accommodations below are the measured ones
+(see the platform facts): CPU initialisation, the RNG tracker without CUDA seeding, a CPU
+global memory buffer for attention, learned absolute positions instead of RoPE, and an explicit
+causal mask. Checkpoints are plain torch files written atomically, carrying the model config so
+the evaluator can rebuild the model without the recipe.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
+
+from megatron.core import parallel_state, tensor_parallel  # noqa: E402
+from megatron.core.models.gpt import GPTModel  # noqa: E402
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec  # noqa: E402
+from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
+
+from tokenizer import EOS, PAD, VOCAB_SIZE  # noqa: E402
+
+
+class _CPUMemoryBuffer:
+    """Drop-in for megatron's GlobalMemoryBuffer, which allocates on the current CUDA device."""
+
+    def __init__(self):
+        self.buffer: dict = {}
+
+    def get_tensor(self, shape, dtype, name, mem_alloc_context=None):
+        n = math.prod(shape)
+        buf = self.buffer.get((name, dtype))
+        if buf is None or buf.numel() < n:
+            buf = self.buffer[(name, dtype)] = torch.empty(n, dtype=dtype)
+        return buf[:n].view(*shape)
+
+
+def init_parallel(seed: int) -> None:
+    """Single-process gloo group and megatron parallel state (world size from the environment)."""
+    torch.set_num_threads(int(os.environ.get("SUBSTRATE_THREADS", "1")))
+    if not torch.distributed.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(20000 + os.getpid() % 20000))
+        torch.distributed.init_process_group(
+            "gloo", rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1))
+        )
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+    parallel_state._GLOBAL_MEMORY_BUFFER = _CPUMemoryBuffer()
+    torch.manual_seed(seed)
+    tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+
+
+def build_model(model_cfg: dict) -> GPTModel:
+    config = TransformerConfig(
+        num_layers=int(model_cfg["layers"]),
+        hidden_size=int(model_cfg["hidden"]),
+        num_attention_heads=int(model_cfg["heads"]),
+        use_cpu_initialization=True,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
+    return GPTModel(
+        config,
+        get_gpt_layer_local_spec(),
+        vocab_size=VOCAB_SIZE,
+        max_sequence_length=int(model_cfg["seq_len"]),
+        position_embedding_type="learned_absolute",
+    )
+
+
+def causal_mask(length: int) -> torch.Tensor:
+    """megatron's boolean mask: True where attention is NOT allowed."""
+    return torch.triu(torch.ones(length, length, dtype=torch.bool), 1)[None, None]
+
+
+def forward(model: GPTModel, ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    length = ids.shape[1]
+    positions = torch.arange(length).unsqueeze(0).expand_as(ids)
+    return model(ids, positions, causal_mask(length), labels=labels)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a checkpoint atomically: a killed trainer leaves the previous checkpoints intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def checkpoint_paths(directory: Path) -> list[Path]:
+    return sorted(Path(directory).glob("ckpt-*.pt"))
+
+
+def load_for_eval(path: Path) -> tuple[GPTModel, dict]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(state["model_config"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+@torch.no_grad()
+def greedy_generate(model: GPTModel, prompts: list[list[int]], max_new: int, seq_len: int) -> list[list[int]]:
+    """Greedy continuation of each prompt until EOS or `max_new` tokens (batched, right-padded)."""
+    batch = len(prompts)
+    width = min(seq_len, max(len(p) for p in prompts) + max_new)
+    ids = torch.full((batch, width), PAD, dtype=torch.long)
+    lengths = torch.tensor([len(p) for p in prompts])
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)] = torch.tensor(p)
+    done = torch.zeros(batch, dtype=torch.bool)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    for _ in range(max_new):
+        active = (~done) & (lengths < width)
+        if not active.any():
+            break
+        logits = forward(model, ids[:, : int(lengths.max())])
+        nxt = logits[torch.arange(batch), lengths - 1].argmax(-1)
+        for i in torch.nonzero(active).flatten().tolist():
+            token = int(nxt[i])
+            out[i].append(token)
+            ids[i, lengths[i]] = token
+            lengths[i] += 1
+            done[i] = token == EOS
+    return out

@@ -1,0 +1,30 @@
+"""Shared fixtures: a minimal substrate like the one the campaign YAML points at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+RECIPE = """\
+data:
+  mixture: {arithmetic: 0.5, sequence: 0.5}
+optim:
+  lr: 0.001
+  schedule: {warmup: 10, decay: cosine}
+steps: 200
+"""
+
+
+@pytest.fixture
+def substrate_dir(tmp_path: Path) -> Path:
+    """tmp_path/substrate with the three required files, a nested file and some debris to skip."""
+    root = tmp_path / "substrate"
+    (root / "data").mkdir(parents=True)
+    (root / "recipe.yaml").write_text(RECIPE)
+    (root / "train.py").write_text("print('train')\n")
+    (root / "evaluate.py").write_text("print('evaluate')\n")
+    (root / "data" / "build.py").write_text("MIX = 1\n")
+    (root / "__pycache__").mkdir()
+    (root / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"\0debris")
+    return root
