@@ -2,6 +2,8 @@
 
 An axis is a direction a worker may explore (the data mixture, the schedule, ...). Axes belong
 to categories; when the leaderboard plateaus, the meta step must rotate to other categories.
+Each axis owns an area of the recipe, so the audit can tell an on-axis edit from a stray one, and a
+mutation is named by a stable signature so the dead-end registry can match it across rounds.
 """
 
 from __future__ import annotations
@@ -14,17 +16,22 @@ class Axis:
     name: str
     category: str
     description: str
+    recipe_areas: tuple[str, ...]  # dotted recipe keys (or their parents) this axis may change
 
 
 AXES: dict[str, Axis] = {
     a.name: a
     for a in (
-        Axis("mixture", "data", "re-weight the per-domain mixture of the constructed training set"),
-        Axis("filtering", "data", "filter the constructed training examples (length, difficulty)"),
-        Axis("schedule", "optimization", "learning rate, warmup and decay schedule"),
-        Axis("budget", "optimization", "training steps and batch size"),
-        Axis("capacity", "architecture", "model width and depth"),
-        Axis("selection", "selection", "the rule that picks the checkpoint to ship"),
+        Axis("mixture", "data", "re-weight the per-domain mixture of the constructed training set",
+             ("data.mixture",)),
+        Axis("filtering", "data", "filter the constructed training examples (length, difficulty)",
+             ("data.filter", "data.train_examples")),
+        Axis("schedule", "optimization", "learning rate, warmup and decay schedule",
+             ("optim.lr", "optim.schedule", "optim.warmup_steps", "optim.weight_decay")),
+        Axis("budget", "optimization", "training steps and batch size",
+             ("optim.steps", "optim.batch_size", "checkpoints.every")),
+        Axis("capacity", "architecture", "model width and depth", ("model.hidden", "model.layers", "model.heads")),
+        Axis("selection", "selection", "the rule that picks the checkpoint to ship", ("checkpoints.selection",)),
     )
 }
 
@@ -37,3 +44,20 @@ def category_of(axis: str) -> str:
 
 def categories_of(axes: list[str]) -> set[str]:
     return {category_of(a) for a in axes}
+
+
+def axis_allows(axis: str | None, key: str) -> bool:
+    """Whether dotted recipe `key` lies in the area of the axis named `axis` (never for an unknown axis)."""
+    areas = AXES[axis].recipe_areas if axis in AXES else ()
+    return any(key == area or key.startswith(area + ".") for area in areas)
+
+
+def signature(key: str, direction: str) -> str:
+    """A mutation's stable name, "<recipe key>:<direction>" (e.g. "optim.lr:down"): no current values,
+    so the same edit has the same signature in every round."""
+    return f"{key}:{direction}"
+
+
+def mixture_key(domain: str) -> str:
+    """The recipe key of one domain's mixture weight, e.g. "data.mixture.sequence"."""
+    return f"{AXES['mixture'].recipe_areas[0]}.{domain}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Literal
 
+from .axes import axis_allows
 from .decoupling import AnchorStats, CalibrationReport, anchor_stats, calibrate, evaluated, gain
 from .manifest import CandidateManifest
 from .policy import Policy
@@ -26,17 +27,6 @@ SECTIONS: dict[str, str] = {
     "calibration": "3. Dev/leaderboard calibration",
     "surprises": "4. Surprises",
     "rationale_audit": "5. Design-rationale audit",
-}
-
-# The recipe area each axis may touch, as dotted-key prefixes. Belongs on axes.Axis; kept here
-# until that shared file grows the field.
-_AXIS_AREAS: dict[str, tuple[str, ...]] = {
-    "mixture": ("data.mixture.",),
-    "filtering": ("data.filter",),
-    "schedule": ("optim.lr", "optim.schedule", "optim.warmup"),
-    "budget": ("optim.steps", "optim.batch_size"),
-    "capacity": ("model.",),
-    "selection": ("checkpoints.selection",),
 }
 
 # Words that give an expected effect a sign (matched as whole words, case-insensitive). A text with
@@ -223,9 +213,8 @@ def _surprises(summaries: list[CandidateSummary], band: float, dev_band: float) 
 
 def off_axis_keys(axis: str | None, mutation: str | None, recipe_keys: list[str]) -> list[str]:
     """The mutated keys that lie outside the recipe area of `axis` (all of them for an unknown axis)."""
-    areas = _AXIS_AREAS.get(axis or "", ())
     keys = ([mutation.rsplit(":", 1)[0]] if mutation else []) + list(recipe_keys)
-    return sorted({k for k in keys if not k.startswith(areas)}) if areas else sorted(set(keys))
+    return sorted({k for k in keys if not axis_allows(axis, k)})
 
 
 def _audit(manifests: list[CandidateManifest], policy: Policy) -> list[RationaleAudit]:

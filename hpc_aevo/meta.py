@@ -13,7 +13,7 @@ import copy
 from statistics import fmean
 from typing import Any, Callable
 
-from .axes import AXES, CATEGORIES, categories_of, category_of
+from .axes import AXES, CATEGORIES, categories_of, category_of, mixture_key, signature
 from .constitution import (
     SEED_KEY, CheckContext, PolicyDecision, RejectedProposal, Violation, anchor_band, check_policy,
     check_promotion, plateau_streak, promotion_bar, without_seed,
@@ -22,8 +22,6 @@ from .decoupling import DecouplingFlag, sample_std
 from .evidence import RoundEvidence, candidate_ref
 from .policy import DeadEnd, Policy
 from .typed import SchemaError
-
-UPWEIGHT = "data.mixture.{domain}:up"  # the mixture axis' signature for up-weighting a domain
 
 # proposer(previous, evidence, history, recipes, violations of its previous attempt) -> (policy, changes);
 # the policy may be a Policy or its JSON form (an agent's output), which is schema-checked.
@@ -121,7 +119,7 @@ def _respond_to_decoupling(policy: Policy, evidence: RoundEvidence, changes: lis
     for domain in calibration.suspect_domains:
         worst = max((f for f in calibration.flags if f.domain == domain), key=lambda f: f.dev_gain)
         _add_dead_end(policy, DeadEnd(
-            "mixture", UPWEIGHT.format(domain=domain), evidence.round,
+            "mixture", signature(mixture_key(domain), "up"), evidence.round,
             f"r{evidence.round:03d}: dev on {domain} rose {worst.dev_gain:+.4f} ({worst.candidate}) without "
             f"leaderboard transfer ({worst.leaderboard_gain:+.4f})"), changes)
 

@@ -1,0 +1,171 @@
+"""What runs inside a scheduled job: one candidate's training, then its evaluation.
+
+The job itself guarantees exactly-once execution: it first claims its attempt by creating
+`attempt-N.claim` with O_EXCL. A second launch of the same attempt (a daemon that died between
+submitting and recording the submission and then submitted again) finds the claim and exits
+without running anything. At the end the job writes `attempt-N.outcome.json` itself, so the
+daemon learns the real end state from files, whatever happened to the scheduler or to the daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..records import Record
+from ..state import now_iso
+
+EXIT_PREEMPTED = 3  # the substrate trainer's "checkpointed, requeue me" code
+
+JobEnd = Literal["COMPLETED", "FAILED", "PREEMPTED", "DUPLICATE"]
+
+
+@dataclass
+class JobSpec:
+    """Everything a candidate's job needs, in plain paths (it is pickled to the job)."""
+
+    key: str  # "r000/cand-01"
+    attempt: int
+    sandbox: str  # the candidate's recipe and trainer live here (cwd of training)
+    evaluator_dir: str  # the frozen default/ copy: evaluation code is never the candidate's
+    checkpoints: str
+    eval_result: str
+    jobs_dir: str
+    stages: tuple[str, ...] = ("train", "eval")
+
+    def claim_path(self) -> Path:
+        return Path(self.jobs_dir) / f"attempt-{self.attempt}.claim"
+
+    def outcome_path(self) -> Path:
+        return Path(self.jobs_dir) / f"attempt-{self.attempt}.outcome.json"
+
+    def log_path(self, stage: str) -> Path:
+        return Path(self.jobs_dir) / f"attempt-{self.attempt}.{stage}.log"
+
+
+@dataclass
+class Claim(Record):
+    SCHEMA = "hpc_aevo.job_claim"
+    VERSION = 1
+
+    key: str
+    attempt: int
+    pid: int
+    identity: str | None  # the process start time, so the daemon can adopt this pid safely
+    host: str
+    started_at: str
+
+
+@dataclass
+class StageRun:
+    stage: str
+    returncode: int
+    wall_s: float
+    log: str
+
+
+@dataclass
+class JobOutcome(Record):
+    """Written by the job at its end: the stages it ran and how each ended."""
+
+    SCHEMA = "hpc_aevo.job_outcome"
+    VERSION = 1
+
+    key: str
+    attempt: int
+    state: JobEnd
+    stages: list[StageRun] = field(default_factory=list)
+    cpu_s: float = 0.0
+    finished_at: str = ""
+    message: str = ""
+
+
+def process_start_time(pid: int) -> str | None:
+    """Start time of `pid` in clock ticks since boot, or None if no such live (non-zombie) process.
+
+    A pid plus its start time names one process for good, even after the pid is reused.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _claim(spec: JobSpec) -> bool:
+    path = spec.claim_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    claim = Claim(spec.key, spec.attempt, os.getpid(), process_start_time(os.getpid()), os.uname().nodename, now_iso())
+    with os.fdopen(fd, "w") as handle:
+        handle.write(claim.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def _recipe_guard(spec: JobSpec) -> None:
+    """Resume only checkpoints of the same recipe: a retry with an edited recipe starts afresh."""
+    recipe_hash = hashlib.sha256((Path(spec.sandbox) / "recipe.yaml").read_bytes()).hexdigest()
+    checkpoints = Path(spec.checkpoints)
+    marker = checkpoints / "recipe.sha256"
+    if checkpoints.exists() and (not marker.exists() or marker.read_text() != recipe_hash):
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    marker.write_text(recipe_hash)
+
+
+def _command(spec: JobSpec, stage: str) -> tuple[list[str], str]:
+    if stage == "train":
+        return [sys.executable, "train.py", "--recipe", "recipe.yaml", "--out", spec.checkpoints], spec.sandbox
+    evaluator = str(Path(spec.evaluator_dir) / "evaluate.py")
+    recipe = str(Path(spec.sandbox) / "recipe.yaml")
+    return [sys.executable, evaluator, "--checkpoints", spec.checkpoints, "--recipe", recipe,
+            "--out", spec.eval_result], str(Path(spec.jobs_dir))
+
+
+def run_job(spec: JobSpec) -> JobOutcome:
+    """The job body: claim, run each stage as a subprocess with its own log, record the outcome."""
+    if not _claim(spec):
+        return JobOutcome(spec.key, spec.attempt, "DUPLICATE", message="attempt already claimed by another launch")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    outcome = JobOutcome(spec.key, spec.attempt, "COMPLETED")
+    started = os.times()
+    for stage in spec.stages:
+        if stage == "train":
+            _recipe_guard(spec)
+        command, cwd = _command(spec, stage)
+        log = spec.log_path(stage)
+        began = time.time()
+        with open(log, "ab") as handle:
+            code = subprocess.call(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        outcome.stages.append(StageRun(stage, code, time.time() - began, str(log)))
+        if code != 0:
+            outcome.state = "PREEMPTED" if code == EXIT_PREEMPTED else "FAILED"
+            outcome.message = f"{stage} exited with code {code}; log: {log}"
+            break
+    ended = os.times()
+    outcome.cpu_s = (ended.children_user - started.children_user) + (ended.children_system - started.children_system)
+    outcome.finished_at = now_iso()
+    outcome.save(spec.outcome_path())
+    return outcome
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
