@@ -6,9 +6,10 @@
 A campaign can only promote what beats seed noise, and it can only find gains if the recipe's axes
 move the score at all. So before a substrate is trusted, this trains and evaluates its recipe with
 several seeds (the band: 2 x the sample std of dev and of the held-out score) and a set of one-axis
-variants, and flags the variants whose dev moves beyond the band. It goes through the campaign's own
-path: the substrate is installed read-only into a scratch state tree, every candidate trains and is
-evaluated from that frozen copy, and the held-out score comes from the `heldout-puzzles` adapter.
+variants (pooling their replicates into a second noise estimate), and flags the variants whose dev
+moves beyond the wider band. It goes through the campaign's own path: the substrate is installed
+read-only into a scratch state tree, every candidate trains and is evaluated from that frozen copy,
+and the held-out score comes from the `heldout-puzzles` adapter.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .state import StateTree
 from .substrate import install_substrate
 
 DEFAULT = "default"
+TRAP_DOMAIN = "sequence"  # the reference substrate's planted proxy trap (see substrate/README.md)
 
 
 def variants(recipe: dict) -> dict[str, dict[str, Any]]:
@@ -50,7 +52,7 @@ def variants(recipe: dict) -> dict[str, dict[str, Any]]:
         "steps x0.5": {"optim.steps": steps // 2},
         "hidden 64": {"model.hidden": 64},
         "layers 1": {"model.layers": 1},
-        "sequence x6 (trap)": {"data.mixture.sequence": 6 * float(recipe["data"]["mixture"]["sequence"])},
+        f"{TRAP_DOMAIN} x6 (trap)": {f"data.mixture.{TRAP_DOMAIN}": 6 * float(recipe["data"]["mixture"][TRAP_DOMAIN])},
         "dedupe": {"data.filter.dedupe": True},
     }
 
@@ -105,14 +107,30 @@ def band(values: list[float]) -> dict:
     return {"mean": fmean(values), "std": std, "band": None if std is None else 2 * std, "n": len(values)}
 
 
+def pooled_std(groups: list[list[float]]) -> float | None:
+    """The within-group std pooled over every group with replicates (more degrees of freedom than one group)."""
+    dof = sum(len(g) - 1 for g in groups if len(g) > 1)
+    if not dof:
+        return None
+    return (sum((len(g) - 1) * sample_std(g) ** 2 for g in groups if len(g) > 1) / dof) ** 0.5
+
+
 def summarize(runs: list[dict], default_recipe: dict) -> dict:
-    """The seed band of the default and, per variant, its mean scores, deltas and whether dev moved beyond the band."""
+    """The seed band of the default and, per variant, its mean scores, deltas and whether dev moved beyond the band.
+
+    A few default seeds can understate the noise, so replicated variants give a second estimate (the pooled
+    within-variant std); a variant is flagged only when its dev moves beyond the wider of the two bands.
+    """
     by_variant: dict[str, list[dict]] = {}
     for run in runs:
         by_variant.setdefault(run["variant"], []).append(run)
     defaults = by_variant[DEFAULT]
     seed_band = {"dev": band([r["dev"] for r in defaults]), "heldout": band([r["heldout"] for r in defaults])}
-    dev_band = seed_band["dev"]["band"] or 0.0
+    for score in ("dev", "heldout"):
+        pooled = pooled_std([[r[score] for r in group] for group in by_variant.values()])
+        seed_band[score]["pooled_std"] = pooled
+        seed_band[score]["flag_band"] = max(seed_band[score]["band"] or 0.0, 2 * (pooled or 0.0))
+    dev_band = seed_band["dev"]["flag_band"]
     rows = []
     for name, group in by_variant.items():
         dev, heldout = fmean(r["dev"] for r in group), fmean(r["heldout"] for r in group)
@@ -121,8 +139,8 @@ def summarize(runs: list[dict], default_recipe: dict) -> dict:
             "variant": name, "overrides": group[0]["overrides"], "seeds": [r["seed"] for r in group],
             "dev": dev, "delta_dev": delta, "heldout": heldout,
             "delta_heldout": heldout - seed_band["heldout"]["mean"],
-            "dev_sequence": fmean(r["dev_per_domain"]["sequence"] for r in group),
-            "heldout_sequence": fmean(r["heldout_per_domain"]["sequence"] for r in group),
+            "dev_trap_domain": fmean(r["dev_per_domain"][TRAP_DOMAIN] for r in group),
+            "heldout_trap_domain": fmean(r["heldout_per_domain"][TRAP_DOMAIN] for r in group),
             "wall_s": fmean(r["train_s"] + r["eval_s"] + r["heldout_s"] for r in group),
             "moves_dev": name != DEFAULT and abs(delta) > dev_band,
         })
@@ -132,39 +150,48 @@ def summarize(runs: list[dict], default_recipe: dict) -> dict:
 
 def render(summary: dict) -> str:
     """The calibration table, in Markdown."""
-    b = summary["seed_band"]
     lines = [
-        f"seed band over {b['dev']['n']} seeds: dev {b['dev']['mean']:.3f} ± {b['dev']['std'] or 0:.3f} "
-        f"(band {b['dev']['band'] or 0:.3f}); held-out {b['heldout']['mean']:.3f} ± {b['heldout']['std'] or 0:.3f} "
-        f"(band {b['heldout']['band'] or 0:.3f})",
+        f"{name} over {b['n']} default seeds: {b['mean']:.3f} ± {b['std'] or 0:.3f} (band 2σ {b['band'] or 0:.3f}); "
+        f"pooled over replicated variants σ {b['pooled_std'] or 0:.3f}; flag band {b['flag_band']:.3f}"
+        for name, b in (("dev", summary["seed_band"]["dev"]), ("held-out", summary["seed_band"]["heldout"]))
+    ]
+    lines += [
         "",
-        "| variant | seeds | dev | Δdev | held-out | Δheld-out | dev seq | held-out seq | wall s | beyond band |",
+        f"| variant | seeds | dev | Δdev | held-out | Δheld-out | dev {TRAP_DOMAIN} | held-out {TRAP_DOMAIN} | wall s "
+        "| dev beyond band |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["variants"]:
         lines.append(
             f"| {r['variant']} | {len(r['seeds'])} | {r['dev']:.3f} | {r['delta_dev']:+.3f} | {r['heldout']:.3f} | "
-            f"{r['delta_heldout']:+.3f} | {r['dev_sequence']:.2f} | {r['heldout_sequence']:.2f} | "
+            f"{r['delta_heldout']:+.3f} | {r['dev_trap_domain']:.2f} | {r['heldout_trap_domain']:.2f} | "
             f"{r['wall_s']:.0f} | {'yes' if r['moves_dev'] else ''} |"
         )
     return "\n".join(lines)
 
 
-def calibrate(substrate: Path, seeds: int, variant_seeds: int, jobs: int, scratch: Path) -> dict:
-    """Install `substrate` into a scratch state tree, run every (variant, seed) `jobs` at a time, summarize."""
+def scratch_campaign(substrate: Path, scratch: Path, quota: int) -> tuple[StateTree, str, HeldoutPuzzles]:
+    """A scratch state tree as a campaign has it: the substrate installed read-only and hashed, the
+    held-out split written by the leaderboard adapter. Returns the tree, the substrate hash, the adapter."""
     tree = StateTree(scratch / "state")
     manifest = install_substrate(substrate, tree.default_dir, tree.substrate_manifest)
-    default_recipe = yaml.safe_load((tree.default_dir / "recipe.yaml").read_text())
-    base_seed = int(default_recipe["seed"])
-    plan = [(DEFAULT, {}, base_seed + i) for i in range(seeds)]
-    plan += [(name, o, base_seed + i) for name, o in variants(default_recipe).items() for i in range(variant_seeds)]
-    leaderboard = HeldoutPuzzles(tree, quota=len(plan), seed=0)
+    leaderboard = HeldoutPuzzles(tree, quota=quota, seed=0)
     leaderboard.prepare()
+    return tree, manifest.tree_sha256, leaderboard
+
+
+def calibrate(substrate: Path, seeds: int, variant_seeds: int, jobs: int, scratch: Path) -> dict:
+    """Run the default recipe with `seeds` seeds and every variant with `variant_seeds`, `jobs` at a time."""
+    recipe = yaml.safe_load((substrate / "recipe.yaml").read_text())
+    base_seed = int(recipe["seed"])
+    plan = [(DEFAULT, {}, base_seed + i) for i in range(seeds)]
+    plan += [(name, o, base_seed + i) for name, o in variants(recipe).items() for i in range(variant_seeds)]
+    tree, substrate_sha256, leaderboard = scratch_campaign(substrate, scratch, quota=len(plan))
 
     def one(index: int) -> dict:
         name, overrides, seed = plan[index]
-        recipe = apply_overrides(default_recipe, {**overrides, "seed": seed})
-        result = run_candidate(tree.default_dir, recipe, scratch / "runs" / f"{index:03d}", leaderboard,
+        candidate = apply_overrides(recipe, {**overrides, "seed": seed})
+        result = run_candidate(tree.default_dir, candidate, scratch / "runs" / f"{index:03d}", leaderboard,
                                f"{name}/seed-{seed}")
         print(json.dumps({"variant": name, "seed": seed, "dev": result["dev"], "heldout": result["heldout"],
                           "wall_s": round(result["train_s"] + result["eval_s"] + result["heldout_s"], 1)}), flush=True)
@@ -173,7 +200,7 @@ def calibrate(substrate: Path, seeds: int, variant_seeds: int, jobs: int, scratc
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         runs = list(pool.map(one, range(len(plan))))
     return {"schema": "hpc_aevo.calibration", "version": 1, "substrate": str(substrate),
-            "substrate_sha256": manifest.tree_sha256, **summarize(runs, default_recipe), "runs": runs}
+            "substrate_sha256": substrate_sha256, **summarize(runs, recipe), "runs": runs}
 
 
 def main(argv: list[str] | None = None) -> None:

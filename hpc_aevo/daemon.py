@@ -7,13 +7,12 @@ part of one phase: candidates already forked, proposed, trained or scored are le
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .config import Campaign, load_initial_policy
+from .crashpoints import crashpoint
 from .constitution import CheckContext, constitution_hash, without_seed
 from .evidence import RoundEvidence, collect_evidence, render_markdown
 from .fork import fork_candidate, load_recipe, recipe_diff
@@ -30,7 +29,6 @@ from .substrate import SubstrateManifest, SubstrateTampered, hash_tree, install_
 from .workers import WorkerTask, assign_axes, make_worker
 
 PHASES = ("fork", "propose", "train", "eval", "collect", "meta")
-CRASH_ENV = "HPC_AEVO_CRASH_AT"  # test instrumentation: "r<round>:<phase>:<point>" kills the daemon with -9 there
 
 
 class CampaignStopped(RuntimeError):
@@ -55,12 +53,6 @@ class RoundState(Record):
         return all(p in self.phases for p in PHASES)
 
 
-def crashpoint(name: str) -> None:
-    """Die by SIGKILL here when the crash-test environment names this point (no effect otherwise)."""
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def candidate_seed(campaign_seed: int, rnd: int, index: int) -> int:
     """Every candidate of every round trains with its own seed (anchors too: that is the noise they measure)."""
     return campaign_seed * 1_000_003 + rnd * 1_009 + index + 1
@@ -75,8 +67,8 @@ class Daemon:
         self.leaderboard = ADAPTERS[campaign.leaderboard.adapter](self.tree, campaign.leaderboard.quota, campaign.seed)
         stages = campaign.scheduler.stages
         self.scheduler = make_scheduler(
-            campaign.scheduler.backend, folder=self.tree.root, max_parallel=campaign.scheduler.max_parallel,
-            timeout_min=stages.train.timeout_min + stages.eval.timeout_min, cpus=stages.train.cpus)
+            campaign.scheduler.backend, max_parallel=campaign.scheduler.max_parallel,
+            timeout_min=stages.train.timeout_min + stages.eval.timeout_min)
 
     # ---- campaign setup -------------------------------------------------------------------
     def prepare(self) -> CampaignRecord:

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from .crashpoints import crashpoint
 from .manifest import CandidateManifest
 from .scheduler import Scheduler, Submission, attempt_state
 from .scheduler.job import Claim, JobSpec, log_tail
@@ -98,11 +99,14 @@ class Launcher:
             attempt = manifest.attempts
             Submission(cand.key, attempt, self.scheduler.backend, now_iso()).save(cand.submission_path(attempt))
             specs.append(cand.spec(attempt))
-        for (cand, manifest), (job_id, identity) in zip(candidates, self.scheduler.submit(specs)):
+        submitted = self.scheduler.submit(specs)
+        crashpoint(f"r{candidates[0][0].round}:train:intent")
+        for (cand, manifest), (job_id, identity) in zip(candidates, submitted):
             attempt = manifest.attempts
             Submission(cand.key, attempt, self.scheduler.backend, now_iso(), job_id, identity).save(
                 cand.submission_path(attempt))
             cand.trace().log("daemon", "submitted", attempt=attempt, job_id=job_id, backend=self.scheduler.backend)
+        crashpoint(f"r{candidates[0][0].round}:train:submitted")
 
     def _adopt_or_resubmit(self, cand: Candidate, attempt: int, intent: Submission) -> Submission | None:
         """An intent without job id: adopt the job through its claim, or resubmit after the grace period."""
@@ -117,6 +121,19 @@ class Launcher:
         cand.trace().log("daemon", "resubmitting-unconfirmed", attempt=attempt)
         self._submit([(cand, cand.manifest())])
         return None
+
+    def _adopt_claim(self, cand: Candidate, attempt: int, submission: Submission) -> bool:
+        """A watched launch ended without an outcome, but another launch of the attempt holds the claim
+        and is alive (the resubmission raced a slow first launch): watch that one instead."""
+        claim = Claim.load_or_none(cand.spec(attempt).claim_path())
+        if claim is None or (str(claim.pid), claim.identity) == (submission.job_id, submission.identity):
+            return False
+        holder = Submission(cand.key, attempt, submission.backend, submission.submitted_at, str(claim.pid), claim.identity)
+        if not self.scheduler.alive([holder])[0]:
+            return False
+        holder.save(cand.submission_path(attempt))
+        cand.trace().log("daemon", "adopted", attempt=attempt, pid=claim.pid)
+        return True
 
     def run(self, candidates: list[Candidate], progress: Callable[[str], None]) -> None:
         """Drive every candidate to trained (or failed); returns when none is in flight."""
@@ -147,6 +164,8 @@ class Launcher:
             running = 0
             for (cand, manifest, submission), is_alive in zip(watched, alive):
                 state, outcome = attempt_state(cand.spec(manifest.attempts), submission, is_alive)
+                if state == "LOST" and self._adopt_claim(cand, manifest.attempts, submission):
+                    state = "RUNNING"
                 if state == "RUNNING":
                     running += 1
                 elif state == "COMPLETED":

@@ -14,6 +14,7 @@ from .config import ConfigError, load_campaign, load_initial_policy
 from .daemon import CampaignStopped, Daemon
 from .launch import BudgetExhausted
 from .state import CampaignBusy, DaemonLock, StateTree
+from .substrate import SubstrateTampered
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--rounds", "an integer >= 1", args.rounds)
         with DaemonLock(StateTree(campaign.paths.state_root)):
             Daemon(campaign, print_line=lambda line: print(line, flush=True)).run(args.rounds)
-    except (ConfigError, CampaignBusy, CampaignStopped, BudgetExhausted) as exc:
+    except (ConfigError, CampaignBusy, CampaignStopped, BudgetExhausted, SubstrateTampered) as exc:
         print(f"hpc_aevo.round: {exc}", file=sys.stderr)
         return 2
     print(f"[{campaign.name}] campaign done in {time.time() - started:.1f}s; "

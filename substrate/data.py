@@ -40,13 +40,16 @@ def dev_split() -> datasets.Dataset:
 
 def mixture_dataset(data_recipe: dict, seed: int) -> datasets.Dataset:
     """The training examples: the recipe's mixture of domains, then its filters."""
-    weights = {d: float(w) for d, w in data_recipe["mixture"].items() if float(w) > 0}
-    unknown = sorted(set(data_recipe["mixture"]) - set(puzzles.DOMAINS))
+    mixture = data_recipe["mixture"]
+    # Canonical domain order: the same mixture gives the same data whatever the recipe's key order.
+    weights = {d: float(mixture[d]) for d in puzzles.DOMAINS if float(mixture.get(d, 0)) > 0}
+    unknown = sorted(set(mixture) - set(puzzles.DOMAINS))
     if unknown or not weights:
         raise ValueError(f"recipe data.mixture: domains must be some of {puzzles.DOMAINS} with a positive weight (got {unknown or 'none positive'})")
     total = data_recipe["train_examples"]
+    # A namespaced seed: no recipe seed can regenerate the dev split (or any other split) as training data.
     parts = [
-        datasets.Dataset.from_list(puzzles.generate(d, total, seed, **TRAIN_PARAMS[d])) for d in weights
+        datasets.Dataset.from_list(puzzles.generate(d, total, f"train-{seed}", **TRAIN_PARAMS[d])) for d in weights
     ]
     norm = sum(weights.values())
     mixed = datasets.interleave_datasets(

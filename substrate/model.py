@@ -41,14 +41,14 @@ class _CPUMemoryBuffer:
 
 
 def init_parallel(seed: int) -> None:
-    """Single-process gloo group and megatron parallel state (world size from the environment)."""
+    """The gloo process group and megatron parallel state (world size from the environment, as torchrun sets it)."""
     torch.set_num_threads(int(os.environ.get("SUBSTRATE_THREADS", "1")))
     if not torch.distributed.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(20000 + os.getpid() % 20000))
-        torch.distributed.init_process_group(
-            "gloo", rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1))
-        )
+        if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+            # One process needs no rendezvous: an in-memory store, so concurrent runs never race for a port.
+            torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+        else:
+            torch.distributed.init_process_group("gloo")
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
     parallel_state._GLOBAL_MEMORY_BUFFER = _CPUMemoryBuffer()

@@ -73,11 +73,14 @@ def sequence_templates(pool_seed: int, size: int, starts=(0, 30), steps=(1, 9)) 
     return sorted(rng.sample(combos, size))
 
 
-def sequence(rng: random.Random, templates: list[tuple[int, int]], shown=4) -> dict:
-    """Continue an arithmetic sequence; the template (start, step) comes from a fixed pool."""
+def sequence(rng: random.Random, templates: list[tuple[int, int]], shown=(3, 5)) -> dict:
+    """Continue an arithmetic sequence; the template (start, step) comes from a fixed pool.
+
+    The prompt always starts at `start` (only its length varies), so a prompt names its template:
+    disjoint template pools give disjoint prompts, and no held-out prompt can be answered from memory.
+    """
     start, step = rng.choice(templates)
-    offset = rng.randint(0, 2)
-    terms = [start + step * (offset + i) for i in range(shown + 1)]
+    terms = [start + step * i for i in range(rng.randint(*shown) + 1)]
     prompt = "next " + " ".join(map(str, terms[:-1])) + ">"
     return {"domain": "sequence", "prompt": prompt, "answer": str(terms[-1]), "template": f"s{start}d{step}"}
 
@@ -85,7 +88,7 @@ def sequence(rng: random.Random, templates: list[tuple[int, int]], shown=4) -> d
 GENERATORS = {"bits": bits, "equation": equation, "cipher": cipher, "base": base, "sequence": sequence}
 
 
-def generate(domain: str, n: int, seed: int, **params) -> list[dict]:
+def generate(domain: str, n: int, seed: int | str, **params) -> list[dict]:
     """`n` examples of `domain` drawn with `params`, reproducible from `seed`."""
     rng = random.Random(f"{domain}:{seed}")
     return [GENERATORS[domain](rng, **params) for _ in range(n)]

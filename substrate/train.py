@@ -64,7 +64,12 @@ class Preemption:
         self.requested = True
 
 
+def _step_of(path: Path) -> int:
+    return int(path.stem.split("-")[1])
+
+
 def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
+    preemption = Preemption()  # first, so a signal during setup still ends in a checkpoint and exit 3
     seed, optim, model_cfg = int(recipe["seed"]), recipe["optim"], recipe["model"]
     init_parallel(seed)
     rows = data.tokenize(data.mixture_dataset(recipe["data"], seed), int(model_cfg["seq_len"])).with_format("torch")
@@ -74,24 +79,30 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         model.parameters(), lr=float(optim["lr"]), weight_decay=float(optim.get("weight_decay", 0.0)), betas=(0.9, 0.95)
     )
     out.mkdir(parents=True, exist_ok=True)
-    step, history = 0, []
+    step, history, losses, earlier_wall = 0, [], [], 0.0
     existing = checkpoint_paths(out)
     if existing:
         state = torch.load(existing[-1], map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
-        step, history = state["step"], state["history"]
+        step, history, losses, earlier_wall = state["step"], state["history"], state["losses"], state["wall_s"]
         print(json.dumps({"event": "resumed", "step": step, "checkpoint": existing[-1].name}), flush=True)
     total = int(optim["steps"]) if max_steps is None else min(int(optim["steps"]), max_steps)
     every, batch_size = int(recipe["checkpoints"]["every"]), int(optim["batch_size"])
-    preemption, started, losses = Preemption(), time.time(), []
+    started = time.time()
 
     def checkpoint() -> None:
+        """Save, then drop earlier off-schedule (preemption) checkpoints: a requeued run ends with
+        the same checkpoint set as an uninterrupted one, so the evaluator compares like with like."""
         save_checkpoint(out / f"ckpt-{step:06d}.pt", {
             "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": torch.get_rng_state(), "history": history, "model_config": model_cfg,
+            "rng": torch.get_rng_state(), "history": history, "losses": losses, "model_config": model_cfg,
+            "wall_s": earlier_wall + time.time() - started,
         })
+        for path in checkpoint_paths(out):
+            if _step_of(path) < step and _step_of(path) % every:
+                path.unlink()
 
     model.train()
     while step < total:
@@ -106,20 +117,19 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 25 == 0 or step == total:
             entry = {"step": step, "loss": sum(losses) / len(losses), "lr": lr_at(step - 1, optim)}
             history.append(entry)
             losses = []
             print(json.dumps(entry), flush=True)
-        if step % every == 0 or step == total:
+        if step % every == 0 or step == total or preemption.requested:
             checkpoint()
         if preemption.requested:
-            checkpoint()
             print(json.dumps({"event": "preempted", "step": step}), flush=True)
             sys.exit(EXIT_PREEMPTED)
     summary = {"steps": step, "final_loss": history[-1]["loss"] if history else None,
-               "wall_s": time.time() - started, "examples": len(ids_all), "history": history}
+               "wall_s": earlier_wall + time.time() - started, "examples": len(ids_all), "history": history}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

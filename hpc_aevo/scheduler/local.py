@@ -28,8 +28,8 @@ def _reap(pid: int) -> None:
 class LocalScheduler(Scheduler):
     backend = "local"
 
-    def __init__(self, folder: Path, max_parallel: int, timeout_min: int, cpus: int = 1):
-        self.folder, self.max_parallel, self.timeout_min, self.cpus = Path(folder), max_parallel, timeout_min, cpus
+    def __init__(self, max_parallel: int, timeout_min: int):
+        self.max_parallel, self.timeout_min = max_parallel, timeout_min
 
     def free_slots(self, running: int) -> int:
         return max(0, self.max_parallel - running)

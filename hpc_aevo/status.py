@@ -1,0 +1,128 @@
+"""`python -m hpc_aevo.status CAMPAIGN.yaml [--json]`: what the campaign has done, from its files.
+
+Read-only and safe to run while the daemon works. `--json` prints one stable document
+(schema "hpc_aevo.status", version 1): per round the policy that governed it, every candidate
+with its axis, mutation, status, dev and leaderboard scores, the calibration verdict and the meta
+decision with the numbers behind it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .config import ConfigError, load_campaign
+from .constitution import PolicyDecision
+from .daemon import PHASES, RoundState
+from .evidence import RoundEvidence
+from .launch import used_cpu_hours
+from .leaderboard import LeaderboardLedger
+from .manifest import CandidateManifest
+from .policy import Policy
+from .records import RecordError
+from .state import StateTree
+from .typed import to_data
+
+SCHEMA, VERSION = "hpc_aevo.status", 1
+
+
+def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
+    state = RoundState.load_or_none(tree.round_state(rnd))
+    policy = Policy.load_or_none(tree.policy(rnd))
+    evidence = RoundEvidence.load_or_none(tree.evidence_json(rnd))
+    decision = PolicyDecision.load_or_none(tree.decision(rnd))
+    candidates = []
+    for path in sorted(tree.round_dir(rnd).glob("cand-*/manifest.json")):
+        m = CandidateManifest.load(path)
+        candidates.append({
+            "name": m.name, "role": m.role, "axis": m.axis, "mutation": m.mutation, "status": m.status,
+            "attempts": m.attempts, "seed": m.seed, "dev": m.measured.dev, "leaderboard": m.measured.leaderboard,
+            "selected_step": m.measured.selected_step, "dev_per_domain": m.measured.dev_per_domain,
+            "leaderboard_per_domain": m.measured.leaderboard_per_domain, "failure": m.failure,
+            "hypothesis": m.proposal.hypothesis,
+        })
+    return {
+        "round": rnd,
+        "phases_done": [p for p in PHASES if state and p in state.phases],
+        "complete": bool(state and state.complete()),
+        "policy": None if policy is None else {
+            "standing_source": policy.standing_source, "active_axes": policy.active_axes,
+            "retired_axes": policy.retired_axes, "noise_band": policy.noise_band,
+            "promotion_threshold": policy.promotion_threshold, "dead_ends": to_data(policy.dead_ends),
+            "evidence": to_data(policy.evidence),
+        },
+        "candidates": candidates,
+        "calibration": None if evidence is None else {
+            "spearman": evidence.calibration.spearman, "decoupled": evidence.calibration.decoupled,
+            "suspect_domains": evidence.calibration.suspect_domains,
+            "flags": [f.message for f in evidence.calibration.flags],
+        },
+        "decision": None if decision is None else {
+            "accepted": decision.accepted, "fallback_used": decision.fallback_used,
+            "promotion": to_data(decision.promotion), "changes": decision.changes,
+            "rejected_proposals": to_data(decision.rejected_proposals), "violations": to_data(decision.violations),
+        },
+    }
+
+
+def status_document(campaign_path: str) -> dict[str, Any]:
+    campaign = load_campaign(campaign_path)
+    tree = StateTree(campaign.paths.state_root)
+    ledger = LeaderboardLedger.load_or_none(tree.leaderboard_dir / "ledger.json")
+    return {
+        "schema": SCHEMA, "version": VERSION, "campaign": campaign.name, "state_root": str(tree.root),
+        "rounds_planned": campaign.rounds,
+        "compute": {"cpu_hours_used": round(used_cpu_hours(tree), 4), "cpu_hours_budget": campaign.budget.cpu_hours},
+        "leaderboard": {"quota": campaign.leaderboard.quota, "used": len(ledger.submissions) if ledger else 0},
+        "rounds": [_round(tree, r) for r in tree.rounds()],
+    }
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render(doc: dict[str, Any]) -> str:
+    lines = [f"campaign {doc['campaign']}  ({doc['state_root']})",
+             f"  compute {doc['compute']['cpu_hours_used']:.3f} CPU-h (budget {doc['compute']['cpu_hours_budget']}); "
+             f"leaderboard {doc['leaderboard']['used']}/{doc['leaderboard']['quota']} submissions"]
+    for rnd in doc["rounds"]:
+        policy = rnd["policy"] or {}
+        lines.append(f"\nround {rnd['round']}  [{'done' if rnd['complete'] else 'at ' + (rnd['phases_done'] or ['start'])[-1]}]"
+                     f"  standing {policy.get('standing_source')}  axes {', '.join(policy.get('active_axes', []))}"
+                     f"  band {policy.get('noise_band', 0):.3f}")
+        lines.append(f"  {'cand':<8}{'role':<7}{'mutation':<34}{'status':<10}{'dev':>7}{'board':>7}")
+        for c in rnd["candidates"]:
+            lines.append(f"  {c['name']:<8}{c['role']:<7}{(c['mutation'] or '-'):<34}{c['status']:<10}"
+                         f"{_score(c['dev']):>7}{_score(c['leaderboard']):>7}")
+        if rnd["calibration"]:
+            cal = rnd["calibration"]
+            lines.append(f"  calibration: rank corr {cal['spearman']}, decoupled {cal['decoupled']}"
+                         + (f", suspect {', '.join(cal['suspect_domains'])}" if cal["suspect_domains"] else ""))
+        if rnd["decision"]:
+            d = rnd["decision"]
+            promo = d["promotion"]
+            lines.append("  decision: " + (f"promote {promo['candidate']} (+{promo['leaderboard_gain']:.3f})" if promo
+                                          else "no promotion") + (" [fallback]" if d["fallback_used"] else ""))
+            lines.extend(f"    - {change}" for change in d["changes"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpc_aevo.status", description=__doc__.splitlines()[0])
+    parser.add_argument("campaign")
+    parser.add_argument("--json", action="store_true", help="print the stable JSON document")
+    args = parser.parse_args(argv)
+    try:
+        doc = status_document(args.campaign)
+    except (ConfigError, RecordError) as exc:
+        print(f"hpc_aevo.status: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(doc, indent=2) if args.json else render(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""End to end: the daemon runs whole campaigns with real training, and survives kill -9 anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tiny_campaign import REPO, run_daemon, status, write_campaign
+
+pytestmark = pytest.mark.slow
+
+CRASH_POINTS = [
+    "r0:fork:mid", "r0:propose:mid", "r0:train:start", "r0:train:intent", "r0:train:submitted",
+    "r0:eval:mid", "r0:collect:mid", "r0:meta:mid",
+]
+
+
+def comparable(state_root: Path) -> dict:
+    """The outcome of a campaign without timestamps and timings: what must not depend on a crash."""
+    doc = {}
+    for path in sorted(state_root.glob("rounds/r*/cand-*/manifest.json")):
+        m = json.loads(path.read_text())
+        m["measured"].pop("train_wall_s"), m["measured"].pop("eval_wall_s")
+        doc[str(path.relative_to(state_root))] = m
+    for name in ("policy.json", "decision.json", "evidence.json"):
+        for path in sorted(state_root.glob(f"rounds/r*/{name}")):
+            doc[str(path.relative_to(state_root))] = json.loads(path.read_text())
+    return doc
+
+
+def launches(state_root: Path) -> dict[str, int]:
+    """How many times each candidate's training really ran (a claim is taken once per run)."""
+    return {str(p.parent.parent.relative_to(state_root)): len(list(p.glob("attempt-*.claim")))
+            for p in state_root.glob("rounds/r*/cand-*/jobs")}
+
+
+def test_two_round_campaign_end_to_end(tmp_path):
+    campaign = write_campaign(tmp_path, rounds=2, workers=2)
+    done = run_daemon(campaign)
+    assert done.returncode == 0, done.stderr
+    for phase in ("fork", "propose", "train", "eval", "collect", "meta"):
+        assert f"r001] {phase}" in done.stdout
+    doc = status(campaign)
+    assert doc["schema"] == "hpc_aevo.status" and [r["round"] for r in doc["rounds"]][:2] == [0, 1]
+    for rnd in doc["rounds"][:2]:
+        assert rnd["complete"] and len(rnd["candidates"]) == 3
+        assert all(c["status"] == "evaluated" and c["dev"] is not None and c["leaderboard"] is not None
+                   for c in rnd["candidates"])
+        assert rnd["decision"]["accepted"] and rnd["calibration"] is not None
+    assert doc["rounds"][2]["policy"]["active_axes"]  # the policy for the next round was written
+    state = tmp_path / "state"
+    evidence = (state / "rounds/r001/evidence.md").read_text()
+    assert evidence.count("\n## ") == 5
+    default = state / "default" / "train.py"
+    assert not default.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    assert set(launches(state).values()) == {1}
+    again = run_daemon(campaign)  # a finished campaign is a no-op
+    assert again.returncode == 0 and "] fork" not in again.stdout
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("reference")
+    campaign = write_campaign(root)
+    done = run_daemon(campaign)
+    assert done.returncode == 0, done.stderr
+    return comparable(root / "state")
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_resume_after_kill_9(tmp_path, point, reference):
+    campaign = write_campaign(tmp_path)
+    crashed = run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": point})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    resumed = run_daemon(campaign)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    state = tmp_path / "state"
+    assert set(launches(state).values()) == {1}, launches(state)
+    for train_log in state.glob("rounds/r*/cand-*/jobs/attempt-1.train.log"):
+        assert "resumed" not in train_log.read_text()  # trained once, from step 0 to the end
+    assert comparable(state) == reference
+
+
+def test_second_daemon_is_refused(tmp_path):
+    campaign = write_campaign(tmp_path)
+    first = subprocess.Popen([sys.executable, "-m", "hpc_aevo.round", str(campaign)], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        info = tmp_path / "state" / "daemon.json"
+        deadline = time.time() + 60
+        while not info.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        second = run_daemon(campaign)
+        assert second.returncode == 2
+        assert "already driven by pid" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+
+def test_bad_campaign_file_is_one_line(tmp_path):
+    campaign = write_campaign(tmp_path, rounds=0)
+    done = run_daemon(campaign)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "rounds" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_tampered_substrate_stops_the_campaign(tmp_path):
+    campaign = write_campaign(tmp_path)
+    assert run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": "r0:propose:mid"}).returncode == -signal.SIGKILL
+    target = tmp_path / "state" / "default" / "evaluate.py"
+    os.chmod(target, 0o644)
+    target.write_text(target.read_text() + "\n# a worker was here\n")
+    done = run_daemon(campaign)
+    assert done.returncode == 2 and "evaluate.py" in done.stderr and "substrate" in done.stderr
