@@ -36,6 +36,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are read by the whole team on the shared filesystem
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
