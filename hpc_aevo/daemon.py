@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .config import Campaign, load_initial_policy
+from .config import Campaign, ConfigError, load_initial_policy
 from .crashpoints import crashpoint
 from .constitution import CheckContext, constitution_hash, without_seed
 from .evidence import RoundEvidence, collect_evidence, render_markdown
@@ -63,12 +63,15 @@ class Daemon:
         self.campaign = campaign
         self.tree = StateTree(campaign.paths.state_root)
         self.print_line = print_line
-        self.worker = make_worker(campaign.agents.backend)
         self.leaderboard = ADAPTERS[campaign.leaderboard.adapter](self.tree, campaign.leaderboard.quota, campaign.seed)
         stages = campaign.scheduler.stages
-        self.scheduler = make_scheduler(
-            campaign.scheduler.backend, max_parallel=campaign.scheduler.max_parallel,
-            timeout_min=stages.train.timeout_min + stages.eval.timeout_min)
+        try:
+            self.worker = make_worker(campaign.agents.backend)
+            self.scheduler = make_scheduler(
+                campaign.scheduler.backend, max_parallel=campaign.scheduler.max_parallel,
+                timeout_min=stages.train.timeout_min + stages.eval.timeout_min)
+        except ConfigError as exc:
+            raise ConfigError.of(exc, campaign.source) from None
 
     # ---- campaign setup -------------------------------------------------------------------
     def prepare(self) -> CampaignRecord:

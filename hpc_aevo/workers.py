@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal, Protocol
 import yaml
 
 from .axes import AXES, mixture_key, signature
+from .config import ConfigError
 from .constitution import SEED_KEY
 from .fork import load_recipe, recipe_diff
 from .manifest import Proposal
@@ -309,7 +310,8 @@ BACKENDS: dict[str, Callable[[], Worker]] = {"scripted": ScriptedWorker}
 
 def make_worker(backend: str) -> Worker:
     if backend == "claude":
-        raise ValueError("the claude agent backend is not available yet; use agents.backend: scripted")
+        raise ConfigError("agents.backend", "scripted: the claude agent backend is not available yet; "
+                          "use agents.backend: scripted", backend)
     if backend not in BACKENDS:
-        raise ValueError(f"unknown agents.backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        raise ConfigError("agents.backend", f"one of {', '.join(BACKENDS)} (unknown agents.backend)", backend)
     return BACKENDS[backend]()

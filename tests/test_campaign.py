@@ -113,6 +113,17 @@ def test_bad_campaign_file_is_one_line(tmp_path):
     assert done.stderr.strip().count("\n") == 0 and "rounds" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("section,backend", [("agents", "claude"), ("scheduler", "slurm")])
+def test_unavailable_backend_is_one_line(tmp_path, section, backend):
+    campaign = write_campaign(tmp_path)
+    text = campaign.read_text().replace("backend: scripted" if section == "agents" else "backend: local",
+                                        f"backend: {backend}")
+    campaign.write_text(text)
+    done = run_daemon(campaign)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{section}.backend" in done.stderr and "not available yet" in done.stderr and done.stderr.count("\n") == 1
+
+
 def test_tampered_substrate_stops_the_campaign(tmp_path):
     campaign = write_campaign(tmp_path)
     assert run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": "r0:propose:mid"}).returncode == -signal.SIGKILL

@@ -12,6 +12,7 @@ import abc
 from dataclasses import dataclass
 from typing import Literal
 
+from ..config import ConfigError
 from ..records import Record
 from .job import JobOutcome, JobSpec
 
@@ -68,4 +69,4 @@ def make_scheduler(backend: str, **options) -> Scheduler:
         from .local import LocalScheduler
 
         return LocalScheduler(**options)
-    raise ValueError(f"scheduler backend {backend!r} is not available yet (use scheduler.backend: local)")
+    raise ConfigError("scheduler.backend", "local: the slurm backend is not available yet", backend)
