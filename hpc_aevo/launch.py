@@ -19,7 +19,7 @@ from typing import Callable
 from .crashpoints import crashpoint
 from .manifest import CandidateManifest
 from .scheduler import Scheduler, Submission, attempt_state
-from .scheduler.job import Claim, JobSpec, log_tail
+from .scheduler.job import Claim, JobOutcome, JobSpec, log_tail
 from .state import StateTree, now_iso
 from .trace import Trace
 
@@ -63,8 +63,6 @@ class Candidate:
 
 def used_cpu_hours(tree: StateTree) -> float:
     """CPU-hours of every finished job of the campaign, from the outcomes the jobs wrote."""
-    from .scheduler.job import JobOutcome
-
     total = 0.0
     for path in tree.root.glob("rounds/r*/cand-*/jobs/attempt-*.outcome.json"):
         total += JobOutcome.load(path).cpu_s
