@@ -53,10 +53,12 @@ class Agents:
     model: str | None = None  # model name for the claude backend; None: the CLI's default
     max_turns: int | None = None  # cap on agent turns per worker/meta session; None: no cap
     max_budget_usd_per_session: float | None = None  # cap on API spend per session; None: no cap
+    max_budget_usd_per_round: float | None = None  # cap on the API spend of all sessions of a round; None: no cap
 
     def validate(self) -> None:
         _at_least("max_turns", self.max_turns, 1)
         _positive("max_budget_usd_per_session", self.max_budget_usd_per_session)
+        _positive("max_budget_usd_per_round", self.max_budget_usd_per_round)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .records import Record, atomic_write_text
 from .scheduler import make_scheduler
 from .state import CampaignRecord, StateTree, now_iso
 from .substrate import SubstrateManifest, SubstrateTampered, hash_tree, install_substrate, remove_tree, verify_substrate
-from .workers import WorkerTask, assign_axes, make_worker
+from .workers import WorkerFailed, WorkerTask, assign_axes, make_worker
 
 PHASES = ("fork", "propose", "train", "eval", "collect", "meta")
 
@@ -66,7 +66,7 @@ class Daemon:
         self.leaderboard = ADAPTERS[campaign.leaderboard.adapter](self.tree, campaign.leaderboard.quota, campaign.seed)
         stages = campaign.scheduler.stages
         try:
-            self.worker = make_worker(campaign.agents.backend)
+            self.worker = make_worker(campaign.agents.backend, campaign, self.tree)
             self.scheduler = make_scheduler(
                 campaign.scheduler.backend, max_parallel=campaign.scheduler.max_parallel,
                 timeout_min=stages.train.timeout_min + stages.eval.timeout_min)
@@ -138,10 +138,15 @@ class Daemon:
                 sandbox = self.tree.sandbox(rnd, cand.index)
                 remove_tree(sandbox)  # a proposal interrupted mid-way starts again from a clean fork
                 fork_candidate(self.tree.default_dir, substrate, sandbox, policy.standing_recipe)
-                task = WorkerTask(round=rnd, candidate=cand.index, name=manifest.name, role=manifest.role,
-                                  axis=manifest.axis, seed=manifest.seed, sandbox=sandbox, policy=policy,
-                                  trace=cand.trace())
-                result = self.worker.propose(task)
+                try:
+                    result = self.worker.propose(self._task(cand, manifest, policy))
+                except WorkerFailed as exc:  # a worker that cannot propose fails its candidate, not the round
+                    crashpoint(f"r{rnd}:propose:mid")
+                    manifest.status, manifest.failure = "failed", f"worker: {exc}"
+                    cand.save(manifest)
+                    cand.trace().log("daemon", "worker-failed", reason=str(exc))
+                    mutations.append("failed")
+                    continue
                 crashpoint(f"r{rnd}:propose:mid")
                 manifest.mutation, manifest.proposal = result.mutation, result.proposal
                 manifest.recipe_diff = recipe_diff(without_seed(policy.standing_recipe), without_seed(load_recipe(sandbox)))
@@ -160,10 +165,19 @@ class Daemon:
         retried = sum(m.attempts > 1 for m in ms)
         return f"{len(ms) - failed}/{len(ms)} trained, {retried} retried, {failed} failed"
 
+    def _task(self, cand: Candidate, manifest: CandidateManifest, policy: Policy) -> WorkerTask:
+        return WorkerTask(round=cand.round, candidate=cand.index, name=manifest.name, role=manifest.role,
+                          axis=manifest.axis, seed=manifest.seed, sandbox=self.tree.sandbox(cand.round, cand.index),
+                          policy=policy, trace=cand.trace())
+
     def _debug_turn(self, cand: Candidate, manifest: CandidateManifest, reason: str) -> None:
         """A failed job goes back to its worker with the log before its single-task resubmission."""
         cand.trace().log("daemon", "debug-turn", reason=reason, backend=self.campaign.agents.backend)
-        manifest.proposal.observed_failure_modes.append(reason)
+        policy = Policy.load(self.tree.policy(cand.round))
+        observed = self.worker.debug(self._task(cand, manifest, policy), reason)
+        manifest.proposal.observed_failure_modes += [reason, *observed]
+        sandbox = self.tree.sandbox(cand.round, cand.index)
+        manifest.recipe_diff = recipe_diff(without_seed(policy.standing_recipe), without_seed(load_recipe(sandbox)))
 
     def phase_eval(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
         for cand in self.candidates(rnd):

@@ -17,12 +17,13 @@ from typing import Any, Callable, Literal, Protocol
 import yaml
 
 from .axes import AXES, mixture_key, signature
-from .config import ConfigError
+from .config import Campaign, ConfigError
 from .constitution import SEED_KEY
 from .fork import load_recipe, recipe_diff
 from .manifest import Proposal
 from .policy import Policy
 from .records import atomic_write_text
+from .state import StateTree
 from .substrate import RECIPE_FILE
 from .trace import Trace
 
@@ -56,8 +57,17 @@ class WorkerResult:
     proposal: Proposal
 
 
+class WorkerFailed(RuntimeError):
+    """The worker could not propose (an agent session errored, ran out of turns or budget, recorded no
+    proposal): its candidate fails, the round goes on."""
+
+
 class Worker(Protocol):
     def propose(self, task: WorkerTask) -> WorkerResult: ...
+
+    def debug(self, task: WorkerTask, reason: str) -> list[str]:
+        """Let the worker fix its sandbox after a failed job; returns the failure modes it observed."""
+        ...
 
 
 def _has(recipe: Recipe, key: str) -> bool:
@@ -278,6 +288,10 @@ class ScriptedWorker:
         task.trace.log(ACTOR, "wrote-recipe", path=str(path), diff=recipe_diff(before, after))
         return WorkerResult(op.signature if op else None, proposal)
 
+    def debug(self, task: WorkerTask, reason: str) -> list[str]:
+        """The scripted mutator has no debugging skill: the retry runs the same sandbox."""
+        return []
+
     def _choose(self, task: WorkerTask, recipe: Recipe) -> tuple[Operator | None, Proposal]:
         if task.axis not in AXES:
             raise ValueError(f"{task.name}: a worker needs an axis from {', '.join(AXES)} (got {task.axis!r})")
@@ -305,13 +319,15 @@ def assign_axes(policy: Policy, workers: int, round: int) -> list[str]:
     return [axes[(round + i) % len(axes)] for i in range(workers)]
 
 
-BACKENDS: dict[str, Callable[[], Worker]] = {"scripted": ScriptedWorker}
+BACKENDS = ("scripted", "claude")
 
 
-def make_worker(backend: str) -> Worker:
-    if backend == "claude":
-        raise ConfigError("agents.backend", "scripted: the claude agent backend is not available yet; "
-                          "use agents.backend: scripted", backend)
+def make_worker(backend: str, campaign: Campaign | None = None, tree: StateTree | None = None) -> Worker:
+    """The worker of `backend`; the claude backend needs the campaign (limits, protected paths) and its tree."""
     if backend not in BACKENDS:
         raise ConfigError("agents.backend", f"one of {', '.join(BACKENDS)} (unknown agents.backend)", backend)
-    return BACKENDS[backend]()
+    if backend == "scripted":
+        return ScriptedWorker()
+    from .agents import claude_worker  # the agents extra: claude-agent-sdk
+
+    return claude_worker(campaign, tree)

@@ -191,8 +191,8 @@ def test_assign_axes_covers_every_axis_over_rounds():
 
 
 def test_backends():
-    assert set(BACKENDS) == {"scripted"} and isinstance(make_worker("scripted"), ScriptedWorker)
-    with pytest.raises(ValueError, match="claude agent backend is not available yet; use agents.backend: scripted"):
+    assert set(BACKENDS) == {"scripted", "claude"} and isinstance(make_worker("scripted"), ScriptedWorker)
+    with pytest.raises(ValueError, match="the claude backend needs the campaign"):
         make_worker("claude")
     with pytest.raises(ValueError, match="unknown agents.backend"):
         make_worker("gpt")

@@ -1,0 +1,228 @@
+"""One agent session over claude-agent-sdk: run it, trace every tool call and denial, account its cost.
+
+Why one runner for all roles: workers, the collector and the meta differ only in their prompt,
+tools and confinement (`SessionSpec`); how a session is started (an isolated CLI home, limits from
+the campaign YAML), how its tool calls and denials reach the trace, and how its tokens, cost and
+wall time are recorded (`AgentSession`) must be the same for all of them. A session that errors,
+hits its turn cap or runs out of budget returns a record saying so; it never raises into the round.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+
+from ..records import Record
+from ..state import now_iso
+from ..trace import Trace
+
+# The CLI talks only to the Messages API: no telemetry, update checks or error reports from a login node.
+QUIET_ENV = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1",
+             "DISABLE_AUTOUPDATER": "1", "DISABLE_ERROR_REPORTING": "1"}
+
+# How the CLI answers a tool call its permission rules denied.
+CLI_DENIALS = ("Permission to use", "denied by your permission settings")
+
+Guard = Callable[[str, dict[str, Any]], "str | None"]  # (tool name, tool input) -> denial reason or None
+
+
+@dataclass
+class Limits:
+    """The campaign's agent limits for one session (agents.* of the campaign YAML)."""
+
+    model: str | None = None
+    max_turns: int | None = None
+    max_budget_usd: float | None = None
+
+
+@dataclass
+class AgentSession(Record):
+    """What one agent session did and cost: written when it ends, read by `status` and the round budget."""
+
+    SCHEMA = "hpc_aevo.agent_session"
+    VERSION = 1
+
+    role: str  # "worker", "debug", "collector", "meta"
+    round: int
+    who: str  # "cand-03", "collector", "meta"
+    session_id: str | None
+    model: str | None
+    started_at: str
+    wall_s: float
+    outcome: str  # the SDK result subtype ("success", "error_max_turns", "error_max_budget_usd", ...) or "crashed"
+    is_error: bool
+    turns: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost_usd: float = 0.0
+    tool_calls: int = 0
+    denials: int = 0
+    message: str = ""
+    result_seen: bool = False  # the CLI's result message arrived (its numbers are the CLI's own)
+
+    @property
+    def ok(self) -> bool:
+        return not self.is_error and self.outcome == "success"
+
+
+@dataclass
+class SessionSpec:
+    """Everything that makes a session one role's: prompt, tools, confinement, where it writes."""
+
+    role: str
+    round: int
+    who: str
+    prompt: str
+    system_prompt: str
+    cwd: Path
+    home: Path  # the CLI's HOME and config dir (its transcripts: a debug turn resumes from them)
+    record_path: Path
+    trace: Trace
+    limits: Limits
+    tools: list[str] = field(default_factory=list)  # built-in tools offered
+    allow: list[str] = field(default_factory=list)  # permission allow rules (everything else: denied, dontAsk)
+    deny: list[str] = field(default_factory=list)
+    sandbox: dict[str, Any] | None = None  # the CLI's OS sandbox settings for Bash
+    mcp_server: Any = None  # an SDK MCP server config (create_sdk_mcp_server)
+    mcp_name: str = "hpc"
+    guard: Guard | None = None  # PreToolUse check: defence in depth behind the permission rules
+    resume: str | None = None  # session id to resume (the debug turn)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return " ".join(str(c.get("text", c)) if isinstance(c, dict) else str(c) for c in content)
+    return "" if content is None else str(content)
+
+
+def _short(value: Any, limit: int = 600) -> Any:
+    text = value if isinstance(value, str) else repr(value)
+    return value if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
+
+
+def _settings(spec: SessionSpec) -> dict[str, Any]:
+    settings: dict[str, Any] = {"permissions": {"allow": spec.allow, "deny": spec.deny, "defaultMode": "dontAsk"}}
+    if spec.sandbox is not None:
+        settings["sandbox"] = spec.sandbox
+    return settings
+
+
+def _options(spec: SessionSpec, hook_denied: dict[str, str]):
+    import json
+
+    from claude_agent_sdk import ClaudeAgentOptions, HookMatcher
+
+    async def pre_tool_use(data: dict[str, Any], tool_use_id: str | None, _ctx: Any) -> dict[str, Any]:
+        reason = spec.guard(data["tool_name"], data.get("tool_input") or {}) if spec.guard else None
+        if reason is None:
+            return {}
+        hook_denied[tool_use_id or data.get("tool_use_id", "")] = reason
+        return {"hookSpecificOutput": {"hookEventName": "PreToolUse", "permissionDecision": "deny",
+                                       "permissionDecisionReason": reason}}
+
+    home = spec.home.resolve()
+    for sub in ("config", "tmp"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    env = {**QUIET_ENV, "HOME": str(home), "CLAUDE_CONFIG_DIR": str(home / "config"),
+           "TMPDIR": str(home / "tmp"), "CLAUDE_CODE_TMPDIR": str(home / "tmp")}
+    return ClaudeAgentOptions(
+        tools=spec.tools, allowed_tools=[], disallowed_tools=spec.deny, system_prompt=spec.system_prompt,
+        mcp_servers={spec.mcp_name: spec.mcp_server} if spec.mcp_server else {}, strict_mcp_config=True,
+        permission_mode="dontAsk", max_turns=spec.limits.max_turns, max_budget_usd=spec.limits.max_budget_usd,
+        model=spec.limits.model, cwd=str(spec.cwd), settings=json.dumps(_settings(spec)), setting_sources=[],
+        env=env, resume=spec.resume, verbatim_prompts=True,
+        hooks={"PreToolUse": [HookMatcher(matcher=None, hooks=[pre_tool_use], on_failure="block")]})
+
+
+def _log_result(trace: Trace, actor: str, block: Any, tool: str | None, hook_denied: dict[str, str],
+                record: AgentSession) -> None:
+    """One tool result into the trace: a denial (by the PreToolUse guard or a CLI permission rule) with
+    its reason, an error (e.g. the OS sandbox refusing a write), or the result's head."""
+    content = _text(block.content)
+    if block.tool_use_id in hook_denied:
+        event, layer, detail = "tool-denied", "hook", hook_denied[block.tool_use_id]
+    elif block.is_error and any(marker in content for marker in CLI_DENIALS):
+        event, layer, detail = "tool-denied", "permission-rule", content
+    else:
+        event, layer, detail = ("tool-error" if block.is_error else "tool-result"), None, content
+    record.denials += event == "tool-denied"
+    trace.log(actor, event, tool=tool, id=block.tool_use_id, **({"layer": layer} if layer else {}),
+              **({"reason": _short(detail)} if event == "tool-denied" else {"output": _short(detail, 400)}))
+
+
+async def _drive(spec: SessionSpec, record: AgentSession) -> None:
+    from claude_agent_sdk import AssistantMessage, ResultMessage, ToolResultBlock, ToolUseBlock, UserMessage, query
+
+    hook_denied: dict[str, str] = {}
+    names: dict[str, str] = {}
+    actor = f"agent:{spec.role}"
+    async for message in query(prompt=spec.prompt, options=_options(spec, hook_denied)):
+        if isinstance(message, AssistantMessage):
+            record.session_id = message.session_id or record.session_id
+            for block in message.content:
+                if isinstance(block, ToolUseBlock):
+                    names[block.id] = block.name
+                    record.tool_calls += 1
+                    spec.trace.log(actor, "tool-call", tool=block.name, input=_short(block.input), id=block.id)
+        elif isinstance(message, UserMessage) and isinstance(message.content, list):
+            for block in message.content:
+                if isinstance(block, ToolResultBlock):
+                    _log_result(spec.trace, actor, block, names.get(block.tool_use_id), hook_denied, record)
+        elif isinstance(message, ResultMessage):
+            _account(record, message)  # before the SDK raises on an error result
+    if not record.result_seen:
+        raise RuntimeError("the CLI ended without a result message")
+
+
+def _account(record: AgentSession, result: Any) -> None:
+    usage = result.usage or {}
+    record.result_seen = True
+    record.session_id = result.session_id
+    record.outcome, record.is_error, record.turns = result.subtype, result.is_error, result.num_turns
+    record.input_tokens = int(usage.get("input_tokens") or 0)
+    record.output_tokens = int(usage.get("output_tokens") or 0)
+    record.cache_read_tokens = int(usage.get("cache_read_input_tokens") or 0)
+    record.cache_creation_tokens = int(usage.get("cache_creation_input_tokens") or 0)
+    record.cost_usd = float(result.total_cost_usd or 0.0)
+    record.message = _short(result.result or "; ".join(result.errors or []), 2000)
+
+
+def run_session(spec: SessionSpec) -> AgentSession:
+    """Run `spec` to its end; the record (also saved at spec.record_path) says how it went."""
+    record = AgentSession(role=spec.role, round=spec.round, who=spec.who, session_id=spec.resume,
+                          model=spec.limits.model, started_at=now_iso(), wall_s=0.0, outcome="crashed", is_error=True)
+    spec.trace.log(f"agent:{spec.role}", "session-start", who=spec.who, resume=spec.resume, tools=spec.tools,
+                   model=spec.limits.model, max_turns=spec.limits.max_turns, max_budget_usd=spec.limits.max_budget_usd,
+                   record=str(spec.record_path))
+    started = time.monotonic()
+    try:
+        anyio.run(_drive, spec, record)
+    except Exception as exc:  # the CLI or SDK failed: the session fails, never the campaign
+        if not record.result_seen:  # an error result (max turns, budget) is also raised: keep its accounting
+            record.outcome, record.is_error, record.message = "crashed", True, _short(f"{type(exc).__name__}: {exc}", 2000)
+    record.wall_s = round(time.monotonic() - started, 3)
+    record.save(spec.record_path)
+    spec.trace.log(f"agent:{spec.role}", "session-end", who=spec.who, outcome=record.outcome, is_error=record.is_error,
+                   session_id=record.session_id, turns=record.turns, cost_usd=record.cost_usd,
+                   input_tokens=record.input_tokens, output_tokens=record.output_tokens, wall_s=record.wall_s,
+                   tool_calls=record.tool_calls, denials=record.denials, message=_short(record.message, 300))
+    return record
+
+
+def session_env_ok() -> str | None:
+    """Why the claude backend cannot run here (None when it can): the SDK and its bundled CLI must be installed."""
+    try:
+        import claude_agent_sdk  # noqa: F401
+    except ImportError:
+        return "claude-agent-sdk is not installed (pip install '.[agents]')"
+    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")
+            or os.environ.get("CLAUDE_CODE_OAUTH_TOKEN")):
+        return "no ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) in the environment"
+    return None

@@ -1,0 +1,93 @@
+"""Claude workers against the real bundled CLI and the loopback model stub: doing the job, and the debug turn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent_scripts import good_worker
+from model_stub import ModelStub, mcp, text
+from tiny_campaign import write_campaign
+
+from hpc_aevo.agents.session import AgentSession
+from hpc_aevo.config import load_campaign
+from hpc_aevo.daemon import Daemon
+from hpc_aevo.manifest import CandidateManifest
+from hpc_aevo.policy import Policy
+from hpc_aevo.records import read_jsonl
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    with ModelStub() as server:
+        for key, value in {**server.env(), "CLAUDE_CODE_MAX_RETRIES": "0"}.items():
+            monkeypatch.setenv(key, value)
+        yield server
+
+
+def claude_daemon(tmp_path: Path, workers: int = 1, **agents) -> Daemon:
+    path = write_campaign(tmp_path, workers=workers, agents={"backend": "claude", **agents})
+    daemon = Daemon(load_campaign(path), print_line=lambda line: None)
+    record = daemon.prepare()
+    daemon.phase_fork(0, Policy.load(daemon.tree.policy(0)), record)
+    return daemon
+
+
+def propose(daemon: Daemon) -> list[CandidateManifest]:
+    record = daemon.prepare()
+    daemon.phase_propose(0, Policy.load(daemon.tree.policy(0)), record)
+    return daemon.manifests(0)
+
+
+def sessions(daemon: Daemon) -> list[AgentSession]:
+    return [AgentSession.load(p) for p in sorted((daemon.tree.round_dir(0) / "agents").glob("*.json"))]
+
+
+def test_worker_edits_smoke_tests_and_records(tmp_path, stub):
+    daemon = claude_daemon(tmp_path)
+    sandbox = daemon.tree.sandbox(0, 1)
+    stub.add("r000/cand-01", good_worker(sandbox))
+    anchor, worker = propose(daemon)
+    assert anchor.status == worker.status == "proposed" and anchor.mutation is None
+    assert worker.mutation == "data.mixture.bits:up", worker
+    assert worker.recipe_diff["data.mixture.bits"][1] == 3 * worker.recipe_diff["data.mixture.bits"][0]
+    assert worker.proposal.hypothesis.startswith("more bits practice")
+    events = read_jsonl(daemon.tree.trace(0, 1))
+    smoke = [e for e in events if e["event"] == "smoke-test"]
+    assert smoke and smoke[0]["returncode"] == 0, smoke
+    assert [e["tool"] for e in events if e["event"] == "tool-call"] == [
+        "Read", "Edit", "mcp__hpc__smoke_test", "mcp__hpc__record_proposal"]
+    assert not [e for e in events if e["event"] in ("tool-denied", "tool-error")]
+    (session,) = sessions(daemon)
+    assert session.ok and session.role == "worker" and session.who == "cand-01"
+    assert session.input_tokens > 0 and session.output_tokens > 0 and session.cost_usd > 0 and session.turns >= 5
+    assert not (sandbox / ".smoke").exists()
+
+
+def test_worker_cannot_write_measured_fields_or_skip_its_axis(tmp_path, stub):
+    daemon = claude_daemon(tmp_path)
+    stub.add("r000/cand-01", [
+        [mcp("hpc", "record_proposal", hypothesis="h", axis="mixture", rationale="r", expected_effect="e",
+             dev=0.99, leaderboard=0.99)],
+        [mcp("hpc", "record_proposal", hypothesis="h", axis="capacity", rationale="r", expected_effect="e")],
+        [text("giving up")],
+    ])
+    _, worker = propose(daemon)
+    assert worker.status == "failed" and "without record_proposal" in worker.failure
+    assert worker.measured.dev is None and worker.measured.leaderboard is None
+    events = read_jsonl(daemon.tree.trace(0, 1))
+    refused = [e for e in events if e["event"] == "proposal-refused"]
+    assert refused and refused[0]["fields"] == ["dev", "leaderboard"]
+    assert any("assigned axis" in e.get("output", "") for e in events if e["event"] == "tool-error")
+
+
+def test_session_error_fails_the_candidate_not_the_round(tmp_path, stub):
+    daemon = claude_daemon(tmp_path, max_turns=2)
+    stub.add("r000/cand-01", [[mcp("hpc", "job_logs")], [mcp("hpc", "job_logs")], [mcp("hpc", "job_logs")]])
+    anchor, worker = propose(daemon)
+    assert anchor.status == "proposed" and worker.status == "failed"
+    assert "error_max_turns" in worker.failure
+    (session,) = sessions(daemon)
+    assert session.outcome == "error_max_turns" and session.is_error
