@@ -68,7 +68,8 @@ class ModelStub:
     """`with ModelStub({key: [turn, ...]}) as stub:` serves on stub.base_url until the block ends."""
 
     scripts: dict[str, list[Any]] = field(default_factory=dict)
-    requests: list[dict[str, Any]] = field(default_factory=list)  # every request body, in order
+    requests: list[dict[str, Any]] = field(default_factory=list)  # every Messages API request body, in order
+    hits: list[str] = field(default_factory=list)  # every HTTP request as "METHOD path", whoever made it
 
     def __post_init__(self) -> None:
         self.scripts = {key: as_turns(turns) for key, turns in self.scripts.items()}
@@ -96,6 +97,11 @@ class ModelStub:
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def parse_request(self) -> bool:
+                ok = super().parse_request()
+                stub.hits.append(f"{self.command} {self.path}")
+                return ok
 
             def do_HEAD(self) -> None:
                 self.send_response(200)

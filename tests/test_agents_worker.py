@@ -27,8 +27,11 @@ def stub(monkeypatch):
         yield server
 
 
-def claude_daemon(tmp_path: Path, workers: int = 1, **agents) -> Daemon:
-    path = write_campaign(tmp_path, workers=workers, agents={"backend": "claude", **agents})
+def claude_daemon(tmp_path: Path, workers: int = 1, constitution: Path | None = None, **agents) -> Daemon:
+    """A claude-backend campaign of round 0, forked (not yet proposed)."""
+    policy = {"policy": {"constitution": str(constitution), "initial": str(tmp_path / "initial.yaml")}} \
+        if constitution else {}
+    path = write_campaign(tmp_path, workers=workers, agents={"backend": "claude", **agents}, **policy)
     daemon = Daemon(load_campaign(path), print_line=lambda line: None)
     record = daemon.prepare()
     daemon.phase_fork(0, Policy.load(daemon.tree.policy(0)), record)

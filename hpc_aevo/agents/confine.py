@@ -59,7 +59,8 @@ class Confinement:
         rules = [f"Read(/{self.sandbox}/**)", f"Edit(/{self.sandbox}/**)"]
         return rules + (["Bash"] if self.bash else [])
 
-    def denied_paths(self) -> list[Path]:
+    @functools.cached_property
+    def denied(self) -> list[Path]:
         """The protected paths with the sandbox carved out: a protected directory that holds the sandbox
         (the state tree) is replaced by its entries, down the sandbox's ancestors, so that a deny rule
         (which beats any allow rule) never covers the sandbox itself."""
@@ -74,7 +75,7 @@ class Confinement:
         return sorted(set(out))
 
     def deny_rules(self) -> list[str]:
-        rules = [f"{tool}(/{p}{'/**' if p.is_dir() else ''})" for p in self.denied_paths() for tool in ("Read", "Edit")]
+        rules = [f"{tool}(/{p}{'/**' if p.is_dir() else ''})" for p in self.denied for tool in ("Read", "Edit")]
         return rules + [f"Bash({c}:*)" for c in SCHEDULER_COMMANDS + NETWORK_COMMANDS]
 
     def sandbox_settings(self) -> dict[str, Any] | None:
@@ -82,7 +83,8 @@ class Confinement:
             return None
         return {"enabled": True, "failIfUnavailable": True, "autoAllowBashIfSandboxed": True,
                 "allowUnsandboxedCommands": False,
-                "filesystem": {"allowWrite": [str(self.sandbox)], "denyRead": [str(p) for p in self.denied_paths()]},
+                "filesystem": {"allowWrite": [str(self.sandbox)], "denyRead": [str(p) for p in self.denied],
+                               "denyWrite": [str(p) for p in self.denied]},
                 "network": {"allowedDomains": [], "allowLocalBinding": False}}
 
     def inside(self, path: str | Path) -> bool:
@@ -100,7 +102,7 @@ class Confinement:
                         f"outside this worker's sandbox {self.sandbox}")
         if tool == "Bash":
             command = str(tool_input.get("command", ""))
-            named = [str(p) for p in self.protected if str(p) in command]
+            named = [str(p) for p in self.denied if str(p) in command]
             if named:
                 return f"Bash command refused: it names protected path(s) {', '.join(named)}"
             scheduler = _COMMAND_WORD.search(command)
@@ -113,6 +115,6 @@ class Confinement:
         writable, no network, its own pid namespace."""
         cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                "--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session"]
-        for p in self.denied_paths():
+        for p in self.denied:
             cmd += ["--tmpfs", str(p)] if p.is_dir() else ["--ro-bind", "/dev/null", str(p)]
         return cmd + ["--bind", str(self.sandbox), str(self.sandbox), "--chdir", str(self.sandbox), *argv]

@@ -10,6 +10,8 @@ hits its turn cap or runs out of budget returns a record saying so; it never rai
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,10 @@ QUIET_ENV = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY
 
 # How the CLI answers a tool call its permission rules denied.
 CLI_DENIALS = ("Permission to use", "denied by your permission settings")
+TOOL_REFUSAL = "refused"  # how this package's own tools begin an answer that refuses the call
+# What a command the OS sandbox stopped prints (read-only mounts, hidden paths, no network).
+OS_DENIALS = re.compile(r"Read-only file system|Permission denied|Operation not permitted|Network is unreachable|"
+                        r"Temporary failure in name resolution|Host name lookup failure|Connection refused|No such file or directory")
 
 Guard = Callable[[str, dict[str, Any]], "str | None"]  # (tool name, tool input) -> denial reason or None
 
@@ -114,7 +120,7 @@ def _settings(spec: SessionSpec) -> dict[str, Any]:
     return settings
 
 
-def _options(spec: SessionSpec, hook_denied: dict[str, str]):
+def _options(spec: SessionSpec, hook_denied: dict[str, str], scratch: str):
     import json
 
     from claude_agent_sdk import ClaudeAgentOptions, HookMatcher
@@ -128,10 +134,9 @@ def _options(spec: SessionSpec, hook_denied: dict[str, str]):
                                        "permissionDecisionReason": reason}}
 
     home = spec.home.resolve()
-    for sub in ("config", "tmp"):
-        (home / sub).mkdir(parents=True, exist_ok=True)
+    (home / "config").mkdir(parents=True, exist_ok=True)
     env = {**QUIET_ENV, "HOME": str(home), "CLAUDE_CONFIG_DIR": str(home / "config"),
-           "TMPDIR": str(home / "tmp"), "CLAUDE_CODE_TMPDIR": str(home / "tmp")}
+           "TMPDIR": scratch, "CLAUDE_CODE_TMPDIR": scratch}
     return ClaudeAgentOptions(
         tools=spec.tools, allowed_tools=[], disallowed_tools=spec.deny, system_prompt=spec.system_prompt,
         mcp_servers={spec.mcp_name: spec.mcp_server} if spec.mcp_server else {}, strict_mcp_config=True,
@@ -150,6 +155,10 @@ def _log_result(trace: Trace, actor: str, block: Any, tool: str | None, hook_den
         event, layer, detail = "tool-denied", "hook", hook_denied[block.tool_use_id]
     elif block.is_error and any(marker in content for marker in CLI_DENIALS):
         event, layer, detail = "tool-denied", "permission-rule", content
+    elif block.is_error and (tool or "").startswith("mcp__") and content.startswith(TOOL_REFUSAL):
+        event, layer, detail = "tool-denied", "tool", content
+    elif tool == "Bash" and OS_DENIALS.search(content):
+        event, layer, detail = "tool-denied", "os-sandbox", content
     else:
         event, layer, detail = ("tool-error" if block.is_error else "tool-result"), None, content
     record.denials += event == "tool-denied"
@@ -158,27 +167,37 @@ def _log_result(trace: Trace, actor: str, block: Any, tool: str | None, hook_den
 
 
 async def _drive(spec: SessionSpec, record: AgentSession) -> None:
-    from claude_agent_sdk import AssistantMessage, ResultMessage, ToolResultBlock, ToolUseBlock, UserMessage, query
+    from claude_agent_sdk import query
 
-    hook_denied: dict[str, str] = {}
-    names: dict[str, str] = {}
-    actor = f"agent:{spec.role}"
-    async for message in query(prompt=spec.prompt, options=_options(spec, hook_denied)):
-        if isinstance(message, AssistantMessage):
-            record.session_id = message.session_id or record.session_id
-            for block in message.content:
-                if isinstance(block, ToolUseBlock):
-                    names[block.id] = block.name
-                    record.tool_calls += 1
-                    spec.trace.log(actor, "tool-call", tool=block.name, input=_short(block.input), id=block.id)
-        elif isinstance(message, UserMessage) and isinstance(message.content, list):
-            for block in message.content:
-                if isinstance(block, ToolResultBlock):
-                    _log_result(spec.trace, actor, block, names.get(block.tool_use_id), hook_denied, record)
-        elif isinstance(message, ResultMessage):
-            _account(record, message)  # before the SDK raises on an error result
+    hook_denied: dict[str, str] = {}  # tool_use_id -> reason, for calls the PreToolUse guard refused
+    names: dict[str, str] = {}  # tool_use_id -> tool name
+    # A short temp dir: the OS sandbox's bridge sockets live there, and a Unix socket path has 108 bytes at most.
+    with tempfile.TemporaryDirectory(prefix="hpc-agent-") as scratch:
+        async for message in query(prompt=spec.prompt, options=_options(spec, hook_denied, scratch)):
+            _observe(spec, record, message, names, hook_denied)
     if not record.result_seen:
         raise RuntimeError("the CLI ended without a result message")
+
+
+def _observe(spec: SessionSpec, record: AgentSession, message: Any, names: dict[str, str],
+             hook_denied: dict[str, str]) -> None:
+    """Trace one message of the session: tool calls, their results and denials, and the final accounting."""
+    from claude_agent_sdk import AssistantMessage, ResultMessage, ToolResultBlock, ToolUseBlock, UserMessage
+
+    actor = f"agent:{spec.role}"
+    if isinstance(message, AssistantMessage):
+        record.session_id = message.session_id or record.session_id
+        for block in message.content:
+            if isinstance(block, ToolUseBlock):
+                names[block.id] = block.name
+                record.tool_calls += 1
+                spec.trace.log(actor, "tool-call", tool=block.name, input=_short(block.input), id=block.id)
+    elif isinstance(message, UserMessage) and isinstance(message.content, list):
+        for block in message.content:
+            if isinstance(block, ToolResultBlock):
+                _log_result(spec.trace, actor, block, names.get(block.tool_use_id), hook_denied, record)
+    elif isinstance(message, ResultMessage):
+        _account(record, message)  # before the SDK raises on an error result
 
 
 def _account(record: AgentSession, result: Any) -> None:

@@ -101,7 +101,7 @@ class WorkerTools:
 
     def smoke_test(self, steps: int) -> dict[str, Any]:
         if not self.confinement.bash:
-            return _result("smoke test unavailable: no OS sandbox (bubblewrap) on this host to run sandbox code in",
+            return _result("refused: smoke test unavailable, no OS sandbox (bubblewrap) on this host to run sandbox code in",
                            error=True)
         out = self.confinement.sandbox / ".smoke"
         argv = self.confinement.bwrap_argv([sys.executable, "train.py", "--recipe", "recipe.yaml", "--out", str(out),
