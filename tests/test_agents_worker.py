@@ -83,7 +83,8 @@ def test_worker_cannot_write_measured_fields_or_skip_its_axis(tmp_path, stub):
     events = read_jsonl(daemon.tree.trace(0, 1))
     refused = [e for e in events if e["event"] == "proposal-refused"]
     assert refused and refused[0]["fields"] == ["dev", "leaderboard"]
-    assert any("assigned axis" in e.get("output", "") for e in events if e["event"] == "tool-error")
+    denied = [e for e in events if e["event"] == "tool-denied"]
+    assert [e["layer"] for e in denied] == ["tool", "tool"] and "assigned axis" in denied[1]["reason"]
 
 
 def test_session_error_fails_the_candidate_not_the_round(tmp_path, stub):
