@@ -72,6 +72,11 @@ class Daemon:
                 timeout_min=stages.train.timeout_min + stages.eval.timeout_min)
         except ConfigError as exc:
             raise ConfigError.of(exc, campaign.source) from None
+        self.agent_roles = None  # the claude backend's collector and meta; None: rule-based
+        if campaign.agents.backend == "claude":
+            from .agents import ClaudeRoles
+
+            self.agent_roles = ClaudeRoles(campaign, self.tree)
 
     # ---- campaign setup -------------------------------------------------------------------
     def prepare(self) -> CampaignRecord:
@@ -208,6 +213,8 @@ class Daemon:
 
     def phase_collect(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
         evidence = collect_evidence(rnd, self.manifests(rnd), policy, self._examples_per_domain(rnd))
+        if self.agent_roles is not None:
+            evidence.prose = self.agent_roles.prose(evidence)
         crashpoint(f"r{rnd}:collect:mid")
         evidence.save(self.tree.evidence_json(rnd))
         atomic_write_text(self.tree.evidence_md(rnd), render_markdown(evidence))
@@ -226,7 +233,8 @@ class Daemon:
             current_substrate_hash=hash_tree(self.tree.default_dir)[1],
             expected_constitution_hash=record.constitution_sha256,
             current_constitution_hash=constitution_hash(self.campaign.paths.constitution))
-        accepted, decision = decide(policy, evidence, history, ctx)
+        proposer = {} if self.agent_roles is None else self._agent_proposer(policy, evidence, history, ctx, record)
+        accepted, decision = decide(policy, evidence, history, ctx, **proposer)
         crashpoint(f"r{rnd}:meta:mid")
         decision.save(self.tree.decision(rnd))
         if accepted is None:
@@ -237,6 +245,15 @@ class Daemon:
         what = f"promoted {promo.candidate} (+{promo.leaderboard_gain:.3f} > {promo.band:.3f})" if promo else "no promotion"
         rejected = f", {len(decision.rejected_proposals)} proposal(s) rejected" if decision.rejected_proposals else ""
         return f"{what}; axes {', '.join(accepted.active_axes)}; {len(accepted.dead_ends)} dead ends{rejected}"
+
+    def _agent_proposer(self, policy: Policy, evidence: RoundEvidence, history: list[RoundEvidence],
+                        ctx: CheckContext, record: CampaignRecord) -> dict:
+        from .agents.meta import ConstitutionChanged
+
+        try:
+            return self.agent_roles.decide_args(policy, evidence, history, ctx, record.constitution_sha256)
+        except ConstitutionChanged as exc:
+            raise CampaignStopped(str(exc)) from None
 
     def run_round(self, rnd: int, record: CampaignRecord) -> None:
         state_path = self.tree.round_state(rnd)

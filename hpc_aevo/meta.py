@@ -211,7 +211,8 @@ def propose_policy(previous: Policy, evidence: RoundEvidence, history: list[Roun
     return policy, changes
 
 
-def _as_policy(proposed: Policy | dict[str, Any]) -> tuple[Policy | None, list[Violation]]:
+def as_policy(proposed: Policy | dict[str, Any]) -> tuple[Policy | None, list[Violation]]:
+    """A proposal as a Policy, or the C5 violation that it is not a valid policy record."""
     if isinstance(proposed, Policy):
         return proposed, []
     try:
@@ -237,7 +238,7 @@ def decide(previous: Policy, evidence: RoundEvidence, history: list[RoundEvidenc
         proposed, changes = proposer(previous, evidence, history, ctx.recipes, feedback)
         if proposed == last:
             break  # the proposer repeats itself: retrying cannot help
-        policy, violations = _as_policy(proposed)
+        policy, violations = as_policy(proposed)
         if policy is not None:
             violations = check_policy(previous, policy, full, ctx)
         if not violations:

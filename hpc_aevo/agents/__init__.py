@@ -28,3 +28,32 @@ def claude_worker(campaign: Campaign | None, tree: StateTree | None):
     from .worker import ClaudeWorker
 
     return ClaudeWorker(campaign, tree)
+
+
+class ClaudeRoles:
+    """The round-level agent roles of the claude backend, as the daemon calls them."""
+
+    def __init__(self, campaign: Campaign, tree: StateTree):
+        from .collector import ClaudeCollector
+        from .meta import ClaudeMeta
+
+        self.tree = tree
+        self.collector = ClaudeCollector(campaign, tree)
+        self.meta = ClaudeMeta(campaign, tree)
+
+    def trace(self, rnd: int):
+        """The round's agent trace (collector and meta sessions): rounds/rNNN/agents/trace.jsonl."""
+        from ..trace import Trace
+
+        return Trace(self.tree.round_dir(rnd) / "agents" / "trace.jsonl")
+
+    def prose(self, evidence) -> dict[str, str]:
+        return self.collector.prose(evidence, self.trace(evidence.round))[0]
+
+    def decide_args(self, previous, evidence, history, ctx, constitution_sha256: str) -> dict:
+        """`meta.decide`'s proposer arguments: the Claude meta's proposals, replayed."""
+        from .meta import PROPOSER
+
+        proposer, count, _session = self.meta.proposer(previous, evidence, history, ctx, self.trace(evidence.round),
+                                                       constitution_sha256)
+        return {"proposer": proposer, "proposer_name": PROPOSER, "max_attempts": count}

@@ -28,7 +28,7 @@ QUIET_ENV = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY
              "DISABLE_AUTOUPDATER": "1", "DISABLE_ERROR_REPORTING": "1"}
 
 # How the CLI answers a tool call its permission rules denied.
-CLI_DENIALS = ("Permission to use", "denied by your permission settings")
+CLI_DENIALS = ("Permission to use", "denied by your permission settings", "No such tool available")
 TOOL_REFUSAL = "refused"  # how this package's own tools begin an answer that refuses the call
 # What a command the OS sandbox stopped prints (read-only mounts, hidden paths, no network).
 OS_DENIALS = re.compile(r"Read-only file system|Permission denied|Operation not permitted|Network is unreachable|"
@@ -100,6 +100,11 @@ class SessionSpec:
     mcp_name: str = "hpc"
     guard: Guard | None = None  # PreToolUse check: defence in depth behind the permission rules
     resume: str | None = None  # session id to resume (the debug turn)
+
+
+def tool_result(text: str, error: bool = False) -> dict[str, Any]:
+    """An in-process MCP tool's answer; a refusal starts with TOOL_REFUSAL and is traced as a denial."""
+    return {"content": [{"type": "text", "text": text}], **({"is_error": True} if error else {})}
 
 
 def _text(content: Any) -> str:

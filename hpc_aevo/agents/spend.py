@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import Agents
 from ..state import StateTree, now_iso
-from .session import AgentSession, Limits, SessionSpec
+from .session import AgentSession, Limits, SessionSpec, run_session
 
 
 class RoundSpend:
@@ -48,8 +48,13 @@ class RoundSpend:
                     f"agents.max_budget_usd_per_round ${agents.max_budget_usd_per_round}")
         return None
 
-    def refused_record(self, spec: SessionSpec, reason: str) -> AgentSession:
-        """The record of a session that was not started (it costs nothing and fails its candidate)."""
+    def run(self, spec: SessionSpec, agents: Agents) -> AgentSession:
+        """Run `spec` unless the round's agent budget is spent; then record a refused session instead
+        (it costs nothing; its role fails cleanly: a worker's candidate fails, collector and meta fall back)."""
+        reason = self.refusal(agents)
+        if reason is None:
+            return run_session(spec)
+        spec.trace.log("daemon", "session-refused", who=spec.who, role=spec.role, reason=reason)
         record = AgentSession(role=spec.role, round=spec.round, who=spec.who, session_id=None,
                               model=spec.limits.model, started_at=now_iso(), wall_s=0.0,
                               outcome="refused_round_budget", is_error=True, message=reason)
@@ -61,3 +66,11 @@ def limits_for(agents: Agents, spend: RoundSpend) -> Limits:
     """The next session's limits: the campaign's, with the budget cut to what the round has left."""
     caps = [c for c in (agents.max_budget_usd_per_session, spend.left_usd(agents)) if c is not None]
     return Limits(model=agents.model, max_turns=agents.max_turns, max_budget_usd=min(caps) if caps else None)
+
+
+def agent_home(spend: RoundSpend, who: str) -> Path:
+    """A session's CLI home (config, transcripts) under the round's agents/ directory; also the cwd of
+    sessions that get no file tools."""
+    home = spend.dir / "home" / who
+    home.mkdir(parents=True, exist_ok=True)
+    return home

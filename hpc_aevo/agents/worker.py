@@ -30,17 +30,13 @@ from ..state import StateTree
 from ..typed import to_data
 from ..workers import ScriptedWorker, WorkerFailed, WorkerResult, WorkerTask
 from .confine import Confinement
-from .session import AgentSession, SessionSpec, run_session
+from .session import AgentSession, SessionSpec, tool_result
 from .spend import RoundSpend, limits_for
 
 SERVER = "hpc"
 PROPOSAL_FIELDS = ("hypothesis", "axis", "rationale", "expected_effect", "failure_modes")
 SMOKE_STEPS = 2
 SMOKE_TIMEOUT_S = 300
-
-
-def _result(text: str, error: bool = False) -> dict[str, Any]:
-    return {"content": [{"type": "text", "text": text}], **({"is_error": True} if error else {})}
 
 
 def mutation_signature(diff: dict[str, list[Any]]) -> str | None:
@@ -82,7 +78,7 @@ class WorkerTools:
         @tool("job_logs", "Your own candidate's job logs (tails) and its trace, for debugging a failed job.",
               {"type": "object", "properties": {}})
         async def job_logs(_args: dict[str, Any]) -> dict[str, Any]:
-            return _result(self.job_logs())
+            return tool_result(self.job_logs())
 
         @tool("record_proposal", "Record your proposal: hypothesis, axis (your assigned axis), rationale, "
                                  "expected_effect, failure_modes (list). Scores are measured by the evaluation, not you.",
@@ -101,7 +97,7 @@ class WorkerTools:
 
     def smoke_test(self, steps: int) -> dict[str, Any]:
         if not self.confinement.bash:
-            return _result("refused: smoke test unavailable, no OS sandbox (bubblewrap) on this host to run sandbox code in",
+            return tool_result("refused: smoke test unavailable, no OS sandbox (bubblewrap) on this host to run sandbox code in",
                            error=True)
         out = self.confinement.sandbox / ".smoke"
         argv = self.confinement.bwrap_argv([sys.executable, "train.py", "--recipe", "recipe.yaml", "--out", str(out),
@@ -116,7 +112,7 @@ class WorkerTools:
         tail = "\n".join(log.splitlines()[-25:])
         self.smoke_runs.append({"steps": steps, "returncode": code})
         self.task.trace.log("agent:worker", "smoke-test", steps=steps, returncode=code, log_tail=tail[-1500:])
-        return _result(f"exit code {code}\n{tail}", error=code != 0)
+        return tool_result(f"exit code {code}\n{tail}", error=code != 0)
 
     def job_logs(self) -> str:
         parts = []
@@ -132,19 +128,19 @@ class WorkerTools:
         extra = sorted(set(args) - set(PROPOSAL_FIELDS))
         if extra:
             self.task.trace.log("agent:worker", "proposal-refused", fields=extra)
-            return _result(f"refused: {', '.join(extra)} not writable by a worker; only {', '.join(PROPOSAL_FIELDS)} "
+            return tool_result(f"refused: {', '.join(extra)} not writable by a worker; only {', '.join(PROPOSAL_FIELDS)} "
                            "(measured numbers come from the evaluation and the daemon)", error=True)
         if args.get("axis") != self.task.axis:
-            return _result(f"refused: axis must be your assigned axis {self.task.axis!r}, not {args.get('axis')!r}",
+            return tool_result(f"refused: axis must be your assigned axis {self.task.axis!r}, not {args.get('axis')!r}",
                            error=True)
         modes = args.get("failure_modes") or []
         if not all(isinstance(args.get(k), str) and args[k].strip() for k in ("hypothesis", "rationale", "expected_effect")) \
                 or not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
-            return _result("refused: hypothesis, rationale and expected_effect must be non-empty text, "
+            return tool_result("refused: hypothesis, rationale and expected_effect must be non-empty text, "
                            "failure_modes a list of text", error=True)
         self.proposal = dict(args)
         self.task.trace.log("agent:worker", "proposal-recorded", **{k: args.get(k) for k in PROPOSAL_FIELDS})
-        return _result("recorded")
+        return tool_result("recorded")
 
 
 def _prompt(task: WorkerTask, confinement: Confinement) -> str:
@@ -202,12 +198,7 @@ class ClaudeWorker:
             sandbox=conf.sandbox_settings(), mcp_server=tools.server(), guard=conf.guard)
 
     def _run(self, spec: SessionSpec) -> AgentSession:
-        spend = RoundSpend(self.tree, spec.round)
-        refused = spend.refusal(self.campaign.agents)
-        if refused:
-            spec.trace.log("daemon", "session-refused", who=spec.who, role=spec.role, reason=refused)
-            return spend.refused_record(spec, refused)
-        return run_session(spec)
+        return RoundSpend(self.tree, spec.round).run(spec, self.campaign.agents)
 
     def propose(self, task: WorkerTask) -> WorkerResult:
         if task.role == "anchor":  # anchors are not agents: the standing recipe with a fresh seed
