@@ -103,4 +103,7 @@ def test_the_collector_writes_prose_but_no_number(roles, stub):  # noqa: F811
     assert prose == {"calibration": f"The anchors' band stands at {quoted}.", "surprises": "Nothing surprised us."}
     events = read_jsonl(roles.trace(2).path)
     assert [e["numbers"] for e in events if e["event"] == "prose-refused"] == [["0.999"]]
-    assert len([e for e in events if e["event"] == "tool-denied"]) == 2
+    assert [e["layer"] for e in events if e["event"] == "tool-denied"] == ["tool"]
+    assert [e["output"] for e in events if e["event"] == "tool-error"] == [
+        "Input validation error: 'verdict' is not one of ['candidates', 'patterns', 'calibration', 'surprises', "
+        "'rationale_audit']"]
