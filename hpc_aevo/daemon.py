@@ -179,8 +179,10 @@ class Daemon:
         """A failed job goes back to its worker with the log before its single-task resubmission."""
         cand.trace().log("daemon", "debug-turn", reason=reason, backend=self.campaign.agents.backend)
         policy = Policy.load(self.tree.policy(cand.round))
-        observed = self.worker.debug(self._task(cand, manifest, policy), reason)
-        manifest.proposal.observed_failure_modes += [reason, *observed]
+        revised = self.worker.debug(self._task(cand, manifest, policy), reason)
+        if revised is not None:
+            manifest.mutation, manifest.proposal = revised.mutation, revised.proposal
+        manifest.proposal.observed_failure_modes.append(reason)
         sandbox = self.tree.sandbox(cand.round, cand.index)
         manifest.recipe_diff = recipe_diff(without_seed(policy.standing_recipe), without_seed(load_recipe(sandbox)))
 

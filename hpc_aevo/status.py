@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from .agents.spend import RoundSpend
 from .config import ConfigError, load_campaign
 from .constitution import PolicyDecision
 from .daemon import PHASES, RoundState
@@ -26,6 +27,17 @@ from .state import StateTree
 from .typed import to_data
 
 SCHEMA, VERSION = "hpc_aevo.status", 1
+
+
+def _agents(tree: StateTree, rnd: int) -> dict[str, Any]:
+    """The round's agent sessions (claude backend): their count, tokens, cost and wall time, and each one."""
+    sessions = RoundSpend(tree, rnd).sessions()
+    return {"sessions": len(sessions), "cost_usd": round(sum(s.cost_usd for s in sessions), 6),
+            "input_tokens": sum(s.input_tokens for s in sessions), "output_tokens": sum(s.output_tokens for s in sessions),
+            "wall_s": round(sum(s.wall_s for s in sessions), 3),
+            "each": [{"who": s.who, "role": s.role, "outcome": s.outcome, "turns": s.turns, "cost_usd": s.cost_usd,
+                      "input_tokens": s.input_tokens, "output_tokens": s.output_tokens, "wall_s": s.wall_s,
+                      "tool_calls": s.tool_calls, "denials": s.denials} for s in sessions]}
 
 
 def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
@@ -54,6 +66,7 @@ def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
             "evidence": to_data(policy.evidence),
         },
         "candidates": candidates,
+        "agents": _agents(tree, rnd),
         "calibration": None if evidence is None else {
             "spearman": evidence.calibration.spearman, "decoupled": evidence.calibration.decoupled,
             "suspect_domains": evidence.calibration.suspect_domains,
@@ -97,6 +110,11 @@ def render(doc: dict[str, Any]) -> str:
         for c in rnd["candidates"]:
             lines.append(f"  {c['name']:<8}{c['role']:<7}{(c['mutation'] or '-'):<34}{c['status']:<10}"
                          f"{_score(c['dev']):>7}{_score(c['leaderboard']):>7}")
+        if rnd["agents"]["sessions"]:
+            a = rnd["agents"]
+            lines.append(f"  agents: {a['sessions']} sessions, ${a['cost_usd']:.4f}, {a['input_tokens']} in / "
+                         f"{a['output_tokens']} out tokens, {a['wall_s']:.1f}s; "
+                         + ", ".join(f"{s['who']} {s['role']} {s['outcome']}" for s in a["each"]))
         if rnd["calibration"]:
             cal = rnd["calibration"]
             lines.append(f"  calibration: rank corr {cal['spearman']}, decoupled {cal['decoupled']}"

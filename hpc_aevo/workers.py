@@ -65,8 +65,8 @@ class WorkerFailed(RuntimeError):
 class Worker(Protocol):
     def propose(self, task: WorkerTask) -> WorkerResult: ...
 
-    def debug(self, task: WorkerTask, reason: str) -> list[str]:
-        """Let the worker fix its sandbox after a failed job; returns the failure modes it observed."""
+    def debug(self, task: WorkerTask, reason: str) -> WorkerResult | None:
+        """Let the worker fix its sandbox after a failed job; its revised proposal, or None if it made none."""
         ...
 
 
@@ -288,9 +288,9 @@ class ScriptedWorker:
         task.trace.log(ACTOR, "wrote-recipe", path=str(path), diff=recipe_diff(before, after))
         return WorkerResult(op.signature if op else None, proposal)
 
-    def debug(self, task: WorkerTask, reason: str) -> list[str]:
+    def debug(self, task: WorkerTask, reason: str) -> WorkerResult | None:
         """The scripted mutator has no debugging skill: the retry runs the same sandbox."""
-        return []
+        return None
 
     def _choose(self, task: WorkerTask, recipe: Recipe) -> tuple[Operator | None, Proposal]:
         if task.axis not in AXES:

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import anyio
-
 from ..records import Record
 from ..state import now_iso
 from ..trace import Trace
@@ -227,6 +225,8 @@ def run_session(spec: SessionSpec) -> AgentSession:
                    record=str(spec.record_path))
     started = time.monotonic()
     try:
+        import anyio  # with claude-agent-sdk (the agents extra)
+
         anyio.run(_drive, spec, record)
     except Exception as exc:  # the CLI or SDK failed: the session fails, never the campaign
         if not record.result_seen:  # an error result (max turns, budget) is also raised: keep its accounting

@@ -9,6 +9,7 @@ key. When the candidate's job fails, the same session is resumed with the log (t
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -203,6 +204,9 @@ class ClaudeWorker:
     def propose(self, task: WorkerTask) -> WorkerResult:
         if task.role == "anchor":  # anchors are not agents: the standing recipe with a fresh seed
             return ScriptedWorker().propose(task)
+        interrupted = _unfinished_sessions(task.trace, "worker")
+        if interrupted:  # the daemon died mid-session: the daemon re-forked the sandbox, the session starts over
+            task.trace.log("daemon", "session-rerun", role="worker", interrupted=interrupted)
         before = load_recipe(task.sandbox)
         tools = WorkerTools(task, self._confinement(task), self.tree.jobs(task.round, task.candidate))
         session = self._run(self._spec(task, "worker", _prompt(task, tools.confinement), tools, None))
@@ -214,16 +218,24 @@ class ClaudeWorker:
         _set_seed(task)
         return WorkerResult(mutation_signature(recipe_diff(before, after)), _proposal(tools.proposal))
 
-    def debug(self, task: WorkerTask, reason: str) -> list[str]:
-        """Resume the worker's session with its failed job's logs; returns the failure modes it recorded."""
+    def debug(self, task: WorkerTask, reason: str) -> WorkerResult | None:
+        """Resume the worker's session with its failed job's logs; its revised proposal, if it recorded one."""
         previous = RoundSpend(self.tree, task.round).latest(task.name, "worker")
+        standing = copy.deepcopy(task.policy.standing_recipe)
         tools = WorkerTools(task, self._confinement(task), self.tree.jobs(task.round, task.candidate))
         resume = previous.session_id if previous and previous.session_id else None
         session = self._run(self._spec(task, "debug", _debug_prompt(reason, tools.job_logs()), tools, resume))
         _set_seed(task)
         if not session.ok or tools.proposal is None:
-            return []
-        return list(tools.proposal.get("failure_modes") or [])
+            return None
+        return WorkerResult(mutation_signature(recipe_diff(standing, load_recipe(task.sandbox))),
+                            _proposal(tools.proposal))
+
+
+def _unfinished_sessions(trace, role: str) -> int:
+    """Sessions of `role` the trace shows started but never ended (the daemon was killed during them)."""
+    events = [e["event"] for e in read_jsonl(trace.path) if e.get("actor") == f"agent:{role}"]
+    return events.count("session-start") - events.count("session-end")
 
 
 def _set_seed(task: WorkerTask) -> None:
