@@ -28,3 +28,14 @@ def substrate_dir(tmp_path: Path) -> Path:
     (root / "__pycache__").mkdir()
     (root / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"\0debris")
     return root
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    """A loopback model stub (tests/model_stub.py) that agent sessions of this process talk to."""
+    from model_stub import ModelStub
+
+    with ModelStub() as server:
+        for key, value in {**server.env(), "CLAUDE_CODE_MAX_RETRIES": "0"}.items():
+            monkeypatch.setenv(key, value)
+        yield server

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from model_stub import mcp, text, tool_use
-from test_agents_worker import claude_daemon, propose, stub  # noqa: F401  (fixture)
+from test_agents_worker import claude_daemon, propose
 from tiny_campaign import REPO
 
 from hpc_aevo.agents.confine import os_sandbox_available
@@ -85,7 +85,7 @@ ABSORBED = {"write default/ with a python one-liner", "write default/ through a 
 ALLOWED = {"make a symlink out of the sandbox"}
 
 
-def test_adversarial_worker_is_contained(tmp_path, stub):  # noqa: F811
+def test_adversarial_worker_is_contained(tmp_path, stub):
     constitution = tmp_path / "constitution.md"
     shutil.copy(REPO / "policy" / "constitution.md", constitution)
     daemon = claude_daemon(tmp_path, workers=2, constitution=constitution)

@@ -11,7 +11,6 @@ from test_decoupling import EXAMPLES, uniform
 from test_meta import _campaign, _measure
 
 from model_stub import mcp, text, tool_use
-from test_agents_worker import stub  # noqa: F401  (fixture)
 from tiny_campaign import REPO, write_campaign
 
 from hpc_aevo.agents import ClaudeRoles
@@ -44,7 +43,7 @@ def dev_only_round():
     return previous, collect_evidence(2, ctx.manifests, previous, EXAMPLES), ctx
 
 
-def test_a_lawless_meta_is_rejected_rule_by_rule_and_the_fallback_recorded(roles, stub):  # noqa: F811
+def test_a_lawless_meta_is_rejected_rule_by_rule_and_the_fallback_recorded(roles, stub):
     roles, constitution = roles
     previous, evidence, ctx = dev_only_round()
     mandatory = json.loads(mandatory_update(previous, evidence, [])[0].to_json())
@@ -77,7 +76,7 @@ def test_a_lawless_meta_is_rejected_rule_by_rule_and_the_fallback_recorded(roles
     assert session.ok and session.cost_usd > 0
 
 
-def test_a_changed_constitution_is_not_given_to_the_meta(roles, stub):  # noqa: F811
+def test_a_changed_constitution_is_not_given_to_the_meta(roles, stub):
     roles, constitution = roles
     previous, evidence, ctx = dev_only_round()
     expected = constitution_hash(constitution)
@@ -87,7 +86,7 @@ def test_a_changed_constitution_is_not_given_to_the_meta(roles, stub):  # noqa: 
     assert not stub.requests
 
 
-def test_the_collector_writes_prose_but_no_number(roles, stub):  # noqa: F811
+def test_the_collector_writes_prose_but_no_number(roles, stub):
     roles, _ = roles
     _, evidence, _ = dev_only_round()
     calibration = section_texts(evidence)["calibration"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent_scripts import good_worker
-from model_stub import ModelStub, mcp, text
+from model_stub import mcp, text
 from tiny_campaign import write_campaign
 
 from hpc_aevo.agents.session import AgentSession
@@ -17,14 +17,6 @@ from hpc_aevo.daemon import Daemon
 from hpc_aevo.manifest import CandidateManifest
 from hpc_aevo.policy import Policy
 from hpc_aevo.records import read_jsonl
-
-
-@pytest.fixture
-def stub(monkeypatch):
-    with ModelStub() as server:
-        for key, value in {**server.env(), "CLAUDE_CODE_MAX_RETRIES": "0"}.items():
-            monkeypatch.setenv(key, value)
-        yield server
 
 
 def claude_daemon(tmp_path: Path, workers: int = 1, constitution: Path | None = None, **agents) -> Daemon:
