@@ -70,6 +70,7 @@ class ModelStub:
     scripts: dict[str, list[Any]] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)  # every Messages API request body, in order
     hits: list[str] = field(default_factory=list)  # every HTTP request as "METHOD path", whoever made it
+    api_keys: set[str] = field(default_factory=set)  # the x-api-key headers the Messages API requests carried
 
     def __post_init__(self) -> None:
         self.scripts = {key: as_turns(turns) for key, turns in self.scripts.items()}
@@ -121,6 +122,7 @@ class ModelStub:
                     return
                 with stub._lock:
                     stub.requests.append(body)
+                    stub.api_keys.add(self.headers.get("x-api-key") or "")
                 turn = stub.turn_for(body)
                 if turn.delay_s:
                     time.sleep(turn.delay_s)

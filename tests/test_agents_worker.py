@@ -12,7 +12,7 @@ from model_stub import mcp, text
 from tiny_campaign import write_campaign
 
 from hpc_aevo.agents.session import AgentSession
-from hpc_aevo.config import load_campaign
+from hpc_aevo.config import ConfigError, load_campaign
 from hpc_aevo.daemon import Daemon
 from hpc_aevo.manifest import CandidateManifest
 from hpc_aevo.policy import Policy
@@ -87,3 +87,28 @@ def test_session_error_fails_the_candidate_not_the_round(tmp_path, stub):
     assert "error_max_turns" in worker.failure
     (session,) = sessions(daemon)
     assert session.outcome == "error_max_turns" and session.is_error
+
+
+def test_the_round_budget_stops_sessions_and_fails_their_candidates_cleanly(tmp_path, stub):
+    daemon = claude_daemon(tmp_path, workers=2, max_budget_usd_per_round=0.01)
+    stub.add("r000/cand-01", good_worker(daemon.tree.sandbox(0, 1)))
+    stub.add("r000/cand-02", [[text("idle")]])
+    anchor, first, second = propose(daemon)
+    assert anchor.status == "proposed" and first.status == second.status == "failed"
+    assert "error_max_budget_usd" in first.failure and "agent budget spent" in second.failure
+    by_who = {s.who: s for s in sessions(daemon)}
+    assert by_who["cand-01"].outcome == "error_max_budget_usd" and by_who["cand-01"].cost_usd > 0.01
+    assert by_who["cand-02"].outcome == "refused_round_budget" and by_who["cand-02"].cost_usd == 0
+    assert not stub.answered("r000/cand-02")
+
+
+def test_without_an_api_key_the_claude_backend_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("CLAUDE_CODE_OAUTH_TOKEN", raising=False)
+    monkeypatch.setattr("hpc_aevo.agents.session._api_key", None)
+    path = write_campaign(tmp_path, agents={"backend": "claude"})
+    with pytest.raises(ConfigError) as err:
+        Daemon(load_campaign(path))
+    assert str(err.value).count("\n") == 0 and str(path) in str(err.value) and "agents.backend" in str(err.value)
+    assert "no ANTHROPIC_API_KEY" in str(err.value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..config import Campaign, ConfigError
 from ..state import StateTree
-from .session import session_env_ok
+from .session import session_env_ok, take_api_key
 
 
 def _check(campaign: Campaign | None, tree: StateTree | None) -> None:
@@ -21,6 +21,7 @@ def _check(campaign: Campaign | None, tree: StateTree | None) -> None:
     if why:
         raise ConfigError("agents.backend", f"scripted, or claude on a host where it can run ({why})", "claude",
                           str(campaign.source))
+    take_api_key()
 
 
 def claude_worker(campaign: Campaign | None, tree: StateTree | None):

@@ -9,8 +9,10 @@ hits its turn cap or runs out of budget returns a record saying so; it never rai
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,7 +32,18 @@ CLI_DENIALS = ("Permission to use", "denied by your permission settings", "No su
 TOOL_REFUSAL = "refused"  # how this package's own tools begin an answer that refuses the call
 # What a command the OS sandbox stopped prints (read-only mounts, hidden paths, no network).
 OS_DENIALS = re.compile(r"Read-only file system|Permission denied|Operation not permitted|Network is unreachable|"
-                        r"Temporary failure in name resolution|Host name lookup failure|Connection refused|No such file or directory")
+                        r"Temporary failure in name resolution|Host name lookup failure|Connection refused|No such file or directory|"
+                        r"No such process")
+
+_api_key: str | None = None  # the API key, once take_api_key() moved it out of the environment
+
+
+def take_api_key() -> None:
+    """Move ANTHROPIC_API_KEY out of this process's environment: the jobs the daemon starts run code a
+    worker may have written and inherit the environment; sessions still get the key (through apiKeyHelper)."""
+    global _api_key
+    _api_key = os.environ.pop("ANTHROPIC_API_KEY", None) or _api_key
+
 
 Guard = Callable[[str, dict[str, Any]], "str | None"]  # (tool name, tool input) -> denial reason or None
 
@@ -116,14 +129,28 @@ def _short(value: Any, limit: int = 600) -> Any:
     return value if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
 
 
-def _settings(spec: SessionSpec) -> dict[str, Any]:
+def _settings(spec: SessionSpec, secrets: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The CLI's flag settings and the environment entries they need.
+
+    The API key does not reach the CLI through its environment, which Bash would inherit: it is
+    written to a file in `secrets` (hidden from the OS sandbox) that the CLI reads through apiKeyHelper.
+    """
     settings: dict[str, Any] = {"permissions": {"allow": spec.allow, "deny": spec.deny, "defaultMode": "dontAsk"}}
+    env: dict[str, str] = {}
     if spec.sandbox is not None:
-        settings["sandbox"] = spec.sandbox
-    return settings
+        settings["sandbox"] = copy.deepcopy(spec.sandbox)
+        settings["sandbox"].setdefault("filesystem", {}).setdefault("denyRead", []).append(str(secrets))
+    key = os.environ.get("ANTHROPIC_API_KEY") or _api_key
+    if key:
+        keyfile = secrets / "api-key"
+        keyfile.touch(mode=0o600)
+        keyfile.write_text(key)
+        settings["apiKeyHelper"] = f"cat {shlex.quote(str(keyfile))}"
+        env["ANTHROPIC_API_KEY"] = ""
+    return settings, env
 
 
-def _options(spec: SessionSpec, hook_denied: dict[str, str], scratch: str):
+def _options(spec: SessionSpec, hook_denied: dict[str, str], scratch: str, secrets: str):
     import json
 
     from claude_agent_sdk import ClaudeAgentOptions, HookMatcher
@@ -138,13 +165,14 @@ def _options(spec: SessionSpec, hook_denied: dict[str, str], scratch: str):
 
     home = spec.home.resolve()
     (home / "config").mkdir(parents=True, exist_ok=True)
+    settings, key_env = _settings(spec, Path(secrets))
     env = {**QUIET_ENV, "HOME": str(home), "CLAUDE_CONFIG_DIR": str(home / "config"),
-           "TMPDIR": scratch, "CLAUDE_CODE_TMPDIR": scratch}
+           "TMPDIR": scratch, "CLAUDE_CODE_TMPDIR": scratch, **key_env}
     return ClaudeAgentOptions(
         tools=spec.tools, allowed_tools=[], disallowed_tools=spec.deny, system_prompt=spec.system_prompt,
         mcp_servers={spec.mcp_name: spec.mcp_server} if spec.mcp_server else {}, strict_mcp_config=True,
         permission_mode="dontAsk", max_turns=spec.limits.max_turns, max_budget_usd=spec.limits.max_budget_usd,
-        model=spec.limits.model, cwd=str(spec.cwd), settings=json.dumps(_settings(spec)), setting_sources=[],
+        model=spec.limits.model, cwd=str(spec.cwd), settings=json.dumps(settings), setting_sources=[],
         env=env, resume=spec.resume, verbatim_prompts=True,
         hooks={"PreToolUse": [HookMatcher(matcher=None, hooks=[pre_tool_use], on_failure="block")]})
 
@@ -175,8 +203,9 @@ async def _drive(spec: SessionSpec, record: AgentSession) -> None:
     hook_denied: dict[str, str] = {}  # tool_use_id -> reason, for calls the PreToolUse guard refused
     names: dict[str, str] = {}  # tool_use_id -> tool name
     # A short temp dir: the OS sandbox's bridge sockets live there, and a Unix socket path has 108 bytes at most.
-    with tempfile.TemporaryDirectory(prefix="hpc-agent-") as scratch:
-        async for message in query(prompt=spec.prompt, options=_options(spec, hook_denied, scratch)):
+    with tempfile.TemporaryDirectory(prefix="hpc-agent-") as scratch, \
+            tempfile.TemporaryDirectory(prefix="hpc-agent-key-") as secrets:
+        async for message in query(prompt=spec.prompt, options=_options(spec, hook_denied, scratch, secrets)):
             _observe(spec, record, message, names, hook_denied)
     if not record.result_seen:
         raise RuntimeError("the CLI ended without a result message")
@@ -246,7 +275,7 @@ def session_env_ok() -> str | None:
         import claude_agent_sdk  # noqa: F401
     except ImportError:
         return "claude-agent-sdk is not installed (pip install '.[agents]')"
-    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")
+    if not (os.environ.get("ANTHROPIC_API_KEY") or _api_key or os.environ.get("ANTHROPIC_AUTH_TOKEN")
             or os.environ.get("CLAUDE_CODE_OAUTH_TOKEN")):
         return "no ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) in the environment"
     return None
