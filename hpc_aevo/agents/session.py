@@ -31,9 +31,10 @@ QUIET_ENV = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY
 CLI_DENIALS = ("Permission to use", "denied by your permission settings", "No such tool available")
 TOOL_REFUSAL = "refused"  # how this package's own tools begin an answer that refuses the call
 # What a command the OS sandbox stopped prints (read-only mounts, hidden paths, no network).
-OS_DENIALS = re.compile(r"Read-only file system|Permission denied|Operation not permitted|Network is unreachable|"
-                        r"Temporary failure in name resolution|Host name lookup failure|Connection refused|No such file or directory|"
-                        r"No such process")
+OS_DENIALS = re.compile("|".join((
+    "Read-only file system", "Permission denied", "Operation not permitted", "No such file or directory",
+    "No such process", "Network is unreachable", "Connection refused", "Temporary failure in name resolution",
+    "Host name lookup failure")))
 
 _api_key: str | None = None  # the API key, once take_api_key() moved it out of the environment
 
@@ -129,6 +130,14 @@ def _short(value: Any, limit: int = 600) -> Any:
     return value if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
 
 
+def _keys_dir() -> Path:
+    """One private parent of every session's key file (0700, per uid), hidden from the OS sandbox as a
+    whole: a key file left behind by a session killed with the daemon stays hidden from later sessions."""
+    path = Path(tempfile.gettempdir()) / f"hpc-agent-keys-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 def _settings(spec: SessionSpec, secrets: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """The CLI's flag settings and the environment entries they need.
 
@@ -139,7 +148,7 @@ def _settings(spec: SessionSpec, secrets: Path) -> tuple[dict[str, Any], dict[st
     env: dict[str, str] = {}
     if spec.sandbox is not None:
         settings["sandbox"] = copy.deepcopy(spec.sandbox)
-        settings["sandbox"].setdefault("filesystem", {}).setdefault("denyRead", []).append(str(secrets))
+        settings["sandbox"].setdefault("filesystem", {}).setdefault("denyRead", []).append(str(_keys_dir()))
     key = os.environ.get("ANTHROPIC_API_KEY") or _api_key
     if key:
         keyfile = secrets / "api-key"
@@ -204,7 +213,7 @@ async def _drive(spec: SessionSpec, record: AgentSession) -> None:
     names: dict[str, str] = {}  # tool_use_id -> tool name
     # A short temp dir: the OS sandbox's bridge sockets live there, and a Unix socket path has 108 bytes at most.
     with tempfile.TemporaryDirectory(prefix="hpc-agent-") as scratch, \
-            tempfile.TemporaryDirectory(prefix="hpc-agent-key-") as secrets:
+            tempfile.TemporaryDirectory(dir=_keys_dir()) as secrets:
         async for message in query(prompt=spec.prompt, options=_options(spec, hook_denied, scratch, secrets)):
             _observe(spec, record, message, names, hook_denied)
     if not record.result_seen:

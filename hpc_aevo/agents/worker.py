@@ -35,6 +35,7 @@ from .confine import Confinement
 from .session import AgentSession, SessionSpec, tool_result
 from .spend import RoundSpend, limits_for
 
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 SERVER = "hpc"
 PROPOSAL_FIELDS = ("hypothesis", "axis", "rationale", "expected_effect", "failure_modes")
 SMOKE_STEPS = 2
@@ -185,7 +186,7 @@ class ClaudeWorker:
 
     def _confinement(self, task: WorkerTask) -> Confinement:
         protected = [self.tree.root, self.campaign.paths.substrate, self.campaign.paths.constitution,
-                     self.campaign.source.parent]
+                     self.campaign.source.parent, PACKAGE_DIR]  # the package holds the leaderboard adapter
         return Confinement(task.sandbox, protected)
 
     def _spec(self, task: WorkerTask, role: str, prompt: str, tools: WorkerTools, resume: str | None) -> SessionSpec:
