@@ -20,7 +20,7 @@ from test_agents_worker import claude_daemon, propose
 from tiny_campaign import REPO
 
 from hpc_aevo.agents.confine import os_sandbox_available
-from hpc_aevo.agents.session import _keys_dir
+from hpc_aevo.agents.session import keys_dir
 from hpc_aevo.records import read_jsonl
 
 pytestmark = pytest.mark.skipif(not os_sandbox_available(), reason="needs bubblewrap and socat (apt) for Bash")
@@ -102,7 +102,7 @@ def test_adversarial_worker_is_contained(tmp_path, stub):
     state = daemon.tree.root
     sandbox, other = daemon.tree.sandbox(0, 1), daemon.tree.sandbox(0, 2)
     port = int(stub.base_url.rsplit(":", 1)[1])
-    stale = _keys_dir() / "left-by-a-killed-session"  # a key file a session killed with the daemon left behind
+    stale = keys_dir() / "left-by-a-killed-session"  # a key file a session killed with the daemon left behind
     stale.mkdir(exist_ok=True)
     (stale / "api-key").write_text("sk-ant-stale")
     victim = subprocess.Popen(["sleep", "300"])  # stands for a job or the daemon: a process outside the sandbox

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent_scripts import good_worker
-from model_stub import mcp, text
+from model_stub import mcp, text, tool_use
 from tiny_campaign import write_campaign
 
 from hpc_aevo.agents.session import AgentSession
@@ -112,3 +112,17 @@ def test_without_an_api_key_the_claude_backend_is_refused_in_one_line(tmp_path, 
         Daemon(load_campaign(path))
     assert str(err.value).count("\n") == 0 and str(path) in str(err.value) and "agents.backend" in str(err.value)
     assert "no ANTHROPIC_API_KEY" in str(err.value)
+
+
+def test_without_an_os_sandbox_no_shell_is_offered(tmp_path, stub, monkeypatch):
+    monkeypatch.setattr("hpc_aevo.agents.confine.os_sandbox_available", lambda: False)
+    daemon = claude_daemon(tmp_path)
+    stub.add("r000/cand-01", [[tool_use("Bash", command="echo hi > escaped.txt")], [mcp("hpc", "smoke_test")],
+                              [text("no shell")]])
+    _, worker = propose(daemon)
+    assert worker.status == "failed"  # no proposal recorded
+    events = read_jsonl(daemon.tree.trace(0, 1))
+    assert [e["tools"] for e in events if e["event"] == "session-start"] == [["Read", "Edit", "Write", "Glob", "Grep"]]
+    denied = [e for e in events if e["event"] == "tool-denied"]
+    assert [(e["tool"], e["layer"]) for e in denied] == [("Bash", "not-offered"), ("mcp__hpc__smoke_test", "tool")]
+    assert "No such tool available" in denied[0]["reason"] and not (daemon.tree.sandbox(0, 1) / "escaped.txt").exists()

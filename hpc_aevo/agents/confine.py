@@ -45,7 +45,7 @@ class Confinement:
 
     sandbox: Path
     protected: list[Path]  # what the worker must not see (state tree, constitution, substrate); the sandbox excepted
-    bash: bool = field(default_factory=os_sandbox_available)
+    bash: bool = field(default_factory=lambda: os_sandbox_available())
 
     def __post_init__(self) -> None:
         self.sandbox = Path(os.path.realpath(self.sandbox))

@@ -27,8 +27,9 @@ from ..trace import Trace
 QUIET_ENV = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1",
              "DISABLE_AUTOUPDATER": "1", "DISABLE_ERROR_REPORTING": "1"}
 
-# How the CLI answers a tool call its permission rules denied.
-CLI_DENIALS = ("Permission to use", "denied by your permission settings", "No such tool available")
+# How the CLI answers a tool call it refused, and which layer refused it.
+CLI_DENIALS = {"Permission to use": "permission-rule", "denied by your permission settings": "permission-rule",
+               "No such tool available": "not-offered"}
 TOOL_REFUSAL = "refused"  # how this package's own tools begin an answer that refuses the call
 # What a command the OS sandbox stopped prints (read-only mounts, hidden paths, no network).
 OS_DENIALS = re.compile("|".join((
@@ -130,7 +131,7 @@ def _short(value: Any, limit: int = 600) -> Any:
     return value if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
 
 
-def _keys_dir() -> Path:
+def keys_dir() -> Path:
     """One private parent of every session's key file (0700, per uid), hidden from the OS sandbox as a
     whole: a key file left behind by a session killed with the daemon stays hidden from later sessions."""
     path = Path(tempfile.gettempdir()) / f"hpc-agent-keys-{os.getuid()}"
@@ -148,7 +149,7 @@ def _settings(spec: SessionSpec, secrets: Path) -> tuple[dict[str, Any], dict[st
     env: dict[str, str] = {}
     if spec.sandbox is not None:
         settings["sandbox"] = copy.deepcopy(spec.sandbox)
-        settings["sandbox"].setdefault("filesystem", {}).setdefault("denyRead", []).append(str(_keys_dir()))
+        settings["sandbox"].setdefault("filesystem", {}).setdefault("denyRead", []).append(str(keys_dir()))
     key = os.environ.get("ANTHROPIC_API_KEY") or _api_key
     if key:
         keyfile = secrets / "api-key"
@@ -194,7 +195,8 @@ def _log_result(trace: Trace, actor: str, block: Any, tool: str | None, hook_den
     if block.tool_use_id in hook_denied:
         event, layer, detail = "tool-denied", "hook", hook_denied[block.tool_use_id]
     elif block.is_error and any(marker in content for marker in CLI_DENIALS):
-        event, layer, detail = "tool-denied", "permission-rule", content
+        layer = next(layer for marker, layer in CLI_DENIALS.items() if marker in content)
+        event, detail = "tool-denied", content
     elif block.is_error and (tool or "").startswith("mcp__") and content.startswith(TOOL_REFUSAL):
         event, layer, detail = "tool-denied", "tool", content
     elif tool == "Bash" and OS_DENIALS.search(content):
@@ -213,7 +215,7 @@ async def _drive(spec: SessionSpec, record: AgentSession) -> None:
     names: dict[str, str] = {}  # tool_use_id -> tool name
     # A short temp dir: the OS sandbox's bridge sockets live there, and a Unix socket path has 108 bytes at most.
     with tempfile.TemporaryDirectory(prefix="hpc-agent-") as scratch, \
-            tempfile.TemporaryDirectory(dir=_keys_dir()) as secrets:
+            tempfile.TemporaryDirectory(dir=keys_dir()) as secrets:
         async for message in query(prompt=spec.prompt, options=_options(spec, hook_denied, scratch, secrets)):
             _observe(spec, record, message, names, hook_denied)
     if not record.result_seen:
