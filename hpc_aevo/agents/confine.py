@@ -27,6 +27,7 @@ FILE_TOOLS = {"Read": "file_path", "Write": "file_path", "Edit": "file_path", "M
               "NotebookEdit": "notebook_path", "Glob": "path", "Grep": "path"}
 SCHEDULER_COMMANDS = ("sbatch", "scancel", "srun", "salloc", "scontrol", "sacctmgr")
 NETWORK_COMMANDS = ("curl", "wget", "nc", "ssh", "scp")
+_WILDCARD = re.compile(r"[*?\[{]")
 _COMMAND_WORD = re.compile(r"(?:^|[\s;&|()`$'\"])(" + "|".join(SCHEDULER_COMMANDS) + r")(?=$|[\s;&|()`'\"])")
 
 
@@ -94,12 +95,12 @@ class Confinement:
     def guard(self, tool: str, tool_input: dict[str, Any]) -> str | None:
         """Why this tool call must not run (None: let the permission rules decide)."""
         if tool in FILE_TOOLS:
-            path = tool_input.get(FILE_TOOLS[tool]) or "."
-            if tool == "Glob" and os.path.isabs(str(tool_input.get("pattern", ""))):
-                path = str(tool_input["pattern"]).split("*")[0] or "/"
-            if not self.inside(path):
-                return (f"{tool} on {path} refused: it resolves to {os.path.realpath(Path(self.sandbox, path))}, "
-                        f"outside this worker's sandbox {self.sandbox}")
+            base = str(tool_input.get(FILE_TOOLS[tool]) or ".")
+            pattern = str(tool_input.get({"Glob": "pattern", "Grep": "glob"}.get(tool, ""), "") or "")
+            for path in (base, os.path.join(base, _WILDCARD.split(pattern, 1)[0])):  # a pattern may climb out too
+                if not self.inside(path):
+                    return (f"{tool} on {path} refused: it resolves to {os.path.realpath(Path(self.sandbox, path))}, "
+                            f"outside this worker's sandbox {self.sandbox}")
         if tool == "Bash":
             command = str(tool_input.get("command", ""))
             named = [str(p) for p in self.denied if str(p) in command]
