@@ -84,8 +84,7 @@ class Confinement:
             return None
         return {"enabled": True, "failIfUnavailable": True, "autoAllowBashIfSandboxed": True,
                 "allowUnsandboxedCommands": False,
-                "filesystem": {"allowWrite": [str(self.sandbox)], "denyRead": [str(p) for p in self.denied],
-                               "denyWrite": [str(p) for p in self.denied]},
+                "filesystem": {"allowWrite": [str(self.sandbox)], "denyRead": [str(p) for p in self.denied]},
                 "network": {"allowedDomains": [], "allowLocalBinding": False}}
 
     def inside(self, path: str | Path) -> bool:

@@ -36,6 +36,7 @@ from .session import AgentSession, SessionSpec, tool_result
 from .spend import RoundSpend, limits_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
+MUNGE_DIR = Path("/etc/munge")
 SERVER = "hpc"
 PROPOSAL_FIELDS = ("hypothesis", "axis", "rationale", "expected_effect", "failure_modes")
 SMOKE_STEPS = 2
@@ -186,7 +187,8 @@ class ClaudeWorker:
 
     def _confinement(self, task: WorkerTask) -> Confinement:
         protected = [self.tree.root, self.campaign.paths.substrate, self.campaign.paths.constitution,
-                     self.campaign.source.parent, PACKAGE_DIR]  # the package holds the leaderboard adapter
+                     self.campaign.source.parent, PACKAGE_DIR,  # the package holds the leaderboard adapter
+                     MUNGE_DIR]  # SLURM's shared key: with it a job could be forged
         return Confinement(task.sandbox, protected)
 
     def _spec(self, task: WorkerTask, role: str, prompt: str, tools: WorkerTools, resume: str | None) -> SessionSpec:
