@@ -46,6 +46,7 @@ class Turn:
     blocks: list[dict[str, Any]] | Callable[[dict[str, Any]], list[dict[str, Any]]]
     delay_s: float = 0.0  # wait before answering (lets a test kill the caller mid-session)
     status: int = 200  # a non-200 status answers with an API error instead
+    broken_stream: bool = False  # cut a streamed answer after message_start (the CLI then asks without streaming)
 
     def content(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         blocks = self.blocks(request) if callable(self.blocks) else self.blocks
@@ -131,7 +132,7 @@ class ModelStub:
                     return
                 message = _message(body, turn.content(body))
                 if body.get("stream"):
-                    self._sse(message)
+                    self._sse(message, cut=turn.broken_stream)
                 else:
                     self._json(200, message)
 
@@ -143,13 +144,14 @@ class ModelStub:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _sse(self, message: dict[str, Any]) -> None:
+            def _sse(self, message: dict[str, Any], cut: bool = False) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                for event, data in _events(message):
+                events = _events(message)
+                for event, data in events[:1] if cut else events:
                     self.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
                 self.wfile.flush()
                 self.close_connection = True

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent_scripts import good_worker
-from model_stub import mcp, text, tool_use
+from model_stub import Turn, mcp, text, tool_use
 from tiny_campaign import write_campaign
 
 from hpc_aevo.agents.session import AgentSession
@@ -126,3 +126,15 @@ def test_without_an_os_sandbox_no_shell_is_offered(tmp_path, stub, monkeypatch):
     denied = [e for e in events if e["event"] == "tool-denied"]
     assert [(e["tool"], e["layer"]) for e in denied] == [("Bash", "not-offered"), ("mcp__hpc__smoke_test", "tool")]
     assert "No such tool available" in denied[0]["reason"] and not (daemon.tree.sandbox(0, 1) / "escaped.txt").exists()
+
+
+@pytest.mark.slow  # the CLI waits about 20 s before it asks again without streaming
+def test_a_broken_stream_is_answered_again_as_plain_json(tmp_path, stub):
+    daemon = claude_daemon(tmp_path)
+    stub.add("r000/cand-01", [Turn([mcp("hpc", "job_logs")], broken_stream=True), [text("done")]])
+    propose(daemon)
+    streamed = [r.get("stream", False) for r in stub.requests if "r000/cand-01" in json.dumps(r["messages"][:1])]
+    assert False in streamed, streamed  # the CLI fell back to a non-streaming request, which the stub served
+    events = read_jsonl(daemon.tree.trace(0, 1))
+    assert [e["tool"] for e in events if e["event"] == "tool-call"] == ["mcp__hpc__job_logs"]
+    assert [e["outcome"] for e in events if e["event"] == "session-end"] == ["success"]
