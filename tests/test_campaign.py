@@ -38,7 +38,7 @@ def comparable(state_root: Path) -> dict:
 
 def launches(state_root: Path) -> dict[str, int]:
     """How many times each candidate's training really ran (a claim is taken once per run)."""
-    return {str(p.parent.parent.relative_to(state_root)): len(list(p.glob("attempt-*.claim")))
+    return {str(p.parent.relative_to(state_root)): len(list(p.glob("attempt-*.claim")))
             for p in state_root.glob("rounds/r*/cand-*/jobs")}
 
 
