@@ -17,6 +17,7 @@ import yaml
 
 from tiny_campaign import REPO, write_campaign
 
+ALL_STATES = "PD,R,RQ,RS,S,CA,CD,F,TO,OOM,NF,PR,BF,DL"
 CLUSTER_DIR = Path(os.environ.get("HPC_AEVO_DEVCLUSTER", "/tmp/hpc_aevo-devcluster"))
 
 
@@ -49,7 +50,10 @@ def slurm(*command: str) -> str:
 def sacct_tasks(name_prefix: str) -> dict[str, tuple[str, str]]:
     """{job id: (job name, state)} of every array task whose job name starts with `name_prefix`."""
     out = {}
-    for line in slurm("sacct", "-X", "-n", "-P", "-S", "now-1days", "--format=JobID,JobName,State").splitlines():
+    # With explicit states and -E, sacct also lists tasks cancelled before they were ever eligible.
+    listing = slurm("sacct", "-X", "-n", "-P", "-S", "now-1days", "-E", "now", "-s", ALL_STATES,
+                    "--format=JobID,JobName,State")
+    for line in listing.splitlines():
         job, name, state = line.split("|")[:3]
         if name.startswith(name_prefix):
             out[job] = (name, state.split()[0])

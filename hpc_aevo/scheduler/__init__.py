@@ -112,9 +112,12 @@ def attempt_state(spec: JobSpec, submission: Submission | None, status: JobStatu
     if status.alive:
         return "RUNNING", None
     trained = JobOutcome.load_or_none(spec.stage("train").outcome_path())
-    if trained is not None and trained.state != "COMPLETED":
-        return trained.state, trained  # the train task failed; SLURM cancelled its chained eval task
-    return status.ended or "LOST", None
+    failed_training = trained if trained is not None and trained.state != "COMPLETED" else None
+    if status.ended not in (None, "COMPLETED"):
+        return status.ended, failed_training  # the scheduler's word: CANCELLED, TIMEOUT, FAILED, ...
+    if failed_training is not None:
+        return failed_training.state, failed_training
+    return "LOST", None  # gone without a word: neither an outcome record nor a scheduler end state
 
 
 def make_scheduler(campaign: Campaign) -> Scheduler:

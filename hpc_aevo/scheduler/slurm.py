@@ -274,7 +274,8 @@ class SlurmScheduler(Scheduler):
         self.queries += 2
         found: dict[tuple[str, str], str] = {}  # (batch, stage) -> array job id
         live = _run(["squeue", "-h", "-r", "-o", "%F|%k"])
-        past = _run(["sacct", "-X", "-n", "-P", "--format=JobID,Comment", "-S", "now-7days"])
+        past = _run(["sacct", "-X", "-n", "-P", "--format=JobID,Comment", "-S", "now-7days", "-E", "now",
+                     "-s", "PD,R,RQ,RS,S,CA,CD,F,TO,OOM,NF,PR,BF,DL"])  # states listed: never-eligible tasks too
         for line in (live + past).splitlines():
             job, _, comment = line.partition("|")
             parts = comment.split(":")
