@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime, timezone
@@ -215,8 +217,9 @@ class SlurmScheduler(Scheduler):
             params = self._parameters(stage, _round(specs[0]), "<batch>", dependency)
             params["additional_parameters"] = {**params["additional_parameters"], "array": array}
             folder = Path(specs[0].jobs_dir).parents[1] / "slurm"
-            script = _make_sbatch_string(command=f"{submitit.SlurmExecutor(folder)._submitit_command_str}",
-                                         folder=folder, map_count=len(specs), **params)
+            # submitit's own command line; its executor refuses to exist where srun is missing (a dry run need not)
+            command = " ".join([sys.executable, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+            script = _make_sbatch_string(command=command, folder=folder, map_count=len(specs), **params)
             out.append(f"# ---- {stage} array: candidates {', '.join(s.key for s in specs)} ----\n{script}")
         return "\n".join(out)
 
