@@ -201,6 +201,27 @@ def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None
     return outcome
 
 
+def run_rank(spec: JobSpec, rank: int, on_process: Callable[[subprocess.Popen], None] | None = None) -> int:
+    """Rank `rank` (> 0) of a multi-node training task: the same trainer, which joins rank 0's
+    torch.distributed rendezvous from the SLURM environment. Rank 0 alone claims the attempt and
+    records its outcome; this rank waits until rank 0 has checked the checkpoints' recipe, so it
+    never resumes checkpoints that rank 0 is about to delete."""
+    recipe_hash = hashlib.sha256((Path(spec.sandbox) / "recipe.yaml").read_bytes()).hexdigest()
+    marker = Path(spec.checkpoints) / "recipe.sha256"
+    deadline = time.time() + 120
+    while not (marker.exists() and marker.read_text() == recipe_hash):
+        if time.time() > deadline:
+            raise RuntimeError(f"rank {rank}: rank 0 never prepared {spec.checkpoints} for this recipe")
+        time.sleep(0.5)
+    command, cwd = _command(spec, "train")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    with open(Path(spec.jobs_dir) / f"attempt-{spec.attempt}.train.rank{rank}.log", "ab") as handle:
+        process = subprocess.Popen(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        if on_process is not None:
+            on_process(process)
+        return process.wait()
+
+
 def log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])

@@ -36,7 +36,7 @@ from submitit.slurm.slurm import SlurmJob, _make_sbatch_string
 from ..config import Stages
 from ..profile import ClusterProfile, task_resources
 from . import JobStatus, Scheduler, Submission, Submitted, TaskUsage
-from .job import JobSpec, run_job
+from .job import EXIT_PREEMPTED, JobSpec, run_job, run_rank
 
 # sacct states of a job that is still queued or running (anything else is an end state).
 LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
@@ -54,8 +54,14 @@ class StageTask(Checkpointable):
         self._process: subprocess.Popen | None = None
 
     def __call__(self) -> str:
-        if int(os.environ.get("SLURM_PROCID", "0")) != 0:
-            raise RuntimeError("multi-task candidate jobs need the distributed trainer; only rank 0 runs here")
+        rank = int(os.environ.get("SLURM_PROCID", "0"))
+        if rank != 0:  # a further rank of a multi-node task: training only; rank 0 records the attempt
+            if self.spec.stages != ("train",):
+                return "rank 0 evaluates"
+            code = run_rank(self.spec, rank, on_process=self._remember)
+            if code not in (0, EXIT_PREEMPTED):
+                raise RuntimeError(f"{self.spec.key} attempt {self.spec.attempt} rank {rank}: train exited with {code}")
+            return f"rank {rank} exited {code}"
         outcome = run_job(self.spec, on_process=self._remember)
         if outcome.state != "COMPLETED":  # a failed task cancels its chained eval task
             raise RuntimeError(f"{self.spec.key} attempt {self.spec.attempt} {outcome.state}: {outcome.message}")
