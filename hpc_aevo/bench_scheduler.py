@@ -2,9 +2,9 @@
 
 For 8, 64 and 512 trivial candidates (a train.py and an evaluate.py that do nothing) it runs the
 real launcher against the real SLURM cluster (SLURM_CONF; e.g. the devcluster) and prints, per
-size: scheduler calls per poll (sacct/squeue/sbatch/scancel invocations over launcher polls: it
-must not grow with the number of candidates), the daemon's own CPU seconds and its children's
-(the scheduler commands), and the wall time of the round. Writes the figures as JSON (--out).
+size: scheduler queries per poll (sacct calls over launcher polls: at most one, whatever the
+number of candidates), all scheduler commands (sbatch included), the daemon's own CPU seconds and
+its children's (the scheduler commands), and the wall time of the round. Writes the figures as JSON (--out).
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ def measure(n: int, max_parallel: int, poll_interval_s: float, profile_path: Pat
         after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         done = sum(c.manifest().status == "trained" for c in candidates)
     return {
-        "candidates": n, "trained": done, "polls": launcher.polls, "scheduler_calls": scheduler.queries,
-        "scheduler_calls_per_poll": round(scheduler.queries / launcher.polls, 3),
+        "candidates": n, "trained": done, "polls": launcher.polls, "scheduler_calls": dict(scheduler.calls),
+        "queries_per_poll": round(scheduler.calls["sacct"] / launcher.polls, 3),
+        "calls_per_poll": round(sum(scheduler.calls.values()) / launcher.polls, 3),
         "daemon_cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 3),
         "scheduler_commands_cpu_s": round((children_after.ru_utime - children.ru_utime)
                                           + (children_after.ru_stime - children.ru_stime), 3),
@@ -78,13 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     (Path.cwd() / "logs").mkdir(exist_ok=True)
     results = []
-    print(f"{'candidates':>10} {'polls':>6} {'calls':>6} {'calls/poll':>10} {'daemon CPU s':>12} "
-          f"{'cmd CPU s':>9} {'wall s':>7}", flush=True)
+    print(f"{'candidates':>10} {'polls':>6} {'sacct':>6} {'sbatch':>6} {'sacct/poll':>10} {'calls/poll':>10} "
+          f"{'daemon CPU s':>12} {'cmd CPU s':>9} {'wall s':>7}", flush=True)
     for n in (int(x) for x in args.sizes.split(",")):
         r = measure(n, args.max_parallel, args.poll_interval, args.profile)
         results.append(r)
-        print(f"{r['candidates']:>10} {r['polls']:>6} {r['scheduler_calls']:>6} {r['scheduler_calls_per_poll']:>10} "
-              f"{r['daemon_cpu_s']:>12} {r['scheduler_commands_cpu_s']:>9} {r['wall_s']:>7}", flush=True)
+        calls = r["scheduler_calls"]
+        print(f"{r['candidates']:>10} {r['polls']:>6} {calls.get('sacct', 0):>6} {calls.get('sbatch', 0):>6} "
+              f"{r['queries_per_poll']:>10} {r['calls_per_poll']:>10} {r['daemon_cpu_s']:>12} "
+              f"{r['scheduler_commands_cpu_s']:>9} {r['wall_s']:>7}", flush=True)
         if r["trained"] != n:
             print(f"bench_scheduler: only {r['trained']} of {n} trivial candidates completed", file=sys.stderr)
             return 1

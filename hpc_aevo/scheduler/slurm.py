@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -169,7 +170,7 @@ class SlurmScheduler(Scheduler):
                           for name in ("train", "eval")}
         self.campaign_id = f"{campaign}-{hashlib.sha256(str(state_root).encode()).hexdigest()[:10]}"
         self.min_query_interval_s = max(poll_interval_s, 1.0)
-        self.queries = 0  # scheduler calls made (sacct, squeue, sbatch, scancel), for the benchmark
+        self.calls: Counter[str] = Counter()  # scheduler commands run, by name (sacct, sbatch, ...), for the benchmark
         self._cache: tuple[float, frozenset[str], dict[str, tuple[str, float, str]]] | None = None
 
     # ---- submitting ------------------------------------------------------------------------
@@ -204,7 +205,7 @@ class SlurmScheduler(Scheduler):
     def _submit_stage(self, specs: list[JobSpec], stage: str, batch: str, dependency: str | None) -> str:
         folder = Path(specs[0].jobs_dir).parents[1] / "slurm"
         executor = self._executor(folder, self._parameters(stage, _round(specs[0]), batch, dependency))
-        self.queries += 1
+        self.calls["sbatch"] += 1
         return executor.submit_array([StageTask(s.stage(stage)) for s in specs], [_candidate(s) for s in specs],
                                      self.max_parallel)
 
@@ -236,7 +237,7 @@ class SlurmScheduler(Scheduler):
         now = time.monotonic()
         if self._cache is not None and arrays <= self._cache[1] and now - self._cache[0] < self.min_query_interval_s:
             return self._cache[2]
-        self.queries += 1
+        self.calls["sacct"] += 1
         text = _run(["sacct", "-X", "-n", "-P", "--format=JobID,State,ElapsedRaw,AllocTRES", "-j", ",".join(sorted(arrays))])
         rows = {}
         for line in text.splitlines():
@@ -271,7 +272,7 @@ class SlurmScheduler(Scheduler):
     def cancel(self, submissions: list[Submission]) -> None:
         ids = [j for s in submissions for j in (s.job_id, s.eval_job_id) if j]
         if ids:
-            self.queries += 1
+            self.calls["scancel"] += 1
             subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=120)
 
     # ---- recovery --------------------------------------------------------------------------
@@ -280,7 +281,8 @@ class SlurmScheduler(Scheduler):
         squeue (live jobs, any accounting setup) then sacct (finished ones; needs AccountingStoreFlags=
         job_comment). A batch whose train array exists but whose eval array does not (the daemon died
         between the two sbatch calls) gets its eval array now."""
-        self.queries += 2
+        self.calls["squeue"] += 1
+        self.calls["sacct"] += 1
         found: dict[tuple[str, str], str] = {}  # (batch, stage) -> array job id
         live = _run(["squeue", "-h", "-r", "-o", "%F|%k"])
         past = _run(["sacct", "-X", "-n", "-P", "--format=JobID,Comment", "-S", "now-7days", "-E", "now",
