@@ -58,6 +58,7 @@ def measure(n: int, max_parallel: int, poll_interval_s: float, profile_path: Pat
         launcher.run(candidates, lambda line: None)
         after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         done = sum(c.manifest().status == "trained" for c in candidates)
+        failures = sorted({c.manifest().failure for c in candidates if c.manifest().status != "trained"})
     return {
         "candidates": n, "trained": done, "polls": launcher.polls, "scheduler_calls": dict(scheduler.calls),
         "queries_per_poll": round(scheduler.calls["sacct"] / launcher.polls, 3),
@@ -65,7 +66,7 @@ def measure(n: int, max_parallel: int, poll_interval_s: float, profile_path: Pat
         "daemon_cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 3),
         "scheduler_commands_cpu_s": round((children_after.ru_utime - children.ru_utime)
                                           + (children_after.ru_stime - children.ru_stime), 3),
-        "wall_s": round(time.time() - started, 1),
+        "wall_s": round(time.time() - started, 1), "failures": failures,
     }
 
 
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['queries_per_poll']:>10} {r['calls_per_poll']:>10} {r['daemon_cpu_s']:>12} "
               f"{r['scheduler_commands_cpu_s']:>9} {r['wall_s']:>7}", flush=True)
         if r["trained"] != n:
-            print(f"bench_scheduler: only {r['trained']} of {n} trivial candidates completed", file=sys.stderr)
+            print(f"bench_scheduler: only {r['trained']} of {n} trivial candidates completed: {r['failures']}",
+                  file=sys.stderr)
             return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"max_parallel": args.max_parallel, "poll_interval_s": args.poll_interval,

@@ -8,7 +8,8 @@ the loop; a train task that fails or times out gets its eval task cancelled by S
 
 The daemon never calls submitit's `result()` (it hangs for a job that ended without a result file)
 and never asks per job: one `sacct` per poll covers every array of the campaign, however many
-candidates, and its answer is reused until `min_query_interval_s` has passed.
+candidates, and its answer is reused until `min_query_interval_s` has passed. Only when sacct
+does not list a task yet does the same poll add one `squeue` for the arrays concerned.
 
 Job names read `<campaign>.r<round>.<stage>` in squeue; `--comment` carries the campaign id and the
 batch token, so a restarted daemon finds a batch it submitted but did not record.
@@ -35,6 +36,7 @@ from submitit.helpers import Checkpointable
 from submitit.slurm.slurm import SlurmJob, _make_sbatch_string
 
 from ..config import Stages
+from ..crashpoints import crashpoint
 from ..profile import ClusterProfile, task_resources
 from . import JobStatus, Scheduler, Submission, Submitted, TaskUsage
 from .job import EXIT_PREEMPTED, JobSpec, run_job, run_rank
@@ -42,7 +44,7 @@ from .job import EXIT_PREEMPTED, JobSpec, run_job, run_rank
 # sacct states of a job that is still queued or running (anything else is an end state).
 LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
                "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED"}
-SACCT_LAG_S = 120.0  # a job sacct does not list yet counts as queued this long after its submission
+SACCT_LAG_S = 120.0  # a job neither sacct nor squeue lists counts as queued this long after its submission
 _PENDING_SET = re.compile(r"(\d+)_\[([^\]]+)\]")
 
 
@@ -211,6 +213,7 @@ class SlurmScheduler(Scheduler):
 
     def submit(self, specs: list[JobSpec], batch: str) -> list[Submitted]:
         train = self._submit_stage(specs, "train", batch, None)
+        crashpoint(f"r{_round(specs[0])}:train:between-arrays")
         evaluation = self._submit_stage(specs, "eval", batch, f"aftercorr:{train}")
         return [Submitted(f"{train}_{_candidate(s)}", None, f"{evaluation}_{_candidate(s)}") for s in specs]
 
@@ -253,9 +256,24 @@ class SlurmScheduler(Scheduler):
         self._cache = (now, arrays, rows)
         return rows
 
+    def _squeue(self, arrays: frozenset[str]) -> dict[str, tuple[str, float, str]]:
+        """Live tasks of `arrays` as slurmctld sees them: for tasks that sacct does not list yet
+        (slurmdbd learns of a task starting out of a large pending array a moment later)."""
+        self.calls["squeue"] += 1
+        done = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(sorted(arrays)), "-o", "%i|%T|%M"],
+                              capture_output=True, text=True, timeout=120)
+        rows = {}
+        for line in done.stdout.splitlines():
+            job, _, rest = line.partition("|")
+            rows[job] = (rest.split("|")[0], 0.0, "")
+        return rows
+
     def poll(self, submissions: list[Submission]) -> list[JobStatus]:
         arrays = frozenset(a for s in submissions for a in (_array(s.job_id), _array(s.eval_job_id)) if a)
         rows = self._sacct(arrays) if arrays else {}
+        unlisted = frozenset(_array(j) for s in submissions for j in (s.job_id, s.eval_job_id) if j and j not in rows)
+        if unlisted:
+            rows = {**self._squeue(unlisted), **rows}
         answers = []
         for s in submissions:
             young = (datetime.now(timezone.utc) - datetime.fromisoformat(s.submitted_at)).total_seconds() < SACCT_LAG_S
