@@ -96,6 +96,8 @@ class Scheduler:
         _positive("poll_interval_s", self.poll_interval_s)
         if self.backend != "slurm" and self.profile is not None:
             raise SchemaError("profile", "no profile with the local backend (profiles are for slurm)", self.profile)
+        if self.backend == "slurm" and self.profile is None:
+            raise SchemaError("profile", "a cluster profile file with the slurm backend (e.g. ../sbatch/devcluster.yaml)")
 
 
 @dataclass
@@ -290,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         campaign = load_campaign(args[0])
         load_initial_policy(campaign)
+        if campaign.paths.profile is not None:
+            from .profile import load_profile  # the profile module builds on this one
+
+            load_profile(campaign.paths.profile)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from .crashpoints import crashpoint
 from .constitution import CheckContext, constitution_hash, without_seed
 from .evidence import RoundEvidence, collect_evidence, render_markdown
 from .fork import fork_candidate, load_recipe, recipe_diff
-from .launch import Candidate, Launcher
+from .launch import Candidate, JobFailure, Launcher
 from .leaderboard import ADAPTERS
 from .manifest import CandidateManifest
 from .measure import EvalResult, leaderboard_order, record_evaluation, submit_to_leaderboard
@@ -64,14 +64,11 @@ class Daemon:
         self.tree = StateTree(campaign.paths.state_root)
         self.print_line = print_line
         self.leaderboard = ADAPTERS[campaign.leaderboard.adapter](self.tree, campaign.leaderboard.quota, campaign.seed)
-        stages = campaign.scheduler.stages
         try:
             self.worker = make_worker(campaign.agents.backend, campaign, self.tree)
-            self.scheduler = make_scheduler(
-                campaign.scheduler.backend, max_parallel=campaign.scheduler.max_parallel,
-                timeout_min=stages.train.timeout_min + stages.eval.timeout_min)
+            self.scheduler = make_scheduler(campaign)
         except ConfigError as exc:
-            raise ConfigError.of(exc, campaign.source) from None
+            raise (exc if exc.source else ConfigError.of(exc, campaign.source)) from None
         self.agent_roles = None  # the claude backend's collector and meta; None: rule-based
         if campaign.agents.backend == "claude":
             from .agents import ClaudeRoles
@@ -163,7 +160,7 @@ class Daemon:
     def phase_train(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
         crashpoint(f"r{rnd}:train:start")
         launcher = Launcher(self.scheduler, self.campaign.retries.max_attempts, self.campaign.scheduler.poll_interval_s,
-                            self.campaign.budget.cpu_hours, self.tree, self._debug_turn)
+                            self.campaign.budget, self.tree, self._debug_turn)
         launcher.run(self.candidates(rnd), lambda line: self.print_line(f"  {line}"))
         ms = self.manifests(rnd)
         failed = sum(m.status == "failed" for m in ms)
@@ -175,9 +172,10 @@ class Daemon:
                           axis=manifest.axis, seed=manifest.seed, sandbox=self.tree.sandbox(cand.round, cand.index),
                           policy=policy, trace=cand.trace())
 
-    def _debug_turn(self, cand: Candidate, manifest: CandidateManifest, reason: str) -> None:
-        """A failed job goes back to its worker with the log before its single-task resubmission."""
-        cand.trace().log("daemon", "debug-turn", reason=reason, backend=self.campaign.agents.backend)
+    def _debug_turn(self, cand: Candidate, manifest: CandidateManifest, reason: str, failure: JobFailure) -> None:
+        """A failed job goes back to its worker with the log and trace before its single-task resubmission."""
+        cand.trace().log("daemon", "debug-turn", reason=reason, backend=self.campaign.agents.backend,
+                         logs=failure.logs, log_tail=failure.log_tail)
         policy = Policy.load(self.tree.policy(cand.round))
         revised = self.worker.debug(self._task(cand, manifest, policy), reason)
         if revised is not None:

@@ -5,20 +5,28 @@ manifest's attempt count, then the `Submission` intent (no job id), then submits
 job id. Restarted after a kill at any point it finds one of: no intent (nothing was submitted:
 submit), an intent without job id (the job may have started: adopt it through its claim, or
 resubmit the same attempt after a grace period, which the job's O_EXCL claim makes harmless), or a
-job id (watch it). A job that ended without an outcome file is LOST and counts as a failed attempt.
+job id (watch it). A job that ended without an outcome file counts as a failed attempt, with the
+end state the scheduler reports (SLURM: CANCELLED, TIMEOUT, ...; local: LOST).
+
+On SLURM the intent also carries a batch token that the jobs' `--comment` repeats, so an intent
+without job id is found again with squeue/sacct instead of waiting for a claim. Every finished
+attempt is charged to the ledger, and the budget is checked against the ledger before submitting.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from .config import Budget
 from .crashpoints import crashpoint
+from .ledger import TaskCharge, charge_from_outcome, charge_from_usage, load_ledger, record_charges
 from .manifest import CandidateManifest
-from .scheduler import Scheduler, Submission, attempt_state
+from .scheduler import JobStatus, Scheduler, Submission, Submitted, attempt_state
 from .scheduler.job import Claim, JobOutcome, JobSpec, log_tail
 from .state import StateTree, now_iso
 from .trace import Trace
@@ -28,6 +36,18 @@ CLAIM_GRACE_S = 20.0  # how long an intent without job id waits for its job's cl
 
 class BudgetExhausted(RuntimeError):
     """Submitting would exceed the campaign's compute budget."""
+
+
+@dataclass
+class JobFailure:
+    """What the worker's debug turn gets about a failed attempt: the state, the log and the trace."""
+
+    attempt: int
+    state: str
+    message: str
+    log_tail: str  # the last lines of the failing stage's log
+    logs: list[str]  # the attempt's stage logs, train first
+    trace: str  # the candidate's trace.jsonl
 
 
 @dataclass
@@ -61,73 +81,94 @@ class Candidate:
         return self.tree.jobs(self.round, self.index) / f"attempt-{attempt}.json"
 
 
-def used_cpu_hours(tree: StateTree) -> float:
-    """CPU-hours of every finished job of the campaign, from the outcomes the jobs wrote."""
-    total = 0.0
-    for path in tree.root.glob("rounds/r*/cand-*/jobs/attempt-*.outcome.json"):
-        total += JobOutcome.load(path).cpu_s
-    return total / 3600.0
-
-
 def _age_s(iso: str) -> float:
     return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
 
 
 class Launcher:
-    def __init__(self, scheduler: Scheduler, max_attempts: int, poll_interval_s: float,
-                 cpu_hours_budget: float | None, tree: StateTree,
-                 on_failure: Callable[[Candidate, CandidateManifest, str], None]):
+    def __init__(self, scheduler: Scheduler, max_attempts: int, poll_interval_s: float, budget: Budget,
+                 tree: StateTree, on_failure: Callable[[Candidate, CandidateManifest, str, JobFailure], None]):
         self.scheduler, self.max_attempts, self.poll_interval_s = scheduler, max_attempts, poll_interval_s
-        self.cpu_hours_budget, self.tree, self.on_failure = cpu_hours_budget, tree, on_failure
+        self.budget, self.tree, self.on_failure = budget, tree, on_failure
+        self.polls = 0  # loop iterations, for the benchmark's scheduler calls per poll
 
-    def _check_budget(self, key: str) -> None:
-        if self.cpu_hours_budget is None:
-            return
-        used = used_cpu_hours(self.tree)
-        if used >= self.cpu_hours_budget:
-            raise BudgetExhausted(f"budget.cpu_hours of {self.cpu_hours_budget} is spent ({used:.3f} used); "
-                                  f"not submitting {key}. Raise the budget in the campaign YAML to continue.")
+    def _check_budget(self, keys: list[str], in_flight: int) -> None:
+        """Refuse a submission whose worst case (time limit x allocation) would exceed a budget."""
+        used = load_ledger(self.tree).totals()
+        per_candidate = self.scheduler.worst_case_hours()
+        for name, cap, spent, worst in zip(("cpu_hours", "gpu_hours"), (self.budget.cpu_hours, self.budget.gpu_hours),
+                                           used, per_candidate):
+            if cap is None:
+                continue
+            reserved, wanted = worst * in_flight, worst * len(keys)
+            if spent >= cap or spent + reserved + wanted > cap:
+                raise BudgetExhausted(
+                    f"budget.{name} of {cap} would be exceeded: {spent:.3f} used + {reserved:.3f} reserved for "
+                    f"{in_flight} running + {wanted:.3f} for {', '.join(keys)} (time limit x allocation, requeues "
+                    f"included); not submitting. Raise budget.{name} in the campaign YAML to continue.")
 
-    def _submit(self, candidates: list[tuple[Candidate, CandidateManifest]]) -> None:
+    def _submit(self, candidates: list[tuple[Candidate, CandidateManifest]], in_flight: int = 0) -> None:
         if not candidates:
             return
+        self._check_budget([cand.key for cand, _ in candidates], in_flight)
+        batch = f"r{candidates[0][0].round:03d}-{uuid.uuid4().hex[:10]}"
         specs = []
         for cand, manifest in candidates:
-            self._check_budget(cand.key)
             attempt = manifest.attempts
-            Submission(cand.key, attempt, self.scheduler.backend, now_iso()).save(cand.submission_path(attempt))
+            Submission(cand.key, attempt, self.scheduler.backend, now_iso(), batch=batch).save(cand.submission_path(attempt))
             specs.append(cand.spec(attempt))
-        submitted = self.scheduler.submit(specs)
+        submitted = self.scheduler.submit(specs, batch)
         crashpoint(f"r{candidates[0][0].round}:train:intent")
-        for (cand, manifest), (job_id, identity) in zip(candidates, submitted):
-            attempt = manifest.attempts
-            Submission(cand.key, attempt, self.scheduler.backend, now_iso(), job_id, identity).save(
-                cand.submission_path(attempt))
-            cand.trace().log("daemon", "submitted", attempt=attempt, job_id=job_id, backend=self.scheduler.backend)
+        for (cand, manifest), job in zip(candidates, submitted):
+            self._record(cand, manifest.attempts, Submission.load(cand.submission_path(manifest.attempts)), job)
         crashpoint(f"r{candidates[0][0].round}:train:submitted")
 
-    def _adopt_or_resubmit(self, cand: Candidate, attempt: int, intent: Submission) -> Submission | None:
-        """An intent without job id: adopt the job through its claim, or resubmit after the grace period."""
+    def _record(self, cand: Candidate, attempt: int, intent: Submission, job: Submitted, event: str = "submitted") -> Submission:
+        submission = Submission(cand.key, attempt, intent.backend, intent.submitted_at, job.job_id, job.identity,
+                                job.eval_job_id, intent.batch)
+        submission.save(cand.submission_path(attempt))
+        cand.trace().log("daemon", event, attempt=attempt, job_id=job.job_id, eval_job_id=job.eval_job_id,
+                         backend=self.scheduler.backend)
+        return submission
+
+    def _recover(self, unconfirmed: list[tuple[Candidate, CandidateManifest, Submission]]) -> list[tuple]:
+        """Intents without job id: found by the scheduler (SLURM, by comment), adopted through the job's
+        claim (local), resubmitted when certainly never submitted or after the grace period."""
+        if not unconfirmed:
+            return []
+        found = self.scheduler.find([i for _, _, i in unconfirmed], [c.spec(m.attempts) for c, m, _ in unconfirmed])
+        watched, resubmit = [], []
+        for (cand, manifest, intent), job in zip(unconfirmed, found):
+            if job is not None:
+                watched.append((cand, manifest, self._record(cand, manifest.attempts, intent, job, "adopted")))
+                continue
+            if not self.scheduler.finds_by_comment:
+                adopted = self._adopt_through_claim(cand, manifest.attempts, intent)
+                if adopted is not None:
+                    watched.append((cand, manifest, adopted))
+                    continue
+                if _age_s(intent.submitted_at) < CLAIM_GRACE_S:
+                    continue
+            cand.trace().log("daemon", "resubmitting-unconfirmed", attempt=manifest.attempts)
+            resubmit.append((cand, manifest))
+        self._submit(resubmit, len(watched))
+        return watched
+
+    def _adopt_through_claim(self, cand: Candidate, attempt: int, intent: Submission) -> Submission | None:
         claim = Claim.load_or_none(cand.spec(attempt).claim_path())
-        if claim is not None:
-            adopted = Submission(cand.key, attempt, intent.backend, intent.submitted_at, str(claim.pid), claim.identity)
-            adopted.save(cand.submission_path(attempt))
-            cand.trace().log("daemon", "adopted", attempt=attempt, pid=claim.pid)
-            return adopted
-        if _age_s(intent.submitted_at) < CLAIM_GRACE_S:
+        if claim is None:
             return None
-        cand.trace().log("daemon", "resubmitting-unconfirmed", attempt=attempt)
-        self._submit([(cand, cand.manifest())])
-        return None
+        return self._record(cand, attempt, intent, Submitted(str(claim.pid), claim.identity), "adopted")
 
     def _adopt_claim(self, cand: Candidate, attempt: int, submission: Submission) -> bool:
-        """A watched launch ended without an outcome, but another launch of the attempt holds the claim
-        and is alive (the resubmission raced a slow first launch): watch that one instead."""
+        """A watched local launch ended without an outcome, but another launch of the attempt holds the
+        claim and is alive (the resubmission raced a slow first launch): watch that one instead."""
         claim = Claim.load_or_none(cand.spec(attempt).claim_path())
-        if claim is None or (str(claim.pid), claim.identity) == (submission.job_id, submission.identity):
+        if self.scheduler.finds_by_comment or claim is None or \
+                (str(claim.pid), claim.identity) == (submission.job_id, submission.identity):
             return False
         holder = Submission(cand.key, attempt, submission.backend, submission.submitted_at, str(claim.pid), claim.identity)
-        if not self.scheduler.alive([holder])[0]:
+        if not self.scheduler.poll([holder])[0].alive:
             return False
         holder.save(cand.submission_path(attempt))
         cand.trace().log("daemon", "adopted", attempt=attempt, pid=claim.pid)
@@ -136,44 +177,46 @@ class Launcher:
     def run(self, candidates: list[Candidate], progress: Callable[[str], None]) -> None:
         """Drive every candidate to trained (or failed); returns when none is in flight."""
         while True:
+            self.polls += 1
             watched: list[tuple[Candidate, CandidateManifest, Submission]] = []
+            unconfirmed: list[tuple[Candidate, CandidateManifest, Submission]] = []
             to_submit: list[tuple[Candidate, CandidateManifest]] = []
             for cand in candidates:
                 manifest = cand.manifest()
                 if manifest.status not in ("proposed", "submitted"):
                     continue
-                if manifest.attempts == 0:
-                    to_submit.append((cand, manifest))
-                    continue
-                submission = Submission.load_or_none(cand.submission_path(manifest.attempts))
+                submission = None if manifest.attempts == 0 else Submission.load_or_none(cand.submission_path(manifest.attempts))
                 if submission is None:
                     to_submit.append((cand, manifest))
                 elif submission.job_id is None:
-                    adopted = self._adopt_or_resubmit(cand, manifest.attempts, submission)
-                    if adopted is not None:
-                        watched.append((cand, manifest, adopted))
+                    unconfirmed.append((cand, manifest, submission))
                 else:
                     watched.append((cand, manifest, submission))
-            if not watched and not to_submit and not any(
-                c.manifest().status in ("proposed", "submitted") for c in candidates
-            ):
+            if not watched and not to_submit and not unconfirmed:
                 return
-            alive = self.scheduler.alive([s for _, _, s in watched])
-            running = 0
-            for (cand, manifest, submission), is_alive in zip(watched, alive):
-                state, outcome = attempt_state(cand.spec(manifest.attempts), submission, is_alive)
+            watched += self._recover(unconfirmed)
+            statuses = self.scheduler.poll([s for _, _, s in watched])
+            running, ended, charges = 0, [], []
+            for (cand, manifest, submission), status in zip(watched, statuses):
+                state, outcome = attempt_state(cand.spec(manifest.attempts), submission, status)
                 if state == "LOST" and self._adopt_claim(cand, manifest.attempts, submission):
                     state = "RUNNING"
-                if state == "RUNNING":
+                if state == "RUNNING" or (outcome is not None and status.alive):  # let the task end, then charge it
                     running += 1
-                elif state == "COMPLETED":
+                    continue
+                ended.append((cand, manifest, state, outcome, status))
+                charges += self._charges(cand.key, manifest.attempts, submission, status, outcome, state)
+            record_charges(self.tree, charges)  # before the manifests move on, so no finished attempt goes uncharged
+            for cand, manifest, state, outcome, status in ended:
+                if state == "COMPLETED":
                     manifest.status = "trained"
                     cand.save(manifest)
                     cand.trace().log("daemon", "job-completed", attempt=manifest.attempts,
                                      stages={s.stage: round(s.wall_s, 1) for s in outcome.stages})
                     progress(f"{cand.key} trained and evaluated (attempt {manifest.attempts})")
                 else:
-                    self._failed(cand, manifest, state, outcome.message if outcome else "job ended without an outcome record")
+                    message = outcome.message if outcome else f"the scheduler reports {state} and the job left no outcome record"
+                    self._failed(cand, manifest, state, message, status, progress)
             batch = []
             for cand, manifest in to_submit[: self.scheduler.free_slots(running)]:
                 if manifest.attempts == 0:
@@ -181,19 +224,31 @@ class Launcher:
                 manifest.status = "submitted"
                 cand.save(manifest)
                 batch.append((cand, manifest))
-            self._submit(batch)
+            self._submit(batch, running)
             time.sleep(self.poll_interval_s)
 
-    def _failed(self, cand: Candidate, manifest: CandidateManifest, state: str, message: str) -> None:
+    @staticmethod
+    def _charges(key: str, attempt: int, submission: Submission, status: JobStatus, outcome: JobOutcome | None,
+                 state: str) -> list[TaskCharge]:
+        if status.tasks:
+            return [charge_from_usage(key, attempt, usage) for usage in status.tasks]
+        return [charge_from_outcome(key, attempt, submission.job_id, outcome, state)]
+
+    def _failed(self, cand: Candidate, manifest: CandidateManifest, state: str, message: str, status: JobStatus,
+                progress: Callable[[str], None]) -> None:
         spec = cand.spec(manifest.attempts)
-        tail = log_tail(spec.log_path("train")) or log_tail(spec.log_path("eval"))
-        cand.trace().log("daemon", "job-failed", attempt=manifest.attempts, state=state, message=message, log_tail=tail)
+        logs = [str(spec.log_path(stage)) for stage in ("train", "eval") if spec.log_path(stage).exists()]
+        tail = log_tail(spec.log_path("eval")) if spec.log_path("eval").exists() else log_tail(spec.log_path("train"))
+        cand.trace().log("daemon", "job-failed", attempt=manifest.attempts, state=state, message=message, log_tail=tail,
+                         tasks={t.stage: f"{t.job_id} {t.state}" for t in status.tasks})
         reason = f"attempt {manifest.attempts} {state}: {message}"
+        progress(f"{cand.key} {reason}")
         if manifest.attempts >= self.max_attempts:
             manifest.status, manifest.failure = "failed", reason
             cand.save(manifest)
             return
-        self.on_failure(cand, manifest, reason)
+        failure = JobFailure(manifest.attempts, state, message, tail, logs, str(cand.tree.trace(cand.round, cand.index)))
+        self.on_failure(cand, manifest, reason, failure)
         manifest.attempts += 1
         manifest.status = "submitted"
         cand.save(manifest)

@@ -2,6 +2,8 @@
 
 One progress line per phase of every round. Killed at any moment, the same command continues
 from the state tree, redoing nothing that finished and running no candidate twice.
+`--dry-run` prints what the next round would submit (on SLURM: both sbatch scripts and the
+dependency between them) and writes and submits nothing.
 """
 
 from __future__ import annotations
@@ -10,17 +12,29 @@ import argparse
 import sys
 import time
 
-from .config import ConfigError, load_campaign, load_initial_policy
-from .daemon import CampaignStopped, Daemon
+from .config import Campaign, ConfigError, load_campaign, load_initial_policy
+from .daemon import CampaignStopped, Daemon, RoundState
 from .launch import BudgetExhausted
 from .state import CampaignBusy, DaemonLock, StateTree
 from .substrate import SubstrateTampered
+
+
+def dry_run(campaign: Campaign) -> str:
+    """The next unfinished round's first submission, as the backend would send it."""
+    daemon = Daemon(campaign)
+    tree = daemon.tree
+    rnd = next((r for r in tree.rounds() if not (RoundState.load_or_none(tree.round_state(r)) or RoundState(r)).complete()),
+               len(tree.rounds()))
+    specs = [cand.spec(1) for cand in daemon.candidates(rnd)]
+    return f"# dry run of {campaign.name} round {rnd}: nothing is submitted\n" + daemon.scheduler.render(specs)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpc_aevo.round", description=__doc__.splitlines()[0])
     parser.add_argument("campaign", help="the campaign YAML")
     parser.add_argument("--rounds", type=int, default=None, help="run the first N rounds (default: the YAML's rounds)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the sbatch scripts and dependencies the next round would submit; submit nothing")
     args = parser.parse_args(argv)
     started = time.time()
     try:
@@ -28,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         load_initial_policy(campaign)
         if args.rounds is not None and args.rounds < 1:
             raise ConfigError("--rounds", "an integer >= 1", args.rounds)
+        if args.dry_run:
+            print(dry_run(campaign))
+            return 0
         with DaemonLock(StateTree(campaign.paths.state_root)):
             Daemon(campaign, print_line=lambda line: print(line, flush=True)).run(args.rounds)
     except (ConfigError, CampaignBusy, CampaignStopped, BudgetExhausted, SubstrateTampered) as exc:

@@ -18,7 +18,7 @@ from .config import ConfigError, load_campaign
 from .constitution import PolicyDecision
 from .daemon import PHASES, RoundState
 from .evidence import RoundEvidence
-from .launch import used_cpu_hours
+from .ledger import load_ledger
 from .leaderboard import LeaderboardLedger
 from .manifest import CandidateManifest
 from .policy import Policy
@@ -84,10 +84,14 @@ def status_document(campaign_path: str) -> dict[str, Any]:
     campaign = load_campaign(campaign_path)
     tree = StateTree(campaign.paths.state_root)
     ledger = LeaderboardLedger.load_or_none(tree.leaderboard_dir / "ledger.json")
+    compute = load_ledger(tree).summary()
     return {
         "schema": SCHEMA, "version": VERSION, "campaign": campaign.name, "state_root": str(tree.root),
         "rounds_planned": campaign.rounds,
-        "compute": {"cpu_hours_used": round(used_cpu_hours(tree), 4), "cpu_hours_budget": campaign.budget.cpu_hours},
+        "compute": {"cpu_hours_used": compute["cpu_hours"], "cpu_hours_budget": campaign.budget.cpu_hours,
+                    "gpu_hours_used": compute["gpu_hours"], "gpu_hours_budget": campaign.budget.gpu_hours,
+                    "backend": campaign.scheduler.backend},
+        "ledger": compute["rounds"],
         "leaderboard": {"quota": campaign.leaderboard.quota, "used": len(ledger.submissions) if ledger else 0},
         "rounds": [_round(tree, r) for r in tree.rounds()],
     }
@@ -97,10 +101,23 @@ def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _ledger_lines(ledger: dict[str, Any]) -> list[str]:
+    """The compute ledger: per round and per candidate CPU-/GPU-hours, and each task's charge."""
+    lines = []
+    for rnd, entry in ledger.items():
+        lines.append(f"  ledger {rnd}: {entry['cpu_hours']:.4f} CPU-h, {entry['gpu_hours']:.4f} GPU-h")
+        for cand, charge in entry["candidates"].items():
+            lines.append(f"    {cand}: {charge['cpu_hours']:.4f} CPU-h, {charge['gpu_hours']:.4f} GPU-h  "
+                         + "; ".join(charge["tasks"]))
+    return lines
+
+
 def render(doc: dict[str, Any]) -> str:
     lines = [f"campaign {doc['campaign']}  ({doc['state_root']})",
-             f"  compute {doc['compute']['cpu_hours_used']:.3f} CPU-h (budget {doc['compute']['cpu_hours_budget']}); "
+             f"  compute {doc['compute']['cpu_hours_used']:.3f} CPU-h (budget {doc['compute']['cpu_hours_budget']}), "
+             f"{doc['compute']['gpu_hours_used']:.3f} GPU-h (budget {doc['compute']['gpu_hours_budget']}); "
              f"leaderboard {doc['leaderboard']['used']}/{doc['leaderboard']['quota']} submissions"]
+    lines += _ledger_lines(doc["ledger"])
     for rnd in doc["rounds"]:
         policy = rnd["policy"] or {}
         lines.append(f"\nround {rnd['round']}  [{'done' if rnd['complete'] else 'at ' + (rnd['phases_done'] or ['start'])[-1]}]"

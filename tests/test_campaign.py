@@ -113,7 +113,7 @@ def test_bad_campaign_file_is_one_line(tmp_path):
     assert done.stderr.strip().count("\n") == 0 and "rounds" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("section,backend", [("agents", "claude"), ("scheduler", "slurm")])
+@pytest.mark.parametrize("section,backend", [("agents", "claude")])
 def test_unavailable_backend_is_one_line(tmp_path, section, backend):
     campaign = write_campaign(tmp_path)
     text = campaign.read_text().replace("backend: scripted" if section == "agents" else "backend: local",

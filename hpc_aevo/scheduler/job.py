@@ -5,10 +5,17 @@ The job itself guarantees exactly-once execution: it first claims its attempt by
 submitting and recording the submission and then submitted again) finds the claim and exits
 without running anything. At the end the job writes `attempt-N.outcome.json` itself, so the
 daemon learns the real end state from files, whatever happened to the scheduler or to the daemon.
+
+On SLURM the two stages are two chained array tasks: the train task claims `attempt-N.claim` and
+writes `attempt-N.train.outcome.json`; the eval task claims `attempt-N.eval.claim`, runs only after
+a COMPLETED train outcome, and writes the attempt's `attempt-N.outcome.json` with both stages. A
+claim names the SLURM job that took it, so the same job requeued after a timeout resumes its
+attempt instead of being taken for a duplicate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -17,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from ..records import Record
 from ..state import now_iso
@@ -41,10 +48,17 @@ class JobSpec:
     stages: tuple[str, ...] = ("train", "eval")
 
     def claim_path(self) -> Path:
-        return Path(self.jobs_dir) / f"attempt-{self.attempt}.claim"
+        part = ".eval" if self.stages == ("eval",) else ""
+        return Path(self.jobs_dir) / f"attempt-{self.attempt}{part}.claim"
 
     def outcome_path(self) -> Path:
-        return Path(self.jobs_dir) / f"attempt-{self.attempt}.outcome.json"
+        """The attempt's outcome; a train-only task (SLURM's train array) writes its own stage outcome."""
+        part = ".train" if self.stages == ("train",) else ""
+        return Path(self.jobs_dir) / f"attempt-{self.attempt}{part}.outcome.json"
+
+    def stage(self, stage: str) -> "JobSpec":
+        """The spec of one stage alone (one task of the train or the eval array)."""
+        return dataclasses.replace(self, stages=(stage,))
 
     def log_path(self, stage: str) -> Path:
         return Path(self.jobs_dir) / f"attempt-{self.attempt}.{stage}.log"
@@ -61,6 +75,7 @@ class Claim(Record):
     identity: str | None  # the process start time, so the daemon can adopt this pid safely
     host: str
     started_at: str
+    scheduler_job: str | None = None  # SLURM "ARRAYID_TASK" (or job id) of the job that claimed; None locally
 
 
 @dataclass
@@ -100,14 +115,25 @@ def process_start_time(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
+def scheduler_job() -> str | None:
+    """The SLURM job this process runs in ("ARRAYID_TASK" for an array task), or None outside SLURM."""
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
 def _claim(spec: JobSpec) -> bool:
     path = spec.claim_path()
     path.parent.mkdir(parents=True, exist_ok=True)
+    job = scheduler_job()
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-        return False
-    claim = Claim(spec.key, spec.attempt, os.getpid(), process_start_time(os.getpid()), os.uname().nodename, now_iso())
+        held = Claim.load_or_none(path)
+        return job is not None and held is not None and held.scheduler_job == job  # the same job, requeued
+    claim = Claim(spec.key, spec.attempt, os.getpid(), process_start_time(os.getpid()), os.uname().nodename, now_iso(),
+                  job)
     with os.fdopen(fd, "w") as handle:
         handle.write(claim.to_json())
         handle.flush()
@@ -135,12 +161,22 @@ def _command(spec: JobSpec, stage: str) -> tuple[list[str], str]:
             "--out", spec.eval_result], str(Path(spec.jobs_dir))
 
 
-def run_job(spec: JobSpec) -> JobOutcome:
-    """The job body: claim, run each stage as a subprocess with its own log, record the outcome."""
+def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None = None) -> JobOutcome:
+    """The job body: claim, run each stage as a subprocess with its own log, record the outcome.
+
+    `on_process` is told each stage's process (the SLURM task forwards a timeout signal to it).
+    """
+    trained = None
+    if spec.stages == ("eval",):
+        trained = JobOutcome.load_or_none(spec.stage("train").outcome_path())
+        if trained is None or trained.state != "COMPLETED":
+            return JobOutcome(spec.key, spec.attempt, "FAILED", message="no COMPLETED train outcome to evaluate")
     if not _claim(spec):
         return JobOutcome(spec.key, spec.attempt, "DUPLICATE", message="attempt already claimed by another launch")
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
     outcome = JobOutcome(spec.key, spec.attempt, "COMPLETED")
+    if trained is not None:
+        outcome.stages, outcome.cpu_s = list(trained.stages), trained.cpu_s
     started = os.times()
     for stage in spec.stages:
         if stage == "train":
@@ -149,17 +185,41 @@ def run_job(spec: JobSpec) -> JobOutcome:
         log = spec.log_path(stage)
         began = time.time()
         with open(log, "ab") as handle:
-            code = subprocess.call(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+            process = subprocess.Popen(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+            if on_process is not None:
+                on_process(process)
+            code = process.wait()
         outcome.stages.append(StageRun(stage, code, time.time() - began, str(log)))
         if code != 0:
             outcome.state = "PREEMPTED" if code == EXIT_PREEMPTED else "FAILED"
             outcome.message = f"{stage} exited with code {code}; log: {log}"
             break
     ended = os.times()
-    outcome.cpu_s = (ended.children_user - started.children_user) + (ended.children_system - started.children_system)
+    outcome.cpu_s += (ended.children_user - started.children_user) + (ended.children_system - started.children_system)
     outcome.finished_at = now_iso()
     outcome.save(spec.outcome_path())
     return outcome
+
+
+def run_rank(spec: JobSpec, rank: int, on_process: Callable[[subprocess.Popen], None] | None = None) -> int:
+    """Rank `rank` (> 0) of a multi-node training task: the same trainer, which joins rank 0's
+    torch.distributed rendezvous from the SLURM environment. Rank 0 alone claims the attempt and
+    records its outcome; this rank waits until rank 0 has checked the checkpoints' recipe, so it
+    never resumes checkpoints that rank 0 is about to delete."""
+    recipe_hash = hashlib.sha256((Path(spec.sandbox) / "recipe.yaml").read_bytes()).hexdigest()
+    marker = Path(spec.checkpoints) / "recipe.sha256"
+    deadline = time.time() + 120
+    while not (marker.exists() and marker.read_text() == recipe_hash):
+        if time.time() > deadline:
+            raise RuntimeError(f"rank {rank}: rank 0 never prepared {spec.checkpoints} for this recipe")
+        time.sleep(0.5)
+    command, cwd = _command(spec, "train")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    with open(Path(spec.jobs_dir) / f"attempt-{spec.attempt}.train.rank{rank}.log", "ab") as handle:
+        process = subprocess.Popen(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        if on_process is not None:
+            on_process(process)
+        return process.wait()
 
 
 def log_tail(path: Path, lines: int = 20) -> str:

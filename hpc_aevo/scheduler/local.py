@@ -13,7 +13,7 @@ from pathlib import Path
 
 import submitit
 
-from . import Scheduler, Submission
+from . import JobStatus, Scheduler, Submission, Submitted
 from .job import JobSpec, process_start_time, run_job
 
 
@@ -34,23 +34,23 @@ class LocalScheduler(Scheduler):
     def free_slots(self, running: int) -> int:
         return max(0, self.max_parallel - running)
 
-    def submit(self, specs: list[JobSpec]) -> list[tuple[str, str | None]]:
+    def submit(self, specs: list[JobSpec], batch: str) -> list[Submitted]:
         out = []
         for spec in specs:
             executor = submitit.AutoExecutor(folder=Path(spec.jobs_dir) / "submitit", cluster="local")
             executor.update_parameters(timeout_min=self.timeout_min, name=spec.key)
             job = executor.submit(run_job, spec)
             job._cancel_at_deletion = False
-            out.append((job.job_id, process_start_time(int(job.job_id))))
+            out.append(Submitted(job.job_id, process_start_time(int(job.job_id))))
         return out
 
-    def alive(self, submissions: list[Submission]) -> list[bool]:
+    def poll(self, submissions: list[Submission]) -> list[JobStatus]:
         answers = []
         for submission in submissions:
             pid = int(submission.job_id)
             _reap(pid)
             started = process_start_time(pid)
-            answers.append(started is not None and started == submission.identity)
+            answers.append(JobStatus(alive=started is not None and started == submission.identity))
         return answers
 
     def cancel(self, submissions: list[Submission]) -> None:

@@ -1,0 +1,95 @@
+"""The real SLURM development cluster for tests: find it, or fail (CI) / skip (elsewhere).
+
+Tests run against the cluster that `sbatch/devcluster/start` brought up (`.ci/run` starts it).
+Nothing here imitates sbatch, squeue or sacct. With CI=true a missing cluster is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tiny_campaign import REPO, write_campaign
+
+ALL_STATES = "PD,R,RQ,RS,S,CA,CD,F,TO,OOM,NF,PR,BF,DL"
+CLUSTER_DIR = Path(os.environ.get("HPC_AEVO_DEVCLUSTER", "/tmp/hpc_aevo-devcluster"))
+
+
+def _conf() -> str | None:
+    if os.environ.get("SLURM_CONF"):
+        return os.environ["SLURM_CONF"]
+    conf = CLUSTER_DIR / "etc" / "slurm.conf"
+    return str(conf) if conf.exists() else None
+
+
+@pytest.fixture(scope="session")
+def devcluster() -> dict[str, str]:
+    """The environment (SLURM_CONF) that reaches the running devcluster."""
+    conf = _conf()
+    env = {**os.environ, "SLURM_CONF": conf or ""}
+    ok = conf is not None and subprocess.run(["scontrol", "ping"], env=env, capture_output=True, timeout=30).returncode == 0
+    if not ok:
+        message = f"no SLURM devcluster reachable (SLURM_CONF={conf}); start it: sbatch/devcluster/start"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    os.environ["SLURM_CONF"] = conf  # the daemon, squeue/sacct and the jobs all read it
+    return {"SLURM_CONF": conf}
+
+
+def slurm(*command: str) -> str:
+    return subprocess.run(list(command), capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def sacct_tasks(name_prefix: str) -> dict[str, tuple[str, str]]:
+    """{job id: (job name, state)} of every array task whose job name starts with `name_prefix`."""
+    out = {}
+    # With explicit states and -E, sacct also lists tasks cancelled before they were ever eligible.
+    listing = slurm("sacct", "-X", "-n", "-P", "-S", "now-1days", "-E", "now", "-s", ALL_STATES,
+                    "--format=JobID,JobName,State")
+    for line in listing.splitlines():
+        job, name, state = line.split("|")[:3]
+        if name.startswith(name_prefix):
+            out[job] = (name, state.split()[0])
+    return out
+
+
+def squeue_rows() -> list[tuple[str, str, str]]:
+    """(job id, name, state) of every queued or running array task."""
+    rows = []
+    for line in slurm("squeue", "-h", "-r", "-o", "%i|%j|%T").splitlines():
+        rows.append(tuple(line.split("|")))
+    return rows
+
+
+def wait_for(predicate, timeout: float, what: str, step: float = 1.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def slurm_campaign(root: Path, name: str, rounds: int = 1, workers: int = 1, profile: dict | None = None,
+                   **overrides) -> Path:
+    """A tiny campaign on the devcluster; `profile` overrides keys of sbatch/devcluster.yaml."""
+    data = yaml.safe_load((REPO / "sbatch" / "devcluster.yaml").read_text())
+    data.update(profile or {})
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "profile.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    path = write_campaign(root, rounds=rounds, workers=workers, **overrides)
+    campaign = yaml.safe_load(path.read_text())
+    campaign["name"] = f"{name}-{uuid.uuid4().hex[:6]}"  # job names unique to this test run
+    campaign["scheduler"].update(backend="slurm", profile=str(root / "profile.yaml"), poll_interval_s=2, max_parallel=4)
+    campaign["budget"] = {"cpu_hours": 100}
+    campaign["leaderboard"]["per_round"] = min(campaign["leaderboard"]["per_round"], workers + 1)
+    path.write_text(yaml.safe_dump(campaign, sort_keys=False))
+    return path

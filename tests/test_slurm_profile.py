@@ -1,0 +1,100 @@
+"""Cluster profiles, sbatch rendering, --dry-run and the budget check: no cluster needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from hpc_aevo.config import Budget, ConfigError, Stage, Stages
+from hpc_aevo.launch import BudgetExhausted, Launcher
+from hpc_aevo.ledger import TaskCharge, record_charges
+from hpc_aevo.profile import load_profile
+from hpc_aevo.scheduler.slurm import SlurmScheduler, index_ranges
+from hpc_aevo.state import StateTree
+from tiny_campaign import REPO, write_campaign
+
+PROFILES = REPO / "sbatch"
+
+
+@pytest.mark.parametrize("name", ["devcluster", "h200"])
+def test_shipped_profiles_load(name):
+    profile = load_profile(PROFILES / f"{name}.yaml")
+    assert profile.name == name
+
+
+def test_h200_profile_is_multi_node_with_a_container():
+    profile = load_profile(PROFILES / "h200.yaml")
+    assert profile.stages.train.nodes == 2 and profile.stages.train.gpus_per_node == 8
+    assert profile.container.srun_args()[0].startswith("--container-image=")
+
+
+@pytest.mark.parametrize("key,value,where,fragment", [
+    ("partition", 3, "partition", "a string or null"),
+    ("stages", {"train": {"nodes": 0}}, "stages.train.nodes", "a number >= 1"),
+    ("stages", {"train": {"gpus": 8}}, "stages.train.gpus", "no such key"),
+    ("stages", {"eval": {"gpus_per_node": 9}}, "stages.eval.gpus_per_node", "at most gpus_per_node_available (8)"),
+    ("sbatch", {"dependency": "afterok:1"}, "sbatch.dependency", "an option the backend does not set itself"),
+    ("sbatch", {"--mail-type": "ALL"}, "sbatch.--mail-type", "without dashes"),
+    ("signal_delay_s", 2, "signal_delay_s", "a number >= 10"),
+    ("colour", "blue", "colour", "no such key"),
+])
+def test_bad_profile_is_one_line_naming_file_and_key(tmp_path, key, value, where, fragment):
+    data = yaml.safe_load((PROFILES / "h200.yaml").read_text())
+    data[key] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_profile(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: {where}: expected") and fragment in message
+
+
+def test_slurm_campaign_needs_a_profile(tmp_path):
+    campaign = write_campaign(tmp_path)
+    campaign.write_text(campaign.read_text().replace("backend: local", "backend: slurm"))
+    done = subprocess.run([sys.executable, "-m", "hpc_aevo.config", str(campaign)], capture_output=True, text=True)
+    assert done.returncode == 2 and "scheduler.profile: expected a cluster profile file" in done.stderr
+
+
+def test_index_ranges():
+    assert index_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and index_ranges([3]) == "3"
+    assert index_ranges(list(range(512))) == "0-511"
+
+
+def _scheduler(tmp_path, profile="h200") -> SlurmScheduler:
+    stage = Stage(timeout_min=30, mem_gb=4, cpus=2, gpus=1)
+    return SlurmScheduler(4, Stages(stage, stage), load_profile(PROFILES / f"{profile}.yaml"), "prod", tmp_path, 5)
+
+
+def test_dry_run_prints_both_arrays_and_submits_nothing(tmp_path):
+    campaign = write_campaign(tmp_path, workers=2)
+    data = yaml.safe_load(campaign.read_text())
+    data["scheduler"].update(backend="slurm", profile=str(PROFILES / "h200.yaml"))
+    campaign.write_text(yaml.safe_dump(data))
+    env = {"PATH": "/nonexistent"}  # no sbatch reachable: a dry run must not need one
+    done = subprocess.run([sys.executable, "-m", "hpc_aevo.round", str(campaign), "--dry-run"], cwd=REPO,
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.count("#!/bin/bash") == 2 and "--array=0-2%2" in out
+    assert "--dependency='aftercorr:<train array job id>'" in out and "--job-name=tiny.r000.train" in out
+    assert "--nodes=2" in out and "--gpus-per-node=8" in out and "--container-image=" in out
+    assert "--partition=gpu-h200" in out and "--exclusive" in out and "export NCCL_IB_DISABLE=0" in out
+    assert not (tmp_path / "state").exists()
+
+
+def test_budget_refuses_a_submission_that_would_exceed_it(tmp_path):
+    scheduler = _scheduler(tmp_path)
+    cpu, gpu = scheduler.worst_case_hours()  # h200 profile: 4 h x 16 GPUs train + 1 h x 8 GPUs eval, x4 requeues
+    assert gpu == pytest.approx((4 * 16 + 1 * 8) * 4)
+    tree = StateTree(tmp_path)
+    record_charges(tree, [TaskCharge("r000/cand-00", 1, "train", "7_0", "COMPLETED", 3600, 96, 16, 96, 16)])
+    launcher = Launcher(scheduler, 2, 1, Budget(gpu_hours=16 + gpu * 2.5), tree, lambda *a: None)
+    launcher._check_budget(["r001/cand-00", "r001/cand-01"], in_flight=0)  # 16 + 2 x worst case fits
+    with pytest.raises(BudgetExhausted) as info:
+        launcher._check_budget(["r001/cand-00", "r001/cand-01", "r001/cand-02"], in_flight=0)
+    assert "budget.gpu_hours" in str(info.value) and "16.000 used" in str(info.value)
+    assert "not submitting" in str(info.value) and "r001/cand-02" in str(info.value)
