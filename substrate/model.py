@@ -23,6 +23,7 @@ from megatron.core.models.gpt import GPTModel  # noqa: E402
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec  # noqa: E402
 from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
 
+import distributed  # noqa: E402
 from tokenizer import EOS, PAD, VOCAB_SIZE  # noqa: E402
 
 
@@ -40,20 +41,14 @@ class _CPUMemoryBuffer:
         return buf[:n].view(*shape)
 
 
-def init_parallel(seed: int) -> None:
-    """The gloo process group and megatron parallel state (world size from the environment, as torchrun sets it)."""
+def init_parallel(seed: int, tp: int = 1) -> distributed.Launch:
+    """The process group (torchrun, SLURM or one process) and megatron's TP x DP parallel state."""
     torch.set_num_threads(int(os.environ.get("SUBSTRATE_THREADS", "1")))
-    if not torch.distributed.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", 1)) == 1:
-            # One process needs no rendezvous: an in-memory store, so concurrent runs never race for a port.
-            torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
-        else:
-            torch.distributed.init_process_group("gloo")
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(1, 1)
+    launch = distributed.init(tp)
     parallel_state._GLOBAL_MEMORY_BUFFER = _CPUMemoryBuffer()
     torch.manual_seed(seed)
     tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    return launch
 
 
 def build_model(model_cfg: dict) -> GPTModel:

@@ -3,7 +3,9 @@
     python train.py --recipe recipe.yaml --out CHECKPOINT_DIR [--max-steps N]
 
 Writes ckpt-<step>.pt every `checkpoints.every` steps and at the end, one JSON line of metrics
-per log interval on stdout, and train_summary.json when done. Started again on the same
+per log interval on stdout, and train_summary.json when done. Under torchrun or srun (see
+distributed.py) every rank trains its slice of each global batch and the gradients are summed, so
+the loss curve is the single-process one; rank 0 writes the checkpoints and the summary. Started again on the same
 directory, it resumes from the newest checkpoint: same data order, optimizer and RNG state, so
 the loss curve continues as if never interrupted. SIGTERM or SIGUSR2 (a scheduler's timeout
 warning) saves a checkpoint at the next step boundary and exits with code 3 (requeue me).
@@ -23,6 +25,7 @@ import torch
 import yaml
 
 import data
+import distributed
 from model import build_model, checkpoint_paths, forward, init_parallel, save_checkpoint
 
 EXIT_PREEMPTED = 3
@@ -64,6 +67,12 @@ class Preemption:
         self.requested = True
 
 
+def log(entry: dict) -> None:
+    """One JSON line on stdout, from rank 0 only (the other ranks hold the same numbers)."""
+    if distributed.is_main():
+        print(json.dumps(entry), flush=True)
+
+
 def _step_of(path: Path) -> int:
     return int(path.stem.split("-")[1])
 
@@ -71,7 +80,7 @@ def _step_of(path: Path) -> int:
 def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     preemption = Preemption()  # first, so a signal during setup still ends in a checkpoint and exit 3
     seed, optim, model_cfg = int(recipe["seed"]), recipe["optim"], recipe["model"]
-    init_parallel(seed)
+    launch = init_parallel(seed)
     rows = data.tokenize(data.mixture_dataset(recipe["data"], seed), int(model_cfg["seq_len"])).with_format("torch")
     ids_all, mask_all = rows["ids"][:], rows["loss_mask"][:].float()
     model = build_model(model_cfg)
@@ -79,7 +88,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         model.parameters(), lr=float(optim["lr"]), weight_decay=float(optim.get("weight_decay", 0.0)), betas=(0.9, 0.95)
     )
     out.mkdir(parents=True, exist_ok=True)
-    step, history, losses, earlier_wall = 0, [], [], 0.0
+    step, history, losses, earlier_wall, tokens = 0, [], [], 0.0, 0
     existing = checkpoint_paths(out)
     if existing:
         state = torch.load(existing[-1], map_location="cpu", weights_only=False)
@@ -87,50 +96,65 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         step, history, losses, earlier_wall = state["step"], state["history"], state["losses"], state["wall_s"]
-        print(json.dumps({"event": "resumed", "step": step, "checkpoint": existing[-1].name}), flush=True)
+        tokens = next((r["tokens"] for r in state.get("ranks", []) if r["rank"] == launch.rank), 0)
+        log({"event": "resumed", "step": step, "checkpoint": existing[-1].name})
     total = int(optim["steps"]) if max_steps is None else min(int(optim["steps"]), max_steps)
     every, batch_size = int(recipe["checkpoints"]["every"]), int(optim["batch_size"])
+    if batch_size < distributed.dp_size():
+        raise ValueError(f"recipe optim.batch_size: {batch_size} rows cannot be split over {distributed.dp_size()} data-parallel ranks")
     started = time.time()
 
     def checkpoint() -> None:
         """Save, then drop earlier off-schedule (preemption) checkpoints: a requeued run ends with
         the same checkpoint set as an uninterrupted one, so the evaluator compares like with like."""
-        save_checkpoint(out / f"ckpt-{step:06d}.pt", {
-            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": torch.get_rng_state(), "history": history, "losses": losses, "model_config": model_cfg,
-            "wall_s": earlier_wall + time.time() - started,
-        })
-        for path in checkpoint_paths(out):
-            if _step_of(path) < step and _step_of(path) % every:
-                path.unlink()
+        ranks = distributed.gather_rank_info(tokens)
+        if distributed.is_main():
+            save_checkpoint(out / f"ckpt-{step:06d}.pt", {
+                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(), "history": history, "losses": losses, "model_config": model_cfg,
+                "wall_s": earlier_wall + time.time() - started, "ranks": ranks,
+            })
+            for path in checkpoint_paths(out):
+                if _step_of(path) < step and _step_of(path) % every:
+                    path.unlink()
+        distributed.barrier()
 
     model.train()
     while step < total:
         idx = batch_indices(step, batch_size, len(ids_all), seed)
-        ids, mask = ids_all[idx], mask_all[idx]
+        # Normalise by the loss tokens of the whole global batch: the ranks' gradients then sum to
+        # the single-process gradient, whatever the split.
+        global_loss_tokens = mask_all[idx][:, 1:].sum()
+        mine = torch.tensor_split(idx, distributed.dp_size())[distributed.dp_rank()]
+        ids, mask = ids_all[mine], mask_all[mine]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, optim)
         token_loss = forward(model, ids[:, :-1], labels=ids[:, 1:])
-        loss = (token_loss * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        loss = (token_loss * mask[:, 1:]).sum() / global_loss_tokens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_gradients(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        losses.append(loss.item())
+        tokens += ids[:, :-1].numel()
+        losses.append(distributed.sum_over_dp(loss.item()))
+        preemption.requested = distributed.any_rank(preemption.requested)
         if step % 25 == 0 or step == total:
             entry = {"step": step, "loss": sum(losses) / len(losses), "lr": lr_at(step - 1, optim)}
             history.append(entry)
             losses = []
-            print(json.dumps(entry), flush=True)
+            log(entry)
         if step % every == 0 or step == total or preemption.requested:
             checkpoint()
         if preemption.requested:
-            print(json.dumps({"event": "preempted", "step": step}), flush=True)
+            log({"event": "preempted", "step": step})
             sys.exit(EXIT_PREEMPTED)
     summary = {"steps": step, "final_loss": history[-1]["loss"] if history else None,
-               "wall_s": earlier_wall + time.time() - started, "examples": len(ids_all), "history": history}
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+               "wall_s": earlier_wall + time.time() - started, "examples": len(ids_all), "history": history,
+               "world_size": launch.world_size, "ranks": distributed.gather_rank_info(tokens)}
+    if distributed.is_main():
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

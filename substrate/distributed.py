@@ -1,0 +1,141 @@
+"""torch.distributed and megatron's parallel state, from whatever launched this process.
+
+One trainer runs as a single process (CI, a laptop), under torchrun, or as the tasks of one SLURM
+job step (srun, one task per GPU or per CPU slot); this module turns each launcher's environment
+into the same rendezvous, so train.py never cares which:
+
+- torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are already set;
+- SLURM: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR is the first host of
+  `scontrol show hostnames $SLURM_JOB_NODELIST` and MASTER_PORT derives from SLURM_JOB_ID
+  (both only where not already set), so every task of the step finds the same address;
+- otherwise (or a world of one): one process, an in-memory store, no port to race for.
+
+gloo on CPU, NCCL on CUDA. Megatron's parallel state then splits the world into tensor-parallel
+groups of `tp` consecutive ranks and data-parallel groups across them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+PORT_BASE, PORT_SPAN = 20_000, 20_000
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits in the job, as its launcher described it."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str | None
+    master_port: int | None
+    launcher: str  # torchrun | slurm | single
+
+
+def first_host(nodelist: str, env: dict) -> str:
+    """The first host of a SLURM node list (`n[01-04]` style): what every task agrees on as master."""
+    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True, text=True,
+                         env={**os.environ, **env})
+    return out.stdout.split()[0]
+
+
+def launch_from_env(env: os._Environ | dict = os.environ) -> Launch:
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return Launch(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
+                      env.get("MASTER_ADDR"), int(env["MASTER_PORT"]) if "MASTER_PORT" in env else None, "torchrun")
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+        addr = env.get("MASTER_ADDR") or first_host(env["SLURM_JOB_NODELIST"], env)
+        port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else PORT_BASE + int(env["SLURM_JOB_ID"]) % PORT_SPAN
+        return Launch(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
+                      addr, port, "slurm")
+    return Launch(0, 1, 0, None, None, "single")
+
+
+def init(tp: int = 1) -> Launch:
+    """Join the process group (once) and set up megatron's TP x DP groups; returns this process's launch."""
+    launch = launch_from_env()
+    if launch.world_size % tp:
+        raise ValueError(f"recipe parallel.tensor: {tp} does not divide the world size {launch.world_size}")
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
+    if not dist.is_initialized():
+        backend = "nccl" if cuda else "gloo"
+        if launch.world_size == 1:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            os.environ.update(MASTER_ADDR=launch.master_addr or "127.0.0.1", MASTER_PORT=str(launch.master_port or 29500))
+            dist.init_process_group(backend, init_method="env://", rank=launch.rank, world_size=launch.world_size)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
+    return launch
+
+
+def dp_rank() -> int:
+    return parallel_state.get_data_parallel_rank()
+
+
+def dp_size() -> int:
+    return parallel_state.get_data_parallel_world_size()
+
+
+def is_main() -> bool:
+    return dist.get_rank() == 0
+
+
+def all_reduce_gradients(params) -> None:
+    """Sum the gradients over the data-parallel group, in one flat buffer (one collective per step).
+
+    Each rank's loss is already divided by the global count of loss tokens, so the sum is exactly
+    the single-process gradient of the whole global batch."""
+    if dp_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat, group=parallel_state.get_data_parallel_group())
+    for grad, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        grad.copy_(reduced)
+
+
+def sum_over_dp(value: float) -> float:
+    if dp_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_device())
+    dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
+    return float(t.item())
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is True on any (a signal delivered to one task stops them all together)."""
+    if dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_rank_info(tokens: int) -> list[dict]:
+    """[{rank, host, tokens}] for every rank of the world (the same list on every rank)."""
+    mine = {"rank": dist.get_rank(), "host": socket.gethostname(), "tokens": int(tokens)}
+    if dist.get_world_size() == 1:
+        return [mine]
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return everyone
+
+
+def barrier() -> None:
+    if dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
