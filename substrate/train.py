@@ -26,6 +26,7 @@ import yaml
 
 import data
 import distributed
+import layers
 from model import build_model, checkpoint_paths, forward, init_parallel, save_checkpoint
 
 EXIT_PREEMPTED = 3
@@ -83,7 +84,8 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     launch = init_parallel(seed)
     rows = data.tokenize(data.mixture_dataset(recipe["data"], seed), int(model_cfg["seq_len"])).with_format("torch")
     ids_all, mask_all = rows["ids"][:], rows["loss_mask"][:].float()
-    model = build_model(model_cfg)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    model = build_model(model_cfg).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(optim["lr"]), weight_decay=float(optim.get("weight_decay", 0.0)), betas=(0.9, 0.95)
     )
@@ -126,7 +128,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         # the single-process gradient, whatever the split.
         global_loss_tokens = mask_all[idx][:, 1:].sum()
         mine = torch.tensor_split(idx, distributed.dp_size())[distributed.dp_rank()]
-        ids, mask = ids_all[mine], mask_all[mine]
+        ids, mask = ids_all[mine].to(device), mask_all[mine].to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, optim)
         token_loss = forward(model, ids[:, :-1], labels=ids[:, 1:])
@@ -164,7 +166,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-steps", type=int, default=None, help="stop early (smoke tests)")
     args = parser.parse_args()
-    train(yaml.safe_load(args.recipe.read_text()), args.out, args.max_steps)
+    try:
+        train(yaml.safe_load(args.recipe.read_text()), args.out, args.max_steps)
+    except layers.LayerSpecError as error:
+        sys.exit(f"train.py: {args.recipe}: {error}")
 
 
 if __name__ == "__main__":
