@@ -122,9 +122,11 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
-def gather_rank_info(tokens: int) -> list[dict]:
-    """[{rank, host, tokens}] for every rank of the world (the same list on every rank)."""
-    mine = {"rank": dist.get_rank(), "host": socket.gethostname(), "tokens": int(tokens)}
+def gather_rank_info(tokens: int, useful_tokens: int) -> list[dict]:
+    """[{rank, host, tokens, useful_tokens}] for every rank of the world (the same list on every rank):
+    input tokens this rank trained on, and those of them that are not padding."""
+    mine = {"rank": dist.get_rank(), "host": socket.gethostname(), "tokens": int(tokens),
+            "useful_tokens": int(useful_tokens)}
     if dist.get_world_size() == 1:
         return [mine]
     everyone: list = [None] * dist.get_world_size()

@@ -27,7 +27,9 @@ import yaml
 import data
 import distributed
 import layers
+import packing
 from model import build_model, checkpoint_paths, forward, init_parallel, save_checkpoint
+from tokenizer import PAD
 
 EXIT_PREEMPTED = 3
 
@@ -82,15 +84,18 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     preemption = Preemption()  # first, so a signal during setup still ends in a checkpoint and exit 3
     seed, optim, model_cfg = int(recipe["seed"]), recipe["optim"], recipe["model"]
     launch = init_parallel(seed)
-    rows = data.tokenize(data.mixture_dataset(recipe["data"], seed), int(model_cfg["seq_len"])).with_format("torch")
+    pack = bool(recipe["data"].get("pack", False))
+    examples = data.mixture_dataset(recipe["data"], seed)
+    rows = data.tokenize(examples, int(model_cfg["seq_len"]), pack=pack).with_format("torch")
     ids_all, mask_all = rows["ids"][:], rows["loss_mask"][:].float()
+    segments_all = rows["segments"][:] if pack else None
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     model = build_model(model_cfg).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(optim["lr"]), weight_decay=float(optim.get("weight_decay", 0.0)), betas=(0.9, 0.95)
     )
     out.mkdir(parents=True, exist_ok=True)
-    step, history, losses, earlier_wall, tokens = 0, [], [], 0.0, 0
+    step, history, losses, earlier_wall, tokens, useful = 0, [], [], 0.0, 0, 0
     existing = checkpoint_paths(out)
     if existing:
         state = torch.load(existing[-1], map_location="cpu", weights_only=False)
@@ -98,7 +103,8 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         step, history, losses, earlier_wall = state["step"], state["history"], state["losses"], state["wall_s"]
-        tokens = next((r["tokens"] for r in state.get("ranks", []) if r["rank"] == launch.rank), 0)
+        saved = next((r for r in state.get("ranks", []) if r["rank"] == launch.rank), {})
+        tokens, useful = saved.get("tokens", 0), saved.get("useful_tokens", 0)
         log({"event": "resumed", "step": step, "checkpoint": existing[-1].name})
     total = int(optim["steps"]) if max_steps is None else min(int(optim["steps"]), max_steps)
     every, batch_size = int(recipe["checkpoints"]["every"]), int(optim["batch_size"])
@@ -109,7 +115,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     def checkpoint() -> None:
         """Save, then drop earlier off-schedule (preemption) checkpoints: a requeued run ends with
         the same checkpoint set as an uninterrupted one, so the evaluator compares like with like."""
-        ranks = distributed.gather_rank_info(tokens)
+        ranks = distributed.gather_rank_info(tokens, useful)
         if distributed.is_main():
             save_checkpoint(out / f"ckpt-{step:06d}.pt", {
                 "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -131,7 +137,12 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         ids, mask = ids_all[mine].to(device), mask_all[mine].to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, optim)
-        token_loss = forward(model, ids[:, :-1], labels=ids[:, 1:])
+        if pack:  # each example attends only to itself, with its own positions
+            segments = segments_all[mine][:, :-1].to(device)
+            token_loss = model(ids[:, :-1], packing.positions(segments), packing.attention_mask(segments),
+                               labels=ids[:, 1:])
+        else:
+            token_loss = forward(model, ids[:, :-1], labels=ids[:, 1:])
         loss = (token_loss * mask[:, 1:]).sum() / global_loss_tokens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -140,6 +151,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         optimizer.step()
         step += 1
         tokens += ids[:, :-1].numel()
+        useful += int((ids[:, :-1] != PAD).sum())
         losses.append(distributed.sum_over_dp(loss.item()))
         preemption.requested = distributed.any_rank(preemption.requested)
         if step % 25 == 0 or step == total:
@@ -153,8 +165,9 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
             log({"event": "preempted", "step": step})
             sys.exit(EXIT_PREEMPTED)
     summary = {"steps": step, "final_loss": history[-1]["loss"] if history else None,
-               "wall_s": earlier_wall + time.time() - started, "examples": len(ids_all), "history": history,
-               "world_size": launch.world_size, "ranks": distributed.gather_rank_info(tokens)}
+               "wall_s": earlier_wall + time.time() - started, "examples": len(examples), "rows": len(ids_all),
+               "packed": pack, "history": history, "world_size": launch.world_size,
+               "ranks": distributed.gather_rank_info(tokens, useful)}
     if distributed.is_main():
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
