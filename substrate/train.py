@@ -1,14 +1,16 @@
 """Train the tiny GPT on the recipe's data mixture; resumable from its last checkpoint.
 
     python train.py --recipe recipe.yaml --out CHECKPOINT_DIR [--max-steps N]
+    torchrun --nproc_per_node N train.py ...   |   srun python train.py ...
 
-Writes ckpt-<step>.pt every `checkpoints.every` steps and at the end, one JSON line of metrics
-per log interval on stdout, and train_summary.json when done. Under torchrun or srun (see
-distributed.py) every rank trains its slice of each global batch and the gradients are summed, so
-the loss curve is the single-process one; rank 0 writes the checkpoints and the summary. Started again on the same
-directory, it resumes from the newest checkpoint: same data order, optimizer and RNG state, so
-the loss curve continues as if never interrupted. SIGTERM or SIGUSR2 (a scheduler's timeout
-warning) saves a checkpoint at the next step boundary and exits with code 3 (requeue me).
+Writes a checkpoint (ckpt-<step>.pt, or a distributed ckpt-<step>/, see checkpoint.py) every
+`checkpoints.every` steps and at the end, one JSON line of metrics per log interval on stdout,
+and train_summary.json when done. Under torchrun or srun (see distributed.py) every rank trains
+its slice of each global batch and the gradients are summed, so the loss curve is the
+single-process one; rank 0 writes the logs and the summary. Started again on the same directory,
+it resumes from the newest checkpoint: same data order, optimizer and RNG state, so the loss
+curve continues as if never interrupted. SIGTERM or SIGUSR2 (a scheduler's timeout warning) on
+any rank saves a checkpoint at the next step boundary and exits with code 3 (requeue me).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from pathlib import Path
 import torch
 import yaml
 
+import checkpoint as checkpoints
 import data
 import distributed
 import layers
 import packing
-from model import build_model, checkpoint_paths, forward, init_parallel, save_checkpoint
+from model import build_model, forward, init_parallel
 from tokenizer import PAD
 
 EXIT_PREEMPTED = 3
@@ -76,10 +79,6 @@ def log(entry: dict) -> None:
         print(json.dumps(entry), flush=True)
 
 
-def _step_of(path: Path) -> int:
-    return int(path.stem.split("-")[1])
-
-
 def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     preemption = Preemption()  # first, so a signal during setup still ends in a checkpoint and exit 3
     seed, optim, model_cfg = int(recipe["seed"]), recipe["optim"], recipe["model"]
@@ -95,14 +94,14 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         model.parameters(), lr=float(optim["lr"]), weight_decay=float(optim.get("weight_decay", 0.0)), betas=(0.9, 0.95)
     )
     out.mkdir(parents=True, exist_ok=True)
-    step, history, losses, earlier_wall, tokens, useful = 0, [], [], 0.0, 0, 0
-    existing = checkpoint_paths(out)
+    step, history, losses, earlier_wall, earlier_loop, tokens, useful = 0, [], [], 0.0, 0.0, 0, 0
+    fmt = checkpoints.fmt_of(recipe)
+    existing = checkpoints.paths(out)
     if existing:
-        state = torch.load(existing[-1], map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = checkpoints.load(existing[-1], model, optimizer)
         torch.set_rng_state(state["rng"])
         step, history, losses, earlier_wall = state["step"], state["history"], state["losses"], state["wall_s"]
+        earlier_loop = state.get("loop_s", 0.0)
         saved = next((r for r in state.get("ranks", []) if r["rank"] == launch.rank), {})
         tokens, useful = saved.get("tokens", 0), saved.get("useful_tokens", 0)
         log({"event": "resumed", "step": step, "checkpoint": existing[-1].name})
@@ -111,24 +110,26 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     if batch_size < distributed.dp_size():
         raise ValueError(f"recipe optim.batch_size: {batch_size} rows cannot be split over {distributed.dp_size()} data-parallel ranks")
     started = time.time()
+    loop_s = 0.0  # time in training steps (this run), for throughput
 
     def checkpoint() -> None:
         """Save, then drop earlier off-schedule (preemption) checkpoints: a requeued run ends with
         the same checkpoint set as an uninterrupted one, so the evaluator compares like with like."""
-        ranks = distributed.gather_rank_info(tokens, useful)
+        checkpoints.save(out, step, model, optimizer, {
+            "step": step, "rng": torch.get_rng_state(), "history": history, "losses": losses,
+            "model_config": model_cfg, "wall_s": earlier_wall + time.time() - started,
+            "loop_s": earlier_loop + loop_s,
+            "ranks": distributed.gather_rank_info(tokens, useful),
+        }, fmt)
         if distributed.is_main():
-            save_checkpoint(out / f"ckpt-{step:06d}.pt", {
-                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": torch.get_rng_state(), "history": history, "losses": losses, "model_config": model_cfg,
-                "wall_s": earlier_wall + time.time() - started, "ranks": ranks,
-            })
-            for path in checkpoint_paths(out):
-                if _step_of(path) < step and _step_of(path) % every:
-                    path.unlink()
+            for path in checkpoints.paths(out):
+                if checkpoints.step_of(path) < step and checkpoints.step_of(path) % every:
+                    checkpoints.remove(path)
         distributed.barrier()
 
     model.train()
     while step < total:
+        step_started = time.time()
         idx = batch_indices(step, batch_size, len(ids_all), seed)
         # Normalise by the loss tokens of the whole global batch: the ranks' gradients then sum to
         # the single-process gradient, whatever the split.
@@ -154,6 +155,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         useful += int((ids[:, :-1] != PAD).sum())
         losses.append(distributed.sum_over_dp(loss.item()))
         preemption.requested = distributed.any_rank(preemption.requested)
+        loop_s += time.time() - step_started
         if step % 25 == 0 or step == total:
             entry = {"step": step, "loss": sum(losses) / len(losses), "lr": lr_at(step - 1, optim)}
             history.append(entry)
@@ -165,7 +167,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
             log({"event": "preempted", "step": step})
             sys.exit(EXIT_PREEMPTED)
     summary = {"steps": step, "final_loss": history[-1]["loss"] if history else None,
-               "wall_s": earlier_wall + time.time() - started, "examples": len(examples), "rows": len(ids_all),
+               "wall_s": earlier_wall + time.time() - started, "loop_s": earlier_loop + loop_s, "examples": len(examples), "rows": len(ids_all),
                "packed": pack, "history": history, "world_size": launch.world_size,
                "ranks": distributed.gather_rank_info(tokens, useful)}
     if distributed.is_main():
