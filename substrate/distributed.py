@@ -105,12 +105,39 @@ def all_reduce_gradients(params) -> None:
         grad.copy_(reduced)
 
 
+def clip_grad_norm(params, max_norm: float) -> float:
+    """Clip by the norm of the whole model's gradient: tensor-parallel shards summed over their TP
+    group, replicated parameters counted once (torch's clip_grad_norm_ on one rank sees only its shards)."""
+    params = [p for p in params if p.grad is not None]
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    sharded = [p for p in params if getattr(p, "tensor_model_parallel", False)]
+    replicated = [p for p in params if not getattr(p, "tensor_model_parallel", False)]
+    square = lambda group: sum((p.grad.detach().float() ** 2).sum() for p in group)  # noqa: E731
+    total = torch.zeros((), device=_device()) + square(sharded)
+    dist.all_reduce(total, group=parallel_state.get_tensor_model_parallel_group())
+    norm = (total + square(replicated)).sqrt()
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(scale.to(p.grad.dtype))
+    return float(norm)
+
+
 def sum_over_dp(value: float) -> float:
     if dp_size() == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=_device())
     dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
     return float(t.item())
+
+
+def from_rank0(values: list[float]) -> list[float]:
+    """Rank 0's values on every rank (timings, which differ a little per rank, in a state all ranks save)."""
+    if dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    dist.broadcast(t, src=0)
+    return t.tolist()
 
 
 def any_rank(flag: bool) -> bool:

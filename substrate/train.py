@@ -82,7 +82,8 @@ def log(entry: dict) -> None:
 def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     preemption = Preemption()  # first, so a signal during setup still ends in a checkpoint and exit 3
     seed, optim, model_cfg = int(recipe["seed"]), recipe["optim"], recipe["model"]
-    launch = init_parallel(seed)
+    tp = int(recipe.get("parallel", {}).get("tensor", 1))
+    launch = init_parallel(seed, tp)
     pack = bool(recipe["data"].get("pack", False))
     examples = data.mixture_dataset(recipe["data"], seed)
     rows = data.tokenize(examples, int(model_cfg["seq_len"]), pack=pack).with_format("torch")
@@ -96,6 +97,8 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     step, history, losses, earlier_wall, earlier_loop, tokens, useful = 0, [], [], 0.0, 0.0, 0, 0
     fmt = checkpoints.fmt_of(recipe)
+    if tp > 1 and fmt != "dist":
+        raise ValueError(f"recipe checkpoints.format: tensor parallelism (parallel.tensor {tp}) needs dist (got {fmt!r})")
     existing = checkpoints.paths(out)
     if existing:
         state = checkpoints.load(existing[-1], model, optimizer)
@@ -115,10 +118,10 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     def checkpoint() -> None:
         """Save, then drop earlier off-schedule (preemption) checkpoints: a requeued run ends with
         the same checkpoint set as an uninterrupted one, so the evaluator compares like with like."""
+        wall_s, total_loop_s = distributed.from_rank0([earlier_wall + time.time() - started, earlier_loop + loop_s])
         checkpoints.save(out, step, model, optimizer, {
             "step": step, "rng": torch.get_rng_state(), "history": history, "losses": losses,
-            "model_config": model_cfg, "wall_s": earlier_wall + time.time() - started,
-            "loop_s": earlier_loop + loop_s,
+            "model_config": model_cfg, "wall_s": wall_s, "loop_s": total_loop_s,
             "ranks": distributed.gather_rank_info(tokens, useful),
         }, fmt)
         if distributed.is_main():
@@ -148,7 +151,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.all_reduce_gradients(model.parameters())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        distributed.clip_grad_norm(model.parameters(), 1.0)
         optimizer.step()
         step += 1
         tokens += ids[:, :-1].numel()
