@@ -55,4 +55,4 @@ def test_pack_bench_reports_useful_tokens(tmp_path):
     record = PackBench.load(out)
     assert record.packed["useful_fraction"] >= 0.95 > 0.5 > record.padded["useful_fraction"]
     assert record.packed["rows"] < record.padded["rows"] == record.packed["examples"]
-    assert record.useful_tokens_per_s_ratio > 0
+    assert record.useful_tokens_per_s_ratio > 0 and record.useful_tokens_per_cpu_s_ratio > 0
