@@ -5,7 +5,7 @@ job step (srun, one task per GPU or per CPU slot); this module turns each launch
 into the same rendezvous, so train.py never cares which:
 
 - torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are already set;
-- SLURM: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR is the first host of
+- SLURM: SLURM_PROCID, SLURM_STEP_NUM_TASKS (srun's; else SLURM_NTASKS), SLURM_LOCALID; MASTER_ADDR is the first host of
   `scontrol show hostnames $SLURM_JOB_NODELIST` and MASTER_PORT derives from SLURM_JOB_ID
   (both only where not already set), so every task of the step finds the same address;
 - otherwise (or a world of one): one process, an in-memory store, no port to race for.
@@ -51,11 +51,13 @@ def launch_from_env(env: os._Environ | dict = os.environ) -> Launch:
     if "RANK" in env and "WORLD_SIZE" in env:
         return Launch(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
                       env.get("MASTER_ADDR"), int(env["MASTER_PORT"]) if "MASTER_PORT" in env else None, "torchrun")
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+    # srun's SLURM_STEP_NUM_TASKS counts the processes of this step, the ones that rendezvous; SLURM_NTASKS
+    # counts the allocation's tasks (an `srun -n 2` inside a 4-task job would wait for 4 with it).
+    ntasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", 1)))
+    if "SLURM_PROCID" in env and ntasks > 1:
         addr = env.get("MASTER_ADDR") or first_host(env["SLURM_JOB_NODELIST"], env)
         port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else PORT_BASE + int(env["SLURM_JOB_ID"]) % PORT_SPAN
-        return Launch(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                      addr, port, "slurm")
+        return Launch(int(env["SLURM_PROCID"]), ntasks, int(env.get("SLURM_LOCALID", 0)), addr, port, "slurm")
     return Launch(0, 1, 0, None, None, "single")
 
 

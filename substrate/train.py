@@ -82,10 +82,13 @@ def log(entry: dict) -> None:
 def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     preemption = Preemption()  # first, so a signal during setup still ends in a checkpoint and exit 3
     seed, optim, model_cfg = int(recipe["seed"]), recipe["optim"], recipe["model"]
-    tp = int(recipe.get("parallel", {}).get("tensor", 1))
+    tp, fmt = int(recipe.get("parallel", {}).get("tensor", 1)), checkpoints.fmt_of(recipe)
+    if tp > 1 and fmt != "dist":
+        raise ValueError(f"recipe checkpoints.format: tensor parallelism (parallel.tensor {tp}) needs dist (got {fmt!r})")
     launch = init_parallel(seed, tp)
+    choice = layers.choose(model_cfg)  # before the data: a precision this machine cannot run fails at once
     pack = bool(recipe["data"].get("pack", False))
-    if pack and layers.choose(model_cfg).backend == "te":
+    if pack and choice.backend == "te":
         # TE's fused attention ignores megatron's explicit mask; packed rows there need THD cu_seqlens (not built yet).
         raise layers.LayerSpecError("recipe data.pack: packing runs on megatron's local spec only (CPU) for now; "
                                     "set it false on a Transformer Engine GPU")
@@ -100,9 +103,6 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     )
     out.mkdir(parents=True, exist_ok=True)
     step, history, losses, earlier_wall, earlier_loop, earlier_cpu, tokens, useful = 0, [], [], 0.0, 0.0, 0.0, 0, 0
-    fmt = checkpoints.fmt_of(recipe)
-    if tp > 1 and fmt != "dist":
-        raise ValueError(f"recipe checkpoints.format: tensor parallelism (parallel.tensor {tp}) needs dist (got {fmt!r})")
     existing = checkpoints.paths(out)
     if existing:
         state = checkpoints.load(existing[-1], model, optimizer)

@@ -92,6 +92,8 @@ def test_launch_from_each_environment(tmp_path):
     # An address and port set by the job script win over the derived ones.
     pinned = distributed.launch_from_env({**slurm, "MASTER_ADDR": "10.0.0.7", "MASTER_PORT": "4000"})
     assert (pinned.master_addr, pinned.master_port) == ("10.0.0.7", 4000)
+    # srun's step task count wins over the allocation's: `srun -n 2` inside an 8-task allocation is 2 ranks.
+    assert distributed.launch_from_env({**slurm, "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1"}).world_size == 2
     # One SLURM task (a plain sbatch job) and no launcher at all are both a single process.
     assert distributed.launch_from_env({**slurm, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}).launcher == "single"
     assert distributed.launch_from_env({}) == distributed.Launch(0, 1, 0, None, None, "single")
