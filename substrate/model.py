@@ -1,10 +1,10 @@
-"""The tiny GPT, built with megatron-core's local layer spec so it runs on CPU with gloo.
+"""The tiny GPT in megatron-core, with the layer spec layers.py picks (local on CPU, TE on CUDA).
 
 megatron-core assumes CUDA in a few places; the accommodations below are the measured ones
 (see the platform facts): CPU initialisation, the RNG tracker without CUDA seeding, a CPU
 global memory buffer for attention, learned absolute positions instead of RoPE, and an explicit
-causal mask. Checkpoints are plain torch files written atomically, carrying the model config so
-the evaluator can rebuild the model without the recipe.
+causal mask. Checkpoints (checkpoint.py) carry the model config so the evaluator can rebuild
+the model without the recipe.
 """
 
 from __future__ import annotations
@@ -83,20 +83,6 @@ def forward(model: GPTModel, ids: torch.Tensor, labels: torch.Tensor | None = No
     length = ids.shape[1]
     positions = torch.arange(length, device=ids.device).unsqueeze(0).expand_as(ids)
     return model(ids, positions, causal_mask(length, ids.device), labels=labels)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write a checkpoint atomically: a killed trainer leaves the previous checkpoints intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def checkpoint_paths(directory: Path) -> list[Path]:
-    return sorted(Path(directory).glob("ckpt-*.pt"))
 
 
 def load_for_eval(path: Path) -> tuple[GPTModel, dict]:
