@@ -64,9 +64,15 @@ def leaderboard_order(manifests: list[CandidateManifest]) -> list[CandidateManif
     return sorted(evaluated, key=lambda m: (m.role != "anchor", -(m.measured.dev or 0.0), m.candidate))
 
 
+def checkpoint_of_step(checkpoints_dir: Path, step: int) -> Path:
+    """The trainer's checkpoint of `step`: a `ckpt-<step>.pt` file, or a distributed `ckpt-<step>/` directory."""
+    single = checkpoints_dir / f"ckpt-{step:06d}.pt"
+    return single if single.exists() or not (checkpoints_dir / f"ckpt-{step:06d}").is_dir() else single.with_suffix("")
+
+
 def submit_to_leaderboard(adapter: HeldoutPuzzles, ref: str, manifest: CandidateManifest, checkpoints_dir: Path,
                           workdir: Path, trace: Trace) -> None:
-    checkpoint = checkpoints_dir / f"ckpt-{manifest.measured.selected_step:06d}.pt"
+    checkpoint = checkpoint_of_step(checkpoints_dir, manifest.measured.selected_step)
     try:
         submission = adapter.submit(ref, checkpoint, workdir)
     except LeaderboardError as exc:

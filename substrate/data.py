@@ -2,7 +2,7 @@
 
 Built on Hugging Face `datasets`: one dataset per domain, interleaved with the recipe's mixture
 probabilities, filtered by the recipe's rules and tokenised into fixed-length training rows with a
-loss mask on the answer only. The dev split is fixed (the evaluator regenerates it from DEV_SEED);
+loss mask on the answer only: one example per row, padded, or (`data.pack`) packed many to a row. The dev split is fixed (the evaluator regenerates it from DEV_SEED);
 the held-out leaderboard split is not here: the toolkit's leaderboard adapter draws it from a
 shifted distribution and keeps it outside every sandbox.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datasets
 
+import packing
 import puzzles
 from tokenizer import EOS, PAD, encode
 
@@ -74,13 +75,20 @@ def apply_filters(ds: datasets.Dataset, rules: dict) -> datasets.Dataset:
     return ds
 
 
-def tokenize(ds: datasets.Dataset, seq_len: int) -> datasets.Dataset:
-    """Rows of `seq_len` token ids with the loss on the answer and its end-of-sequence token only."""
+def encode_example(ex: dict) -> tuple[list[int], list[int]]:
+    """Prompt, answer and end-of-sequence ids, with the loss on the answer and its EOS only."""
+    prompt, answer = encode(ex["prompt"]), encode(ex["answer"]) + [EOS]
+    return prompt + answer, [0] * len(prompt) + [1] * len(answer)
+
+
+def tokenize(ds: datasets.Dataset, seq_len: int, pack: bool = False) -> datasets.Dataset:
+    """Rows of `seq_len` + 1 token ids (inputs and shifted labels): one example per row, padded;
+    or, with `pack`, whole examples packed end to end with their segment ids (see packing.py)."""
+    if pack:
+        return datasets.Dataset.from_list(packing.pack([encode_example(ex) for ex in ds], seq_len + 1, PAD))
 
     def encode_row(ex):
-        prompt, answer = encode(ex["prompt"]), encode(ex["answer"]) + [EOS]
-        ids = (prompt + answer)[: seq_len + 1]
-        mask = ([0] * len(prompt) + [1] * len(answer))[: seq_len + 1]
+        ids, mask = (part[: seq_len + 1] for part in encode_example(ex))
         pad = seq_len + 1 - len(ids)
         return {"ids": ids + [PAD] * pad, "loss_mask": mask + [0] * pad}
 

@@ -5,7 +5,7 @@ job step (srun, one task per GPU or per CPU slot); this module turns each launch
 into the same rendezvous, so train.py never cares which:
 
 - torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are already set;
-- SLURM: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR is the first host of
+- SLURM: SLURM_PROCID, SLURM_STEP_NUM_TASKS (srun's; else SLURM_NTASKS), SLURM_LOCALID; MASTER_ADDR is the first host of
   `scontrol show hostnames $SLURM_JOB_NODELIST` and MASTER_PORT derives from SLURM_JOB_ID
   (both only where not already set), so every task of the step finds the same address;
 - otherwise (or a world of one): one process, an in-memory store, no port to race for.
@@ -51,11 +51,13 @@ def launch_from_env(env: os._Environ | dict = os.environ) -> Launch:
     if "RANK" in env and "WORLD_SIZE" in env:
         return Launch(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
                       env.get("MASTER_ADDR"), int(env["MASTER_PORT"]) if "MASTER_PORT" in env else None, "torchrun")
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+    # srun's SLURM_STEP_NUM_TASKS counts the processes of this step, the ones that rendezvous; SLURM_NTASKS
+    # counts the allocation's tasks (an `srun -n 2` inside a 4-task job would wait for 4 with it).
+    ntasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", 1)))
+    if "SLURM_PROCID" in env and ntasks > 1:
         addr = env.get("MASTER_ADDR") or first_host(env["SLURM_JOB_NODELIST"], env)
         port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else PORT_BASE + int(env["SLURM_JOB_ID"]) % PORT_SPAN
-        return Launch(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                      addr, port, "slurm")
+        return Launch(int(env["SLURM_PROCID"]), ntasks, int(env.get("SLURM_LOCALID", 0)), addr, port, "slurm")
     return Launch(0, 1, 0, None, None, "single")
 
 
@@ -105,12 +107,39 @@ def all_reduce_gradients(params) -> None:
         grad.copy_(reduced)
 
 
+def clip_grad_norm(params, max_norm: float) -> float:
+    """Clip by the norm of the whole model's gradient: tensor-parallel shards summed over their TP
+    group, replicated parameters counted once (torch's clip_grad_norm_ on one rank sees only its shards)."""
+    params = [p for p in params if p.grad is not None]
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    sharded = [p for p in params if getattr(p, "tensor_model_parallel", False)]
+    replicated = [p for p in params if not getattr(p, "tensor_model_parallel", False)]
+    square = lambda group: sum((p.grad.detach().float() ** 2).sum() for p in group)  # noqa: E731
+    total = torch.zeros((), device=_device()) + square(sharded)
+    dist.all_reduce(total, group=parallel_state.get_tensor_model_parallel_group())
+    norm = (total + square(replicated)).sqrt()
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(scale.to(p.grad.dtype))
+    return float(norm)
+
+
 def sum_over_dp(value: float) -> float:
     if dp_size() == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=_device())
     dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
     return float(t.item())
+
+
+def from_rank0(values: list[float]) -> list[float]:
+    """Rank 0's values on every rank (timings, which differ a little per rank, in a state all ranks save)."""
+    if dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    dist.broadcast(t, src=0)
+    return t.tolist()
 
 
 def any_rank(flag: bool) -> bool:
@@ -122,9 +151,11 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
-def gather_rank_info(tokens: int) -> list[dict]:
-    """[{rank, host, tokens}] for every rank of the world (the same list on every rank)."""
-    mine = {"rank": dist.get_rank(), "host": socket.gethostname(), "tokens": int(tokens)}
+def gather_rank_info(tokens: int, useful_tokens: int) -> list[dict]:
+    """[{rank, host, tokens, useful_tokens}] for every rank of the world (the same list on every rank):
+    input tokens this rank trained on, and those of them that are not padding."""
+    mine = {"rank": dist.get_rank(), "host": socket.gethostname(), "tokens": int(tokens),
+            "useful_tokens": int(useful_tokens)}
     if dist.get_world_size() == 1:
         return [mine]
     everyone: list = [None] * dist.get_world_size()

@@ -21,7 +21,9 @@ import torch
 import yaml
 
 import data
-from model import checkpoint_paths, greedy_generate, init_parallel, load_for_eval
+from checkpoint import load_for_eval
+from checkpoint import paths as checkpoint_paths
+from model import greedy_generate, init_parallel
 from tokenizer import decode, encode
 
 SELECTION_RULES = ("best_dev", "last", "best_min_domain")

@@ -1,10 +1,10 @@
-"""The tiny GPT, built with megatron-core's local layer spec so it runs on CPU with gloo.
+"""The tiny GPT in megatron-core, with the layer spec layers.py picks (local on CPU, TE on CUDA).
 
 megatron-core assumes CUDA in a few places; the accommodations below are the measured ones
 (see the platform facts): CPU initialisation, the RNG tracker without CUDA seeding, a CPU
 global memory buffer for attention, learned absolute positions instead of RoPE, and an explicit
-causal mask. Checkpoints are plain torch files written atomically, carrying the model config so
-the evaluator can rebuild the model without the recipe.
+causal mask. Checkpoints (checkpoint.py) carry the model config so the evaluator can rebuild
+the model without the recipe.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
 
 from megatron.core import parallel_state, tensor_parallel  # noqa: E402
 from megatron.core.models.gpt import GPTModel  # noqa: E402
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec  # noqa: E402
 from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
 
 import distributed  # noqa: E402
+import layers  # noqa: E402
 from tokenizer import EOS, PAD, VOCAB_SIZE  # noqa: E402
 
 
@@ -45,14 +45,19 @@ def init_parallel(seed: int, tp: int = 1) -> distributed.Launch:
     """The process group (torchrun, SLURM or one process) and megatron's TP x DP parallel state."""
     torch.set_num_threads(int(os.environ.get("SUBSTRATE_THREADS", "1")))
     launch = distributed.init(tp)
-    parallel_state._GLOBAL_MEMORY_BUFFER = _CPUMemoryBuffer()
     torch.manual_seed(seed)
-    tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    if torch.cuda.is_available():
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    else:
+        parallel_state._GLOBAL_MEMORY_BUFFER = _CPUMemoryBuffer()
+        tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
     return launch
 
 
 def build_model(model_cfg: dict) -> GPTModel:
+    choice = layers.choose(model_cfg)
     config = TransformerConfig(
+        **choice.config_kwargs(),
         num_layers=int(model_cfg["layers"]),
         hidden_size=int(model_cfg["hidden"]),
         num_attention_heads=int(model_cfg["heads"]),
@@ -62,36 +67,22 @@ def build_model(model_cfg: dict) -> GPTModel:
     )
     return GPTModel(
         config,
-        get_gpt_layer_local_spec(),
+        choice.spec(),
         vocab_size=VOCAB_SIZE,
         max_sequence_length=int(model_cfg["seq_len"]),
         position_embedding_type="learned_absolute",
     )
 
 
-def causal_mask(length: int) -> torch.Tensor:
+def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
     """megatron's boolean mask: True where attention is NOT allowed."""
-    return torch.triu(torch.ones(length, length, dtype=torch.bool), 1)[None, None]
+    return torch.triu(torch.ones(length, length, dtype=torch.bool, device=device), 1)[None, None]
 
 
 def forward(model: GPTModel, ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     length = ids.shape[1]
-    positions = torch.arange(length).unsqueeze(0).expand_as(ids)
-    return model(ids, positions, causal_mask(length), labels=labels)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write a checkpoint atomically: a killed trainer leaves the previous checkpoints intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def checkpoint_paths(directory: Path) -> list[Path]:
-    return sorted(Path(directory).glob("ckpt-*.pt"))
+    positions = torch.arange(length, device=ids.device).unsqueeze(0).expand_as(ids)
+    return model(ids, positions, causal_mask(length, ids.device), labels=labels)
 
 
 def load_for_eval(path: Path) -> tuple[GPTModel, dict]:

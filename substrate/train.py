@@ -1,14 +1,16 @@
 """Train the tiny GPT on the recipe's data mixture; resumable from its last checkpoint.
 
     python train.py --recipe recipe.yaml --out CHECKPOINT_DIR [--max-steps N]
+    torchrun --nproc_per_node N train.py ...   |   srun python train.py ...
 
-Writes ckpt-<step>.pt every `checkpoints.every` steps and at the end, one JSON line of metrics
-per log interval on stdout, and train_summary.json when done. Under torchrun or srun (see
-distributed.py) every rank trains its slice of each global batch and the gradients are summed, so
-the loss curve is the single-process one; rank 0 writes the checkpoints and the summary. Started again on the same
-directory, it resumes from the newest checkpoint: same data order, optimizer and RNG state, so
-the loss curve continues as if never interrupted. SIGTERM or SIGUSR2 (a scheduler's timeout
-warning) saves a checkpoint at the next step boundary and exits with code 3 (requeue me).
+Writes a checkpoint (ckpt-<step>.pt, or a distributed ckpt-<step>/, see checkpoint.py) every
+`checkpoints.every` steps and at the end, one JSON line of metrics per log interval on stdout,
+and train_summary.json when done. Under torchrun or srun (see distributed.py) every rank trains
+its slice of each global batch and the gradients are summed, so the loss curve is the
+single-process one; rank 0 writes the logs and the summary. Started again on the same directory,
+it resumes from the newest checkpoint: same data order, optimizer and RNG state, so the loss
+curve continues as if never interrupted. SIGTERM or SIGUSR2 (a scheduler's timeout warning) on
+any rank saves a checkpoint at the next step boundary and exits with code 3 (requeue me).
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ from pathlib import Path
 import torch
 import yaml
 
+import checkpoint as checkpoints
 import data
 import distributed
-from model import build_model, checkpoint_paths, forward, init_parallel, save_checkpoint
+import layers
+import packing
+from model import build_model, forward, init_parallel
+from tokenizer import PAD
 
 EXIT_PREEMPTED = 3
 
@@ -73,73 +79,92 @@ def log(entry: dict) -> None:
         print(json.dumps(entry), flush=True)
 
 
-def _step_of(path: Path) -> int:
-    return int(path.stem.split("-")[1])
-
-
 def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     preemption = Preemption()  # first, so a signal during setup still ends in a checkpoint and exit 3
     seed, optim, model_cfg = int(recipe["seed"]), recipe["optim"], recipe["model"]
-    launch = init_parallel(seed)
-    rows = data.tokenize(data.mixture_dataset(recipe["data"], seed), int(model_cfg["seq_len"])).with_format("torch")
+    tp, fmt = int(recipe.get("parallel", {}).get("tensor", 1)), checkpoints.fmt_of(recipe)
+    if tp > 1 and fmt != "dist":
+        raise ValueError(f"recipe checkpoints.format: tensor parallelism (parallel.tensor {tp}) needs dist (got {fmt!r})")
+    launch = init_parallel(seed, tp)
+    choice = layers.choose(model_cfg)  # before the data: a precision this machine cannot run fails at once
+    pack = bool(recipe["data"].get("pack", False))
+    if pack and choice.backend == "te":
+        # TE's fused attention ignores megatron's explicit mask; packed rows there need THD cu_seqlens (not built yet).
+        raise layers.LayerSpecError("recipe data.pack: packing runs on megatron's local spec only (CPU) for now; "
+                                    "set it false on a Transformer Engine GPU")
+    examples = data.mixture_dataset(recipe["data"], seed)
+    rows = data.tokenize(examples, int(model_cfg["seq_len"]), pack=pack).with_format("torch")
     ids_all, mask_all = rows["ids"][:], rows["loss_mask"][:].float()
-    model = build_model(model_cfg)
+    segments_all = rows["segments"][:] if pack else None
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    model = build_model(model_cfg).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(optim["lr"]), weight_decay=float(optim.get("weight_decay", 0.0)), betas=(0.9, 0.95)
     )
     out.mkdir(parents=True, exist_ok=True)
-    step, history, losses, earlier_wall, tokens = 0, [], [], 0.0, 0
-    existing = checkpoint_paths(out)
+    step, history, losses, earlier_wall, earlier_loop, earlier_cpu, tokens, useful = 0, [], [], 0.0, 0.0, 0.0, 0, 0
+    existing = checkpoints.paths(out)
     if existing:
-        state = torch.load(existing[-1], map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = checkpoints.load(existing[-1], model, optimizer)
         torch.set_rng_state(state["rng"])
         step, history, losses, earlier_wall = state["step"], state["history"], state["losses"], state["wall_s"]
-        tokens = next((r["tokens"] for r in state.get("ranks", []) if r["rank"] == launch.rank), 0)
+        earlier_loop, earlier_cpu = state.get("loop_s", 0.0), state.get("loop_cpu_s", 0.0)
+        saved = next((r for r in state.get("ranks", []) if r["rank"] == launch.rank), {})
+        tokens, useful = saved.get("tokens", 0), saved.get("useful_tokens", 0)
         log({"event": "resumed", "step": step, "checkpoint": existing[-1].name})
     total = int(optim["steps"]) if max_steps is None else min(int(optim["steps"]), max_steps)
     every, batch_size = int(recipe["checkpoints"]["every"]), int(optim["batch_size"])
     if batch_size < distributed.dp_size():
         raise ValueError(f"recipe optim.batch_size: {batch_size} rows cannot be split over {distributed.dp_size()} data-parallel ranks")
     started = time.time()
+    loop_s = loop_cpu_s = 0.0  # wall and CPU time in training steps (this run), for throughput on busy machines
 
     def checkpoint() -> None:
         """Save, then drop earlier off-schedule (preemption) checkpoints: a requeued run ends with
         the same checkpoint set as an uninterrupted one, so the evaluator compares like with like."""
-        ranks = distributed.gather_rank_info(tokens)
+        wall_s, total_loop_s, total_cpu_s = distributed.from_rank0(
+            [earlier_wall + time.time() - started, earlier_loop + loop_s, earlier_cpu + loop_cpu_s])
+        checkpoints.save(out, step, model, optimizer, {
+            "step": step, "rng": torch.get_rng_state(), "history": history, "losses": losses,
+            "model_config": model_cfg, "wall_s": wall_s, "loop_s": total_loop_s, "loop_cpu_s": total_cpu_s,
+            "ranks": distributed.gather_rank_info(tokens, useful),
+        }, fmt)
         if distributed.is_main():
-            save_checkpoint(out / f"ckpt-{step:06d}.pt", {
-                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": torch.get_rng_state(), "history": history, "losses": losses, "model_config": model_cfg,
-                "wall_s": earlier_wall + time.time() - started, "ranks": ranks,
-            })
-            for path in checkpoint_paths(out):
-                if _step_of(path) < step and _step_of(path) % every:
-                    path.unlink()
+            for path in checkpoints.paths(out):
+                if checkpoints.step_of(path) < step and checkpoints.step_of(path) % every:
+                    checkpoints.remove(path)
         distributed.barrier()
 
     model.train()
     while step < total:
+        step_started, step_cpu = time.time(), time.process_time()
         idx = batch_indices(step, batch_size, len(ids_all), seed)
         # Normalise by the loss tokens of the whole global batch: the ranks' gradients then sum to
         # the single-process gradient, whatever the split.
         global_loss_tokens = mask_all[idx][:, 1:].sum()
         mine = torch.tensor_split(idx, distributed.dp_size())[distributed.dp_rank()]
-        ids, mask = ids_all[mine], mask_all[mine]
+        ids, mask = ids_all[mine].to(device), mask_all[mine].to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, optim)
-        token_loss = forward(model, ids[:, :-1], labels=ids[:, 1:])
+        if pack:  # each example attends only to itself, with its own positions
+            segments = segments_all[mine][:, :-1].to(device)
+            token_loss = model(ids[:, :-1], packing.positions(segments), packing.attention_mask(segments),
+                               labels=ids[:, 1:])
+        else:
+            token_loss = forward(model, ids[:, :-1], labels=ids[:, 1:])
         loss = (token_loss * mask[:, 1:]).sum() / global_loss_tokens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.all_reduce_gradients(model.parameters())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        distributed.clip_grad_norm(model.parameters(), 1.0)
         optimizer.step()
         step += 1
         tokens += ids[:, :-1].numel()
+        useful += int((ids[:, :-1] != PAD).sum())
         losses.append(distributed.sum_over_dp(loss.item()))
         preemption.requested = distributed.any_rank(preemption.requested)
+        loop_s += time.time() - step_started
+        loop_cpu_s += time.process_time() - step_cpu
         if step % 25 == 0 or step == total:
             entry = {"step": step, "loss": sum(losses) / len(losses), "lr": lr_at(step - 1, optim)}
             history.append(entry)
@@ -151,8 +176,10 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
             log({"event": "preempted", "step": step})
             sys.exit(EXIT_PREEMPTED)
     summary = {"steps": step, "final_loss": history[-1]["loss"] if history else None,
-               "wall_s": earlier_wall + time.time() - started, "examples": len(ids_all), "history": history,
-               "world_size": launch.world_size, "ranks": distributed.gather_rank_info(tokens)}
+               "wall_s": earlier_wall + time.time() - started, "loop_s": earlier_loop + loop_s,
+               "loop_cpu_s": earlier_cpu + loop_cpu_s, "examples": len(examples), "rows": len(ids_all),
+               "packed": pack, "history": history, "world_size": launch.world_size,
+               "ranks": distributed.gather_rank_info(tokens, useful)}
     if distributed.is_main():
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -164,7 +191,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-steps", type=int, default=None, help="stop early (smoke tests)")
     args = parser.parse_args()
-    train(yaml.safe_load(args.recipe.read_text()), args.out, args.max_steps)
+    try:
+        train(yaml.safe_load(args.recipe.read_text()), args.out, args.max_steps)
+    except layers.LayerSpecError as error:
+        sys.exit(f"train.py: {args.recipe}: {error}")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,8 @@ def test_launch_from_each_environment(tmp_path):
     # An address and port set by the job script win over the derived ones.
     pinned = distributed.launch_from_env({**slurm, "MASTER_ADDR": "10.0.0.7", "MASTER_PORT": "4000"})
     assert (pinned.master_addr, pinned.master_port) == ("10.0.0.7", 4000)
+    # srun's step task count wins over the allocation's: `srun -n 2` inside an 8-task allocation is 2 ranks.
+    assert distributed.launch_from_env({**slurm, "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1"}).world_size == 2
     # One SLURM task (a plain sbatch job) and no launcher at all are both a single process.
     assert distributed.launch_from_env({**slurm, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}).launcher == "single"
     assert distributed.launch_from_env({}) == distributed.Launch(0, 1, 0, None, None, "single")
@@ -129,3 +131,33 @@ def test_two_ranks_match_one_process(tmp_path):
         assert [r["tokens"] for r in ranks] == [reference["ranks"][0]["tokens"] // 2] * 2
         # Rank 0 alone wrote the checkpoints, the same set as the single process.
         assert sorted(p.name for p in directory.glob("ckpt-*.pt")) == sorted(p.name for p in one.glob("ckpt-*.pt"))
+
+
+@pytest.mark.slow
+def test_tensor_parallel_matches_one_process(tmp_path):
+    """TP=2 under torchrun (gloo): the loss curve of one process; its distributed checkpoints load
+    into the one-process evaluator (resharded TP2 -> TP1) and score like the one-process ones."""
+    recipe = apply_overrides(yaml.safe_load((SUBSTRATE / "recipe.yaml").read_text()),
+                             {**TINY, "checkpoints.format": "dist"})
+    one_path, tp_path = tmp_path / "one.yaml", tmp_path / "tp.yaml"
+    one_path.write_text(yaml.safe_dump(recipe))
+    recipe["parallel"]["tensor"] = 2
+    tp_path.write_text(yaml.safe_dump(recipe))
+    one, tp = tmp_path / "one", tmp_path / "tp"
+    finish(run([sys.executable, "train.py", "--recipe", str(one_path), "--out", str(one)], clean_env()))
+    finish(run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(free_port()), "train.py", "--recipe", str(tp_path), "--out", str(tp)], clean_env()))
+    reference, body = summary(one), summary(tp)
+    assert body["world_size"] == 2 and [r["rank"] for r in body["ranks"]] == [0, 1]
+    for mine, ref in zip(body["history"], reference["history"], strict=True):
+        assert mine["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    # Both TP ranks see the whole batch (one data-parallel replica): each trained the one process's tokens.
+    assert [r["tokens"] for r in body["ranks"]] == [reference["ranks"][0]["tokens"]] * 2
+    scores = {}
+    for name, directory, path in (("one", one, one_path), ("tp", tp, tp_path)):
+        finish(run([sys.executable, "evaluate.py", "--checkpoints", str(directory), "--recipe", str(path), "--out",
+                    str(directory / "eval.json")], clean_env()))
+        scores[name] = json.loads((directory / "eval.json").read_text())["checkpoints"]
+    assert [c["step"] for c in scores["tp"]] == [c["step"] for c in scores["one"]] == [25, 50]
+    for mine, ref in zip(scores["tp"], scores["one"]):
+        assert mine["dev"] == pytest.approx(ref["dev"], abs=0.01)
