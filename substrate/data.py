@@ -12,7 +12,7 @@ from __future__ import annotations
 import datasets
 
 import puzzles
-from tokenizer import EOS, PAD, encode
+import tokenizer
 
 DEV_SEED = 10_001
 DEV_PER_DOMAIN = 100
@@ -75,13 +75,15 @@ def apply_filters(ds: datasets.Dataset, rules: dict) -> datasets.Dataset:
 
 
 def tokenize(ds: datasets.Dataset, seq_len: int) -> datasets.Dataset:
-    """Rows of `seq_len` token ids with the loss on the answer and its end-of-sequence token only."""
+    """Rows of `seq_len` token ids with the loss on the answer and its end-of-sequence token only
+    (with the active tokenizer: the model's, see tokenizer.use)."""
+    tok = tokenizer.active()
 
     def encode_row(ex):
-        prompt, answer = encode(ex["prompt"]), encode(ex["answer"]) + [EOS]
+        prompt, answer = tok.encode(ex["prompt"]), tok.encode(ex["answer"]) + [tok.eos]
         ids = (prompt + answer)[: seq_len + 1]
         mask = ([0] * len(prompt) + [1] * len(answer))[: seq_len + 1]
         pad = seq_len + 1 - len(ids)
-        return {"ids": ids + [PAD] * pad, "loss_mask": mask + [0] * pad}
+        return {"ids": ids + [tok.pad] * pad, "loss_mask": mask + [0] * pad}
 
     return ds.map(encode_row, remove_columns=ds.column_names)

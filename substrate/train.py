@@ -23,7 +23,7 @@ import torch
 import yaml
 
 import data
-from model import build_model, checkpoint_paths, forward, init_parallel, save_checkpoint
+from model import build_model, checkpoint_paths, forward, init_parallel, save_checkpoint, use_tokenizer
 
 EXIT_PREEMPTED = 3
 
@@ -72,6 +72,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     preemption = Preemption()  # first, so a signal during setup still ends in a checkpoint and exit 3
     seed, optim, model_cfg = int(recipe["seed"]), recipe["optim"], recipe["model"]
     init_parallel(seed)
+    use_tokenizer(model_cfg)
     rows = data.tokenize(data.mixture_dataset(recipe["data"], seed), int(model_cfg["seq_len"])).with_format("torch")
     ids_all, mask_all = rows["ids"][:], rows["loss_mask"][:].float()
     model = build_model(model_cfg)
