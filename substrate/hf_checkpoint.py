@@ -259,6 +259,9 @@ def write_hf_dir(sd: dict[str, torch.Tensor], cfg: dict, out: Path, eos: int | N
         for name in TOKENIZER_FILES if source else ():
             if (Path(source) / name).is_file():
                 shutil.copy(Path(source) / name, tmp / name)
+        tmp.chmod(0o755)  # readable by the team and by jobs under other users, like every record
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -203,12 +203,17 @@ def load_for_eval(path: Path) -> tuple[GPTModel, dict]:
     return model, state
 
 
-def export_checkpoint(path: Path, out: Path) -> Path | None:
-    """A trained llama checkpoint as an HF directory (transformers, vLLM); rank 0 writes it."""
-    model, state = load_for_eval(path)
+def export_model(model: GPTModel, model_cfg: dict, out: Path) -> Path | None:
+    """A llama model as an HF directory (transformers, vLLM), with its tokenizer's special ids; rank 0
+    writes it (every tensor-parallel rank must call)."""
     tok = tokenizer.active()
-    return hf_checkpoint.export_hf(model, resolve_config(state["model_config"]), out, eos=tok.eos,
-                                   bos=getattr(getattr(tok, "tok", None), "bos_token_id", None))
+    bos = getattr(getattr(tok, "tok", None), "bos_token_id", None)
+    return hf_checkpoint.export_hf(model, resolve_config(model_cfg), out, eos=tok.eos, bos=bos)
+
+
+def export_checkpoint(path: Path, out: Path) -> Path | None:
+    model, state = load_for_eval(path)
+    return export_model(model, state["model_config"], out)
 
 
 @torch.no_grad()
