@@ -30,6 +30,22 @@ def random_llama(directory: Path, tied: bool, seed: int = 0) -> Path:
     return directory
 
 
+def add_hf_tokenizer(directory: Path) -> Path:
+    """A Hugging Face (fast) tokenizer over the puzzle alphabet, with ids in reverse order of the
+    character tokenizer's: a model that trains and scores with it goes through the HF path for real."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tokenizer import ALPHABET
+
+    vocab = {"<pad>": 0, "</s>": 1, **{c: i + 2 for i, c in enumerate(reversed(ALPHABET))}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>").save_pretrained(directory)
+    return directory
+
+
 def hf_logits(directory: Path, ids: torch.Tensor) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 

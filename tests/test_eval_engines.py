@@ -21,11 +21,14 @@ import yaml
 SUBSTRATE = Path(__file__).resolve().parents[1] / "substrate"
 sys.path.insert(0, str(SUBSTRATE))
 
+from hf_llama_fixtures import add_hf_tokenizer, random_llama  # noqa: E402
 from hpc_aevo.calibrate import apply_overrides  # noqa: E402
 
 import data  # noqa: E402
 from engines import choose, open_engine  # noqa: E402
 from model import checkpoint_paths, init_parallel  # noqa: E402
+import tokenizer  # noqa: E402
+from model import use_tokenizer  # noqa: E402
 from tokenizer import encode  # noqa: E402
 
 SHORT = {"model.hidden": 64, "model.layers": 2, "data.train_examples": 4000, "optim.steps": 150, "optim.lr": 4e-3,
@@ -97,3 +100,35 @@ def test_auto_picks_by_model_and_hardware():
         choose("vllm", {"hidden": 64, "layers": 1, "heads": 4, "seq_len": 64})
     with pytest.raises(ValueError, match="--engine: expected one of"):
         choose("tensorrt", llama)
+
+
+@pytest.mark.slow
+def test_pretrained_model_with_its_own_tokenizer_trains_and_scores(tmp_path):
+    """model.init_from an HF directory with a tokenizer: the data pipeline, the trainer and the
+    evaluator (transformers engine) all go through that tokenizer; --base-recipe scores step 0."""
+    hf_dir = add_hf_tokenizer(random_llama(tmp_path / "hf", tied=True))
+    body = apply_overrides(yaml.safe_load((SUBSTRATE / "recipe.yaml").read_text()),
+                           {"data.train_examples": 200, "optim.steps": 4, "optim.batch_size": 8, "checkpoints.every": 4})
+    body["model"] = {"init_from": str(hf_dir), "seq_len": 64}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(body))
+
+    hf_tok = use_tokenizer(body["model"])
+    reversed_ids = [2 + tokenizer.ALPHABET[::-1].index(c) for c in "bin 5>"]
+    assert hf_tok.name == "hf" and hf_tok.encode("bin 5>") == reversed_ids != tokenizer.CharTokenizer().encode("bin 5>")
+    assert hf_tok.decode(reversed_ids + [hf_tok.eos, 7]) == "bin 5>"
+    rows = data.tokenize(data.split(1, 2), 64).to_list()
+    first = data.split(1, 2)[0]
+    assert rows[0]["ids"][: len(first["prompt"])] == hf_tok.encode(first["prompt"])
+    tokenizer.use({})  # back to the character tokenizer for the other tests of this process
+
+    run("train.py", "--recipe", str(recipe), "--out", str(tmp_path / "ckpt"))
+    state = __import__("torch").load(tmp_path / "ckpt" / "ckpt-000004.pt", weights_only=False)
+    assert state["model_config"]["init_from"] == str(hf_dir)
+    run("evaluate.py", "--checkpoints", str(tmp_path / "ckpt"), "--recipe", str(recipe), "--out", str(tmp_path / "eval.json"))
+    assert json.loads((tmp_path / "eval.json").read_text())["examples_per_domain"]["bits"] == 100
+    split = tmp_path / "split.jsonl"
+    split.write_text("".join(json.dumps(r) + "\n" for r in data.split(3, 4).to_list()))
+    run("evaluate.py", "--base-recipe", str(recipe), "--split-file", str(split), "--out", str(tmp_path / "base.json"))
+    base = json.loads((tmp_path / "base.json").read_text())
+    assert base["step"] == 0 and base["examples_per_domain"] == {d: 4 for d in data.puzzles.DOMAINS}
