@@ -146,7 +146,8 @@ def load_for_eval(path: Path):
     from megatron.core import dist_checkpointing
 
     trainer = dist_checkpointing.load_common_state_dict(str(path))["trainer"]
-    net = substrate_model.build_model(trainer["model_config"])
+    substrate_model.use_tokenizer(trainer["model_config"])
+    net = substrate_model.build_model(trainer["model_config"], load_pretrained=False)
     with _cpu_saver():
         loaded = dist_checkpointing.load({"model": net.sharded_state_dict()}, str(path))
     net.load_state_dict(loaded["model"])

@@ -13,7 +13,7 @@ import datasets
 
 import packing
 import puzzles
-from tokenizer import EOS, PAD, encode
+import tokenizer
 
 DEV_SEED = 10_001
 DEV_PER_DOMAIN = 100
@@ -76,20 +76,23 @@ def apply_filters(ds: datasets.Dataset, rules: dict) -> datasets.Dataset:
 
 
 def encode_example(ex: dict) -> tuple[list[int], list[int]]:
-    """Prompt, answer and end-of-sequence ids, with the loss on the answer and its EOS only."""
-    prompt, answer = encode(ex["prompt"]), encode(ex["answer"]) + [EOS]
+    """Prompt, answer and end-of-sequence ids with the active tokenizer (the model's, see
+    tokenizer.use), with the loss on the answer and its EOS only."""
+    tok = tokenizer.active()
+    prompt, answer = tok.encode(ex["prompt"]), tok.encode(ex["answer"]) + [tok.eos]
     return prompt + answer, [0] * len(prompt) + [1] * len(answer)
 
 
 def tokenize(ds: datasets.Dataset, seq_len: int, pack: bool = False) -> datasets.Dataset:
     """Rows of `seq_len` + 1 token ids (inputs and shifted labels): one example per row, padded;
     or, with `pack`, whole examples packed end to end with their segment ids (see packing.py)."""
+    pad_id = tokenizer.active().pad
     if pack:
-        return datasets.Dataset.from_list(packing.pack([encode_example(ex) for ex in ds], seq_len + 1, PAD))
+        return datasets.Dataset.from_list(packing.pack([encode_example(ex) for ex in ds], seq_len + 1, pad_id))
 
     def encode_row(ex):
         ids, mask = (part[: seq_len + 1] for part in encode_example(ex))
         pad = seq_len + 1 - len(ids)
-        return {"ids": ids + [PAD] * pad, "loss_mask": mask + [0] * pad}
+        return {"ids": ids + [pad_id] * pad, "loss_mask": mask + [0] * pad}
 
     return ds.map(encode_row, remove_columns=ds.column_names)

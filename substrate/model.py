@@ -1,10 +1,16 @@
-"""The tiny GPT in megatron-core, with the layer spec layers.py picks (local on CPU, TE on CUDA).
+"""The substrate's models in megatron-core: the tiny GPT (default) and the Llama family.
+
+`model.arch: gpt` (default) is the tiny GPT: LayerNorm, GELU, learned absolute positions, the
+character tokenizer. `model.arch: llama` is a Llama-family model: RMSNorm, SwiGLU, RoPE, grouped
+query attention, tied or untied embeddings. `model.init_from` starts from a pretrained Hugging
+Face Llama checkpoint (see hf_checkpoint.py): the architecture and the tokenizer come from it and
+its weights are imported, sharded for tensor parallelism, when the model is built.
 
 megatron-core assumes CUDA in a few places; the accommodations below are the measured ones
 (see the platform facts): CPU initialisation, the RNG tracker without CUDA seeding, a CPU
-global memory buffer for attention, learned absolute positions instead of RoPE, and an explicit
-causal mask. Checkpoints (checkpoint.py) carry the model config so the evaluator can rebuild
-the model without the recipe.
+global memory buffer for attention, RoPE frequencies kept on the CPU, and an explicit causal mask.
+The layer spec comes from layers.py (local on CPU, Transformer Engine on CUDA). Checkpoints
+(checkpoint.py) carry the model config so the evaluator can rebuild the model without the recipe.
 """
 
 from __future__ import annotations
@@ -23,8 +29,12 @@ from megatron.core.models.gpt import GPTModel  # noqa: E402
 from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
 
 import distributed  # noqa: E402
+import hf_checkpoint  # noqa: E402
 import layers  # noqa: E402
-from tokenizer import EOS, PAD, VOCAB_SIZE  # noqa: E402
+import tokenizer  # noqa: E402
+from tokenizer import VOCAB_SIZE  # noqa: E402
+
+ARCHS = ("gpt", "llama")
 
 
 class _CPUMemoryBuffer:
@@ -54,24 +64,95 @@ def init_parallel(seed: int, tp: int = 1) -> distributed.Launch:
     return launch
 
 
-def build_model(model_cfg: dict) -> GPTModel:
-    choice = layers.choose(model_cfg)
+def resolve_config(model_cfg: dict) -> dict:
+    """The recipe's model section completed: the architecture of an `init_from` model (from its
+    config.json; the recipe may not contradict it), the defaults of a llama, the tokenizer and vocab."""
+    cfg = dict(model_cfg)
+    arch = cfg.setdefault("arch", "llama" if cfg.get("init_from") else "gpt")
+    if arch not in ARCHS:
+        raise ValueError(f"recipe model.arch: expected one of {ARCHS} (got {arch!r})")
+    if cfg.get("init_from"):
+        if arch != "llama":
+            raise ValueError(f"recipe model.init_from: needs model.arch llama (got {arch!r})")
+        cfg["hf_dir"] = str(hf_checkpoint.resolve_init_from(str(cfg["init_from"])))
+        pretrained = hf_checkpoint.hf_to_model_config(hf_checkpoint.read_hf_config(cfg["hf_dir"]))
+        for key, value in pretrained.items():
+            if key in model_cfg and model_cfg[key] != value:
+                raise ValueError(f"recipe model.{key}: fixed by model.init_from to {value!r} (got {model_cfg[key]!r})")
+        # A checkpoint without tokenizer files (a random test model) uses the character tokenizer.
+        has_tokenizer = any((Path(cfg["hf_dir"]) / name).is_file() for name in hf_checkpoint.TOKENIZER_FILES[:2])
+        cfg.update(pretrained, tokenizer="hf" if has_tokenizer else "char")
+        if not has_tokenizer and cfg["vocab"] < VOCAB_SIZE:
+            raise ValueError(f"recipe model.init_from: {cfg['hf_dir']} has no tokenizer files and a vocabulary "
+                             f"of {cfg['vocab']}, smaller than the character tokenizer's {VOCAB_SIZE}")
+        return cfg
+    cfg.setdefault("tokenizer", "char")
+    cfg.setdefault("vocab", VOCAB_SIZE)
+    if arch == "llama":
+        hidden, heads = int(cfg["hidden"]), int(cfg["heads"])
+        cfg.setdefault("kv_heads", heads)
+        cfg.setdefault("head_dim", hidden // heads)
+        cfg.setdefault("ffn_hidden", 64 * -(-8 * hidden // (3 * 64)))  # the Llama rule: ~8/3 h, a multiple of 64
+        cfg.setdefault("norm_eps", 1e-5)
+        cfg.setdefault("rope_theta", 10000.0)
+        cfg.setdefault("tie_embeddings", True)
+    return cfg
+
+
+def use_tokenizer(model_cfg: dict):
+    """Activate the tokenizer of this model (the data pipeline and the scorer encode through it)."""
+    return tokenizer.use(resolve_config(model_cfg))
+
+
+def _keep_rope_on_cpu(rope) -> None:
+    """megatron's RotaryEmbedding moves its frequencies to CUDA on first use: on CPU, compute the same
+    embedding (halves rotated, as HF Llama) without the move."""
+
+    def get_emb(max_seq_len: int, offset: int = 0) -> torch.Tensor:
+        freqs = rope.get_freqs_non_repeated(max_seq_len, offset)
+        return torch.cat((freqs, freqs), dim=-1)[:, None, None, :]
+
+    rope.get_emb = get_emb
+
+
+def build_model(model_cfg: dict, load_pretrained: bool = True) -> GPTModel:
+    """The recipe's model; an `init_from` model gets its pretrained weights unless `load_pretrained`
+    is False (the evaluator loads a trained checkpoint over it anyway)."""
+    cfg = resolve_config(model_cfg)
+    choice = layers.choose(cfg)
+    spec = choice.spec(normalization="RMSNorm" if cfg["arch"] == "llama" else None)
+    common = dict(**choice.config_kwargs(), num_layers=int(cfg["layers"]), hidden_size=int(cfg["hidden"]),
+                  num_attention_heads=int(cfg["heads"]), use_cpu_initialization=True,
+                  hidden_dropout=0.0, attention_dropout=0.0)
+    if cfg["arch"] == "gpt":
+        return GPTModel(
+            TransformerConfig(**common),
+            spec,
+            vocab_size=int(cfg["vocab"]),
+            max_sequence_length=int(cfg["seq_len"]),
+            position_embedding_type="learned_absolute",
+        )
     config = TransformerConfig(
-        **choice.config_kwargs(),
-        num_layers=int(model_cfg["layers"]),
-        hidden_size=int(model_cfg["hidden"]),
-        num_attention_heads=int(model_cfg["heads"]),
-        use_cpu_initialization=True,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
+        **common, num_query_groups=int(cfg["kv_heads"]), kv_channels=int(cfg["head_dim"]),
+        ffn_hidden_size=int(cfg["ffn_hidden"]), normalization="RMSNorm", layernorm_epsilon=float(cfg["norm_eps"]),
+        gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
+        bias_activation_fusion=False,
     )
-    return GPTModel(
+    model = GPTModel(
         config,
-        choice.spec(),
-        vocab_size=VOCAB_SIZE,
-        max_sequence_length=int(model_cfg["seq_len"]),
-        position_embedding_type="learned_absolute",
+        spec,
+        vocab_size=hf_checkpoint.padded_vocab(cfg, parallel_state.get_tensor_model_parallel_world_size()),
+        max_sequence_length=int(cfg["seq_len"]),
+        position_embedding_type="rope",
+        rotary_base=float(cfg["rope_theta"]),
+        share_embeddings_and_output_weights=bool(cfg["tie_embeddings"]),
     )
+    if not torch.cuda.is_available():
+        _keep_rope_on_cpu(model.rotary_pos_emb)
+    if cfg.get("hf_dir") and load_pretrained:
+        hf_checkpoint.load_hf_into(model, cfg)
+    model.vocab = int(cfg["vocab"])  # logits past the tokenizer's vocabulary are TP padding
+    return model
 
 
 def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
@@ -80,17 +161,41 @@ def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor
 
 
 def forward(model: GPTModel, ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token losses given labels; else the logits, gathered over tensor-parallel ranks."""
     length = ids.shape[1]
     positions = torch.arange(length, device=ids.device).unsqueeze(0).expand_as(ids)
-    return model(ids, positions, causal_mask(length, ids.device), labels=labels)
+    if labels is not None:
+        return model(ids, positions, causal_mask(length, ids.device), labels=labels)
+    logits = model(ids, positions, causal_mask(length, ids.device))
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    if tp_size > 1:  # megatron's own gather allocates on CUDA
+        parts = [torch.empty_like(logits) for _ in range(tp_size)]
+        torch.distributed.all_gather(parts, logits.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+        logits = torch.cat(parts, dim=-1)
+    return logits[..., : getattr(model, "vocab", logits.shape[-1])]
 
 
 def load_for_eval(path: Path) -> tuple[GPTModel, dict]:
+    """The checkpoint's model, in eval mode, with its tokenizer active."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(state["model_config"])
+    use_tokenizer(state["model_config"])
+    model = build_model(state["model_config"], load_pretrained=False)
     model.load_state_dict(state["model"])
     model.eval()
     return model, state
+
+
+def export_model(model: GPTModel, model_cfg: dict, out: Path) -> Path | None:
+    """A llama model as an HF directory (transformers, vLLM), with its tokenizer's special ids; rank 0
+    writes it (every tensor-parallel rank must call)."""
+    tok = tokenizer.active()
+    bos = getattr(getattr(tok, "tok", None), "bos_token_id", None)
+    return hf_checkpoint.export_hf(model, resolve_config(model_cfg), out, eos=tok.eos, bos=bos)
+
+
+def export_checkpoint(path: Path, out: Path) -> Path | None:
+    model, state = load_for_eval(path)
+    return export_model(model, state["model_config"], out)
 
 
 @torch.no_grad()
@@ -98,7 +203,8 @@ def greedy_generate(model: GPTModel, prompts: list[list[int]], max_new: int, seq
     """Greedy continuation of each prompt until EOS or `max_new` tokens (batched, right-padded)."""
     batch = len(prompts)
     width = min(seq_len, max(len(p) for p in prompts) + max_new)
-    ids = torch.full((batch, width), PAD, dtype=torch.long)
+    eos = tokenizer.active().eos
+    ids = torch.full((batch, width), tokenizer.active().pad, dtype=torch.long)
     lengths = torch.tensor([len(p) for p in prompts])
     for i, p in enumerate(prompts):
         ids[i, : len(p)] = torch.tensor(p)
@@ -115,5 +221,5 @@ def greedy_generate(model: GPTModel, prompts: list[list[int]], max_new: int, seq
             out[i].append(token)
             ids[i, lengths[i]] = token
             lengths[i] += 1
-            done[i] = token == EOS
+            done[i] = token == eos
     return out

@@ -31,8 +31,8 @@ import data
 import distributed
 import layers
 import packing
-from model import build_model, forward, init_parallel
-from tokenizer import PAD
+from model import build_model, forward, init_parallel, use_tokenizer
+import tokenizer
 
 EXIT_PREEMPTED = 3
 
@@ -86,6 +86,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     if tp > 1 and fmt != "dist":
         raise ValueError(f"recipe checkpoints.format: tensor parallelism (parallel.tensor {tp}) needs dist (got {fmt!r})")
     launch = init_parallel(seed, tp)
+    use_tokenizer(model_cfg)
     choice = layers.choose(model_cfg)  # before the data: a precision this machine cannot run fails at once
     pack = bool(recipe["data"].get("pack", False))
     if pack and choice.backend == "te":
@@ -160,7 +161,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         optimizer.step()
         step += 1
         tokens += ids[:, :-1].numel()
-        useful += int((ids[:, :-1] != PAD).sum())
+        useful += int((ids[:, :-1] != tokenizer.active().pad).sum())
         losses.append(distributed.sum_over_dp(loss.item()))
         preemption.requested = distributed.any_rank(preemption.requested)
         loop_s += time.time() - step_started

