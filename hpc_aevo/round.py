@@ -14,19 +14,24 @@ import time
 
 from .config import Campaign, ConfigError, load_campaign, load_initial_policy
 from .daemon import CampaignStopped, Daemon, RoundState
-from .launch import BudgetExhausted
+from .launch import BudgetExhausted, Candidate
+from .scheduler import make_scheduler
 from .state import CampaignBusy, DaemonLock, StateTree
 from .substrate import SubstrateTampered
 
 
 def dry_run(campaign: Campaign) -> str:
-    """The next unfinished round's first submission, as the backend would send it."""
-    daemon = Daemon(campaign)
-    tree = daemon.tree
+    """The next unfinished round's first submission, as the backend would send it. Needs neither the
+    agents (no API key) nor the leaderboard: only the state tree and the scheduler backend."""
+    tree = StateTree(campaign.paths.state_root)
     rnd = next((r for r in tree.rounds() if not (RoundState.load_or_none(tree.round_state(r)) or RoundState(r)).complete()),
                len(tree.rounds()))
-    specs = [cand.spec(1) for cand in daemon.candidates(rnd)]
-    return f"# dry run of {campaign.name} round {rnd}: nothing is submitted\n" + daemon.scheduler.render(specs)
+    try:
+        scheduler = make_scheduler(campaign)
+    except ConfigError as exc:
+        raise (exc if exc.source else ConfigError.of(exc, campaign.source)) from None
+    specs = [Candidate(rnd, c, tree).spec(1) for c in range(campaign.candidates)]
+    return f"# dry run of {campaign.name} round {rnd}: nothing is submitted\n" + scheduler.render(specs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,3 +98,15 @@ def test_budget_refuses_a_submission_that_would_exceed_it(tmp_path):
         launcher._check_budget(["r001/cand-00", "r001/cand-01", "r001/cand-02"], in_flight=0)
     assert "budget.gpu_hours" in str(info.value) and "16.000 used" in str(info.value)
     assert "not submitting" in str(info.value) and "r001/cand-02" in str(info.value)
+
+
+def test_production_h200_campaign_dry_run_needs_no_cluster_and_no_api_key():
+    """campaigns/h200.yaml (claude workers, 2 nodes x 8 H200, FP8, vLLM eval) renders from any machine."""
+    env = {"PATH": "/nonexistent", "PYTHONPATH": str(REPO)}  # no sbatch, no ANTHROPIC_API_KEY
+    done = subprocess.run([sys.executable, "-m", "hpc_aevo.round", "campaigns/h200.yaml", "--dry-run"], cwd=REPO,
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "--array=0-8%" in out and "--job-name=h200.r000.train" in out and "--job-name=h200.r000.eval" in out
+    assert "--nodes=2" in out and "--ntasks-per-node=8" in out and "--gpus-per-node=8" in out
+    assert "--dependency='aftercorr:<train array job id>'" in out
