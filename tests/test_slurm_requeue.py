@@ -13,18 +13,31 @@ from tiny_campaign import run_daemon, status
 
 pytestmark = pytest.mark.slow
 
+THROTTLE = """import time as _time, torch as _torch
+_adamw_step = _torch.optim.AdamW.step
+def _throttled_step(self, *args, **kwargs):
+    _time.sleep(0.08)
+    return _adamw_step(self, *args, **kwargs)
+_torch.optim.AdamW.step = _throttled_step
+"""
+
 
 def test_timeout_requeues_and_resumes_from_the_last_checkpoint(tmp_path, devcluster):  # noqa: F811
-    # 1-minute limit, SIGUSR2 15 s before it: cand-01's first run cannot finish 700 steps in time.
-    campaign = slurm_campaign(tmp_path, "requeue", workers=1, profile={"signal_delay_s": 15, "max_requeues": 4})
+    # 1-minute limit, SIGUSR2 15 s before it. cand-01's sandbox trainer (the worker's code) takes at
+    # least 80 ms a step, so its 800 steps outlast any one run however idle the machine is; 8
+    # requeues leave room for a busy one.
+    campaign = slurm_campaign(tmp_path, "requeue", workers=1, profile={"signal_delay_s": 15, "max_requeues": 8})
     data = yaml.safe_load(campaign.read_text())
     data["scheduler"]["stages"]["train"]["timeout_min"] = 1
     campaign.write_text(yaml.safe_dump(data, sort_keys=False))
     assert run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": "r0:train:start"}).returncode == -signal.SIGKILL
     recipe_path = tmp_path / "state/rounds/r000/cand-01/sandbox/recipe.yaml"
     recipe = yaml.safe_load(recipe_path.read_text())
-    recipe["optim"]["steps"], recipe["checkpoints"]["every"] = 700, 100
+    recipe["optim"]["steps"], recipe["checkpoints"]["every"] = 800, 100
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    train = recipe_path.with_name("train.py")
+    head, future, rest = train.read_text().partition("from __future__ import annotations\n")
+    train.write_text(head + future + THROTTLE + rest)
 
     done = run_daemon(campaign, timeout=1100)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -39,6 +52,6 @@ def test_timeout_requeues_and_resumes_from_the_last_checkpoint(tmp_path, devclus
     runs = slurm("sacct", "-X", "-n", "-P", "-D", "-j", submission["job_id"], "--format=JobID,State")
     states = [line.split("|")[1].split()[0] for line in runs.splitlines()]
     assert "REQUEUED" in states and states[-1] == "COMPLETED", runs  # the same job, requeued by submitit
-    assert json.loads((cand / "checkpoints" / "train_summary.json").read_text())["steps"] == 700
+    assert json.loads((cand / "checkpoints" / "train_summary.json").read_text())["steps"] == 800
     assert "r000/cand-01 trained and evaluated (attempt 1)" in done.stdout
     assert status(campaign)["rounds"][0]["complete"]

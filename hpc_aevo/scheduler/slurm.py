@@ -76,12 +76,19 @@ class StageTask(Checkpointable):
     def checkpoint(self) -> DelayedSubmission:
         """Let the stage's process save its checkpoint and exit before submitit requeues the job."""
         process = self._process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGUSR2)
+        if process is not None and process.returncode is None:
+            # Not Popen.wait/poll: this runs in a signal handler that interrupted run_job's
+            # process.wait(), which holds the Popen's wait lock (it would spin until the timeout).
             try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+                os.kill(process.pid, signal.SIGUSR2)
+                deadline = time.time() + 60
+                while os.waitpid(process.pid, os.WNOHANG) == (0, 0):
+                    if time.time() > deadline:
+                        os.kill(process.pid, signal.SIGKILL)
+                        break
+                    time.sleep(0.2)
+            except (ProcessLookupError, ChildProcessError):
+                pass  # already gone
         return DelayedSubmission(StageTask(self.spec))
 
     def __getstate__(self) -> dict:
