@@ -35,7 +35,7 @@ TOOL_REFUSAL = "refused"  # how this package's own tools begin an answer that re
 OS_DENIALS = re.compile("|".join((
     "Read-only file system", "Permission denied", "Operation not permitted", "No such file or directory",
     "No such process", "Network is unreachable", "Connection refused", "Temporary failure in name resolution",
-    "Host name lookup failure")))
+    "Host name lookup failure", "Name or service not known")))
 
 _api_key: str | None = None  # the API key, once take_api_key() moved it out of the environment
 
