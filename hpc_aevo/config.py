@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
@@ -284,23 +284,34 @@ def load_initial_policy(campaign: Campaign) -> Policy:
         raise ConfigError.of(exc, path) from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def check_command(argv: list[str] | None, usage: str, check: Callable[[str], str]) -> int:
+    """`python -m hpc_aevo.<module> FILE`: prints `ok: <name>` (what `check` returns), or the one-line
+    error naming the file, the key and what was expected, with exit code 2."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m hpc_aevo.config CAMPAIGN.yaml", file=sys.stderr)
+        print(f"usage: {usage}", file=sys.stderr)
         return 2
     try:
-        campaign = load_campaign(args[0])
-        load_initial_policy(campaign)
-        if campaign.paths.profile is not None:
-            from .profile import load_profile  # the profile module builds on this one
-
-            load_profile(campaign.paths.profile)
+        name = check(args[0])
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"ok: {campaign.name}")
+    print(f"ok: {name}")
     return 0
+
+
+def _check_campaign(path: str) -> str:
+    campaign = load_campaign(path)
+    load_initial_policy(campaign)
+    if campaign.paths.profile is not None:
+        from .profile import load_profile  # the profile module builds on this one
+
+        load_profile(campaign.paths.profile)
+    return campaign.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    return check_command(argv, "python -m hpc_aevo.config CAMPAIGN.yaml", _check_campaign)
 
 
 if __name__ == "__main__":

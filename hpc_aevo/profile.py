@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Stage, read_yaml_mapping
+from .config import ConfigError, Stage, check_command, read_yaml_mapping
 from .typed import SchemaError, from_data
 
 _SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
@@ -145,17 +145,7 @@ def load_profile(path: Path | str) -> ClusterProfile:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m hpc_aevo.profile PROFILE.yaml", file=sys.stderr)
-        return 2
-    try:
-        profile = load_profile(args[0])
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(f"ok: {profile.name}")
-    return 0
+    return check_command(argv, "python -m hpc_aevo.profile PROFILE.yaml", lambda path: load_profile(path).name)
 
 
 if __name__ == "__main__":
