@@ -7,6 +7,9 @@
 embeddings) in one run, for every backend this machine has: megatron-core with the substrate's
 layer choice (substrate/layers.py) as Transformer Engine bf16, TE FP8 (delayed and tensorwise
 scaling) and the local spec, and a plain Hugging Face Llama with SDPA attention as the baseline.
+Each megatron backend also runs as `trainer/<backend>`: the substrate's own train.py, as a candidate's
+job runs it (the puzzle data pipeline, its logging, a checkpoint of model and optimizer at the end),
+at the same shape and layers, so the ratio trainer / plain megatron is the trainer's overhead.
 A backend the machine cannot run is listed with the reason (layers.py's own error). Per backend:
 tokens/s, model TFLOP/s and MFU against the GPU's dense bf16 peak, from timed steps after warmup.
 FLOPs per token = 6 x (transformer + LM-head parameters) + 6 x layers x seq x hidden (causal
@@ -24,6 +27,7 @@ import argparse
 import dataclasses
 import importlib.metadata
 import json
+import math
 import os
 import subprocess
 import sys
@@ -44,7 +48,10 @@ PRESETS = {
     "cpu-small": dict(hidden=256, layers=4, heads=4, kv_heads=4, ffn=688, vocab=32000, seq_len=256, micro_batch=2,
                       steps=6, warmup=2),
 }
-BACKENDS = ("hf-sdpa", "mcore-local", "te-bf16", "te-fp8-delayed", "te-fp8-tensorwise")
+MEGATRON_BACKENDS = ("mcore-local", "te-bf16", "te-fp8-delayed", "te-fp8-tensorwise")
+# The substrate's own train.py (data pipeline, logging, checkpointing on) with each megatron backend's layers.
+TRAINER_BACKENDS = tuple(f"trainer/{name}" for name in MEGATRON_BACKENDS)
+BACKENDS = ("hf-sdpa", *MEGATRON_BACKENDS, *TRAINER_BACKENDS)
 DENSE_BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "GH200": 989.4}  # SXM, dense
 
 
@@ -61,6 +68,7 @@ class BackendResult:
     step_s: float | None = None
     loss_first: float | None = None
     loss_last: float | None = None
+    checkpoint_s: float | None = None  # trainer rows: seconds of the one checkpoint save (model + optimizer)
 
 
 @dataclasses.dataclass
@@ -134,17 +142,13 @@ def _hf_step(shape: dict, device, dtype):
     return step, {"layer_spec": "hf-llama", "precision": str(dtype).removeprefix("torch.")}
 
 
-def _mcore_step(shape: dict, device, precision: str, fp8_recipe: str | None):
-    """The substrate's megatron model for this shape, with layers.py choosing spec and precision."""
+def _mcore_step(shape: dict, device, choice):
+    """Plain megatron-core for this shape, with the spec and precision layers.py chose."""
     import torch
-
-    sys.path.insert(0, str(SUBSTRATE))
-    import layers
-    import model as substrate_model
     from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    choice = layers.choose({"precision": precision, "fp8_recipe": fp8_recipe or "delayed"})
+    substrate_model = _substrate("model")
     substrate_model.init_parallel(seed=0)
     config = TransformerConfig(
         num_layers=shape["layers"], hidden_size=shape["hidden"], num_attention_heads=shape["heads"],
@@ -194,40 +198,98 @@ def _time(step, shape: dict, device, steps: int, warmup: int) -> tuple[float, fl
     return (time.perf_counter() - started) / steps, first if first is not None else float(loss), float(loss)
 
 
+def megatron_precision(name: str) -> tuple[str, str | None]:
+    """(model.precision, model.fp8_recipe) of a megatron backend: mcore-local, te-bf16, te-fp8-<recipe>."""
+    if name == "mcore-local":
+        return "auto", None
+    return ("bf16", None) if name == "te-bf16" else ("fp8", name.rsplit("-", 1)[1])
+
+
+def _substrate(module: str):
+    """A module of the reference substrate (its files import each other by bare name)."""
+    if str(SUBSTRATE) not in sys.path:
+        sys.path.insert(0, str(SUBSTRATE))
+    return importlib.import_module(module)
+
+
+def megatron_choice(name: str):
+    """(substrate/layers.py's choice for megatron backend `name` on this machine, None), or (None, why this
+    machine cannot run it: layers.py's own reason, or the spec it picks here is not the backend's)."""
+    layers = _substrate("layers")
+    precision, recipe = megatron_precision(name)
+    try:
+        choice = layers.choose({"precision": precision, "fp8_recipe": recipe or "delayed"})
+    except layers.LayerSpecError as error:
+        return None, str(error)
+    if name == "mcore-local" and choice.backend == "te":
+        return None, "TE is installed: layers.py picks the TE spec on this machine"
+    if name != "mcore-local" and choice.backend != "te":
+        return None, "Transformer Engine is not installed (TE bf16 needs it)"
+    return choice, None
+
+
 def run_backend(name: str, shape: dict, flops: float, peak: float | None) -> BackendResult:
     import torch
 
-    sys.path.insert(0, str(SUBSTRATE))
-    import layers
-
+    if name.startswith("trainer/"):
+        return run_trainer(name, shape, flops, peak)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda") if cuda else torch.device("cpu")
-    try:
-        if name == "hf-sdpa":
-            step, described = _hf_step(shape, device, torch.bfloat16 if cuda else torch.float32)
-        elif name == "mcore-local":
-            if cuda and layers.Hardware.detect().te_installed:
-                return BackendResult(name, "unavailable", "TE is installed: layers.py picks the TE spec on this machine")
-            step, described = _mcore_step(shape, device, "auto", None)
-        else:
-            precision, recipe = ("bf16", None) if name == "te-bf16" else ("fp8", name.rsplit("-", 1)[1])
-            hardware = layers.Hardware.detect()
-            if not (hardware.cuda and hardware.te_installed):
-                choice_error = None
-                try:
-                    layers.choose({"precision": precision, "fp8_recipe": recipe or "delayed"}, hardware)
-                except layers.LayerSpecError as error:
-                    choice_error = str(error)
-                return BackendResult(name, "unavailable",
-                                     choice_error or "Transformer Engine is not installed (TE bf16 needs it)")
-            step, described = _mcore_step(shape, device, precision, recipe)
-    except layers.LayerSpecError as error:
-        return BackendResult(name, "unavailable", str(error))
+    if name == "hf-sdpa":
+        step, described = _hf_step(shape, device, torch.bfloat16 if cuda else torch.float32)
+    else:
+        choice, reason = megatron_choice(name)
+        if reason:
+            return BackendResult(name, "unavailable", reason)
+        step, described = _mcore_step(shape, device, choice)
     step_s, first, last = _time(step, shape, device, shape["steps"], shape["warmup"])
     tokens_per_s = shape["micro_batch"] * shape["seq_len"] / step_s
     tflops = tokens_per_s * flops / 1e12
     return BackendResult(name, "ok", None, described["layer_spec"], described["precision"], tokens_per_s, tflops,
                          tflops / peak if peak else None, step_s, first, last)
+
+
+def trainer_recipe(shape: dict, name: str) -> dict:
+    """The substrate's recipe for this llama shape and megatron backend: the puzzle data (padded rows of
+    seq_len, the character tokenizer inside the shape's vocabulary), one row per micro-batch, a log line
+    at the end of the warmup and every `warmup` steps after, one checkpoint (model and AdamW) at the end."""
+    recipe = yaml.safe_load((SUBSTRATE / "recipe.yaml").read_text())
+    precision, fp8_recipe = megatron_precision(name)
+    total = shape["warmup"] + shape["steps"]
+    recipe["model"] = dict(arch="llama", hidden=shape["hidden"], layers=shape["layers"], heads=shape["heads"],
+                           kv_heads=shape["kv_heads"], ffn_hidden=shape["ffn"], vocab=shape["vocab"],
+                           seq_len=shape["seq_len"], tie_embeddings=False, precision=precision,
+                           **({"fp8_recipe": fp8_recipe} if fp8_recipe else {}))
+    recipe["data"]["train_examples"] = max(64, 4 * shape["micro_batch"])
+    recipe["optim"].update(steps=total, batch_size=shape["micro_batch"], warmup_steps=0)
+    recipe["logging"] = {"every": math.gcd(shape["warmup"], shape["steps"])}
+    recipe["checkpoints"].update(every=total, format="torch")
+    return recipe
+
+
+def run_trainer(name: str, shape: dict, flops: float, peak: float | None) -> BackendResult:
+    """train.py itself, as a candidate's job runs it; tokens/s over the steps after warmup, from its
+    log's cumulative loop time (each logged step waits for the device, so the figure is device time)."""
+    megatron = name.removeprefix("trainer/")
+    choice, reason = megatron_choice(megatron)
+    if reason:
+        return BackendResult(name, "unavailable", reason)
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe_path, out = Path(tmp) / "recipe.yaml", Path(tmp) / "out"
+        recipe_path.write_text(yaml.safe_dump(trainer_recipe(shape, megatron)))
+        proc = subprocess.run([sys.executable, "train.py", "--recipe", str(recipe_path), "--out", str(out)],
+                              cwd=SUBSTRATE, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return BackendResult(name, "failed", f"train.py exit {proc.returncode}: {tail}")
+        summary = json.loads((out / "train_summary.json").read_text())
+    logged = {entry["step"]: entry for entry in summary["history"]}
+    start, end = logged[shape["warmup"]], logged[shape["warmup"] + shape["steps"]]
+    step_s = (end["loop_s"] - start["loop_s"]) / shape["steps"]
+    tokens_per_s = shape["micro_batch"] * shape["seq_len"] / step_s
+    tflops = tokens_per_s * flops / 1e12
+    return BackendResult(name, "ok", None, choice.backend, choice.precision, tokens_per_s, tflops, tflops / peak if peak else None, step_s,
+                         summary["history"][0]["loss"], end["loss"], summary["checkpoint_s"])
 
 
 def _device_name() -> tuple[str, float | None]:
@@ -258,13 +320,7 @@ def bench_train(shape: dict, backends: list[str], out: Path) -> TrainBench:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             results.append(BackendResult(name, "failed", f"exit {proc.returncode}: {tail}"))
         print(_row(results[-1]), flush=True)
-    ok = {r.backend: r.tokens_per_s for r in results if r.status == "ok"}
-    ratios = {}
-    if "te-bf16" in ok and "hf-sdpa" in ok:
-        ratios["te_bf16_over_hf_sdpa"] = ok["te-bf16"] / ok["hf-sdpa"]
-    for recipe in ("delayed", "tensorwise"):
-        if f"te-fp8-{recipe}" in ok and "te-bf16" in ok:
-            ratios[f"te_fp8_{recipe}_over_te_bf16"] = ok[f"te-fp8-{recipe}"] / ok["te-bf16"]
+    ratios = throughput_ratios({r.backend: r.tokens_per_s for r in results if r.status == "ok"})
     versions = {name: _version(name) for name in ("torch", "megatron-core", "transformers", "transformer-engine")}
     positions = "learned_absolute for megatron on CPU, rope for HF" if device.startswith("cpu") else "rope"
     record = TrainBench(device, versions, shape, params, flops, peak, positions, results, ratios)
@@ -273,12 +329,25 @@ def bench_train(shape: dict, backends: list[str], out: Path) -> TrainBench:
     return record
 
 
+def throughput_ratios(tokens_per_s: dict[str, float]) -> dict[str, float]:
+    """The issue's targets as tokens/s ratios, for the backends measured: TE bf16 over HF+SDPA, TE FP8 over
+    TE bf16, for plain megatron and for the substrate's trainer, and the trainer over plain megatron."""
+    pairs = [("te-bf16", "hf-sdpa")] + [(f"te-fp8-{r}", "te-bf16") for r in ("delayed", "tensorwise")]
+    pairs += [(f"trainer/{a}", f"trainer/{b}" if b != "hf-sdpa" else b) for a, b in pairs]
+    pairs += [(f"trainer/{name}", name) for name in MEGATRON_BACKENDS]
+    key = lambda name: name.replace("trainer/", "trainer_").replace("-", "_")  # noqa: E731
+    return {f"{key(a)}_over_{key(b)}": tokens_per_s[a] / tokens_per_s[b]
+            for a, b in pairs if a in tokens_per_s and b in tokens_per_s}
+
+
 def _row(r: BackendResult) -> str:
     if r.status != "ok":
-        return f"{r.backend:18s} {r.status}: {r.reason}"
+        return f"{r.backend:26s} {r.status}: {r.reason}"
     mfu = f"{r.mfu:.3f}" if r.mfu is not None else "n/a"
-    return (f"{r.backend:18s} {r.tokens_per_s:12.1f} tok/s  {r.tflops:8.3f} TFLOP/s  MFU {mfu}  "
-            f"({r.layer_spec}, {r.precision}, {r.step_s * 1000:.1f} ms/step, loss {r.loss_first:.3f}->{r.loss_last:.3f})")
+    saving = f", checkpoint {r.checkpoint_s:.1f}s" if r.checkpoint_s is not None else ""
+    return (f"{r.backend:26s} {r.tokens_per_s:12.1f} tok/s  {r.tflops:8.3f} TFLOP/s  MFU {mfu}  "
+            f"({r.layer_spec}, {r.precision}, {r.step_s * 1000:.1f} ms/step, loss {r.loss_first:.3f}->{r.loss_last:.3f}"
+            f"{saving})")
 
 
 def bench_pack(seq_len: int, steps: int, batch_size: int, out: Path) -> PackBench:

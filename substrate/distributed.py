@@ -78,6 +78,8 @@ def init(tp: int = 1) -> Launch:
             dist.init_process_group(backend, init_method="env://", rank=launch.rank, world_size=launch.world_size)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
+    if launch.world_size > 1:
+        _host_group()  # every rank creates its groups in the same order: here, not at the first any_rank
     return launch
 
 
@@ -107,12 +109,13 @@ def all_reduce_gradients(params) -> None:
         grad.copy_(reduced)
 
 
-def clip_grad_norm(params, max_norm: float) -> float:
+def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     """Clip by the norm of the whole model's gradient: tensor-parallel shards summed over their TP
-    group, replicated parameters counted once (torch's clip_grad_norm_ on one rank sees only its shards)."""
+    group, replicated parameters counted once (torch's clip_grad_norm_ on one rank sees only its shards).
+    Returns the norm as a device tensor (no host sync)."""
     params = [p for p in params if p.grad is not None]
     if parallel_state.get_tensor_model_parallel_world_size() == 1:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
     sharded = [p for p in params if getattr(p, "tensor_model_parallel", False)]
     replicated = [p for p in params if not getattr(p, "tensor_model_parallel", False)]
     square = lambda group: sum((p.grad.detach().float() ** 2).sum() for p in group)  # noqa: E731
@@ -122,15 +125,15 @@ def clip_grad_norm(params, max_norm: float) -> float:
     scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     for p in params:
         p.grad.mul_(scale.to(p.grad.dtype))
-    return float(norm)
+    return norm
 
 
-def sum_over_dp(value: float) -> float:
-    if dp_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=_device())
-    dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
-    return float(t.item())
+def sum_over_dp(values: torch.Tensor) -> list[float]:
+    """Each value summed over the data-parallel ranks, on the host: one collective and one sync for all."""
+    values = values.double()
+    if dp_size() > 1:
+        dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
+    return values.tolist()
 
 
 def from_rank0(values: list[float]) -> list[float]:
@@ -143,12 +146,24 @@ def from_rank0(values: list[float]) -> list[float]:
 
 
 def any_rank(flag: bool) -> bool:
-    """True on every rank when it is True on any (a signal delivered to one task stops them all together)."""
+    """True on every rank when it is True on any (a signal delivered to one task stops them all together).
+    Asked every step, so it goes over a host (gloo) group: an NCCL flag would sync the GPU each step."""
     if dist.get_world_size() == 1:
         return flag
-    t = torch.tensor([int(flag)], device=_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_host_group())
     return bool(t.item())
+
+
+_HOST_GROUP = None
+
+
+def _host_group():
+    """The whole world over gloo, for small host-side collectives (the default group itself on CPU)."""
+    global _HOST_GROUP
+    if _HOST_GROUP is None:
+        _HOST_GROUP = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    return _HOST_GROUP
 
 
 def gather_rank_info(tokens: int, useful_tokens: int) -> list[dict]:

@@ -100,41 +100,58 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     model = build_model(model_cfg).to(device)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=float(optim["lr"]), weight_decay=float(optim.get("weight_decay", 0.0)), betas=(0.9, 0.95)
+        model.parameters(), lr=float(optim["lr"]), weight_decay=float(optim.get("weight_decay", 0.0)), betas=(0.9, 0.95),
+        fused=device.type == "cuda",  # one kernel for all parameters on the GPU; the CPU keeps the default loop
     )
     out.mkdir(parents=True, exist_ok=True)
     step, history, losses, earlier_wall, earlier_loop, earlier_cpu, tokens, useful = 0, [], [], 0.0, 0.0, 0.0, 0, 0
+    earlier_saving = 0.0
     existing = checkpoints.paths(out)
     if existing:
         state = checkpoints.load(existing[-1], model, optimizer)
         torch.set_rng_state(state["rng"])
         step, history, losses, earlier_wall = state["step"], state["history"], state["losses"], state["wall_s"]
         earlier_loop, earlier_cpu = state.get("loop_s", 0.0), state.get("loop_cpu_s", 0.0)
+        earlier_saving = state.get("checkpoint_s", 0.0)
         saved = next((r for r in state.get("ranks", []) if r["rank"] == launch.rank), {})
         tokens, useful = saved.get("tokens", 0), saved.get("useful_tokens", 0)
         log({"event": "resumed", "step": step, "checkpoint": existing[-1].name})
     total = int(optim["steps"]) if max_steps is None else min(int(optim["steps"]), max_steps)
     every, batch_size = int(recipe["checkpoints"]["every"]), int(optim["batch_size"])
+    log_every = int(recipe.get("logging", {}).get("every", 25))
     if batch_size < distributed.dp_size():
         raise ValueError(f"recipe optim.batch_size: {batch_size} rows cannot be split over {distributed.dp_size()} data-parallel ranks")
     started = time.time()
     loop_s = loop_cpu_s = 0.0  # wall and CPU time in training steps (this run), for throughput on busy machines
+    saving_s = 0.0  # wall time in checkpoint saves (this run): what checkpointing costs on top of the loop
+    pending: list[torch.Tensor] = []  # this rank's losses of the steps not yet logged, still on the device
+
+    def flush_losses() -> None:
+        """The pending steps' global losses into `losses`: one collective and one device sync for all of
+        them, at log and checkpoint steps only, so the GPU never waits for the host in between."""
+        if pending:
+            losses.extend(distributed.sum_over_dp(torch.stack(pending)))
+            pending.clear()
 
     def checkpoint() -> None:
         """Save, then drop earlier off-schedule (preemption) checkpoints: a requeued run ends with
         the same checkpoint set as an uninterrupted one, so the evaluator compares like with like."""
-        wall_s, total_loop_s, total_cpu_s = distributed.from_rank0(
-            [earlier_wall + time.time() - started, earlier_loop + loop_s, earlier_cpu + loop_cpu_s])
+        nonlocal saving_s
+        saving_started = time.time()
+        wall_s, total_loop_s, total_cpu_s, total_saving_s = distributed.from_rank0(
+            [earlier_wall + time.time() - started, earlier_loop + loop_s, earlier_cpu + loop_cpu_s,
+             earlier_saving + saving_s])
         checkpoints.save(out, step, model, optimizer, {
             "step": step, "rng": torch.get_rng_state(), "history": history, "losses": losses,
             "model_config": model_cfg, "wall_s": wall_s, "loop_s": total_loop_s, "loop_cpu_s": total_cpu_s,
-            "ranks": distributed.gather_rank_info(tokens, useful),
+            "checkpoint_s": total_saving_s, "ranks": distributed.gather_rank_info(tokens, useful),
         }, fmt)
         if distributed.is_main():
             for path in checkpoints.paths(out):
                 if checkpoints.step_of(path) < step and checkpoints.step_of(path) % every:
                     checkpoints.remove(path)
         distributed.barrier()
+        saving_s += time.time() - saving_started
 
     model.train()
     while step < total:
@@ -144,7 +161,8 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         # the single-process gradient, whatever the split.
         global_loss_tokens = mask_all[idx][:, 1:].sum()
         mine = torch.tensor_split(idx, distributed.dp_size())[distributed.dp_rank()]
-        ids, mask = ids_all[mine].to(device), mask_all[mine].to(device)
+        ids_cpu = ids_all[mine]
+        ids, mask = ids_cpu.to(device, non_blocking=True), mask_all[mine].to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, optim)
         if pack:  # each example attends only to itself, with its own positions
@@ -160,25 +178,31 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         distributed.clip_grad_norm(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        tokens += ids[:, :-1].numel()
-        useful += int((ids[:, :-1] != tokenizer.active().pad).sum())
-        losses.append(distributed.sum_over_dp(loss.item()))
+        tokens += ids_cpu[:, :-1].numel()
+        useful += int((ids_cpu[:, :-1] != tokenizer.active().pad).sum())  # counted on the host copy: no device sync
+        pending.append(loss.detach())
         preemption.requested = distributed.any_rank(preemption.requested)
+        logs = step % log_every == 0 or step == total
+        saves = step % every == 0 or step == total or preemption.requested
+        if logs or saves:
+            flush_losses()  # inside the timed step: the device work of the steps before is waited for here
         loop_s += time.time() - step_started
         loop_cpu_s += time.process_time() - step_cpu
-        if step % 25 == 0 or step == total:
-            entry = {"step": step, "loss": sum(losses) / len(losses), "lr": lr_at(step - 1, optim)}
+        if logs:
+            entry = {"step": step, "loss": sum(losses) / len(losses), "lr": lr_at(step - 1, optim),
+                     "loop_s": earlier_loop + loop_s}
             history.append(entry)
             losses = []
             log(entry)
-        if step % every == 0 or step == total or preemption.requested:
+        if saves:
             checkpoint()
         if preemption.requested:
             log({"event": "preempted", "step": step})
             sys.exit(EXIT_PREEMPTED)
     summary = {"steps": step, "final_loss": history[-1]["loss"] if history else None,
                "wall_s": earlier_wall + time.time() - started, "loop_s": earlier_loop + loop_s,
-               "loop_cpu_s": earlier_cpu + loop_cpu_s, "examples": len(examples), "rows": len(ids_all),
+               "loop_cpu_s": earlier_cpu + loop_cpu_s, "checkpoint_s": earlier_saving + saving_s,
+               "examples": len(examples), "rows": len(ids_all),
                "packed": pack, "history": history, "world_size": launch.world_size,
                "ranks": distributed.gather_rank_info(tokens, useful)}
     if distributed.is_main():

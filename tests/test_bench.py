@@ -7,12 +7,13 @@ records load back with their schema.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 
-from hpc_aevo.bench import PackBench, TrainBench, flops_per_token
+from hpc_aevo.bench import PackBench, TrainBench, flops_per_token, throughput_ratios, trainer_recipe
 
 TINY = ["--hidden", "64", "--layers", "1", "--heads", "4", "--kv-heads", "2", "--ffn", "128", "--vocab", "256",
         "--seq-len", "32", "--micro-batch", "2", "--steps", "2", "--warmup", "1"]
@@ -37,14 +38,43 @@ def test_train_bench_runs_what_this_machine_can(tmp_path):
                    capture_output=True, text=True)
     record = TrainBench.load(out)
     by_name = {r.backend: r for r in record.results}
-    assert list(by_name) == ["hf-sdpa", "mcore-local", "te-bf16", "te-fp8-delayed", "te-fp8-tensorwise"]
-    for name in ("hf-sdpa", "mcore-local"):
+    te = ["te-bf16", "te-fp8-delayed", "te-fp8-tensorwise"]
+    assert list(by_name) == ["hf-sdpa", "mcore-local", *te, "trainer/mcore-local", *(f"trainer/{b}" for b in te)]
+    for name in ("hf-sdpa", "mcore-local", "trainer/mcore-local"):
         r = by_name[name]
         assert r.status == "ok" and r.tokens_per_s > 0 and r.tflops > 0 and r.mfu is None  # no GPU peak on CPU
-    assert (by_name["mcore-local"].layer_spec, by_name["mcore-local"].precision) == ("local", "fp32")
-    for name in ("te-bf16", "te-fp8-delayed", "te-fp8-tensorwise"):
+    for name in ("mcore-local", "trainer/mcore-local"):
+        assert (by_name[name].layer_spec, by_name[name].precision) == ("local", "fp32")
+    assert by_name["trainer/mcore-local"].checkpoint_s > 0  # train.py saved model and optimizer at the end
+    for name in te + [f"trainer/{b}" for b in te]:
         assert by_name[name].status == "unavailable" and "needs a CUDA GPU" in by_name[name].reason
-    assert record.device.startswith("cpu") and record.versions["megatron-core"] and record.ratios == {}
+    assert record.device.startswith("cpu") and record.versions["megatron-core"]
+    assert set(record.ratios) == {"trainer_mcore_local_over_mcore_local"}
+
+
+def test_throughput_ratios_are_the_issue_targets():
+    measured = {"hf-sdpa": 100.0, "te-bf16": 130.0, "te-fp8-delayed": 175.5, "trainer/te-bf16": 126.1,
+                "trainer/te-fp8-delayed": 170.2}
+    ratios = throughput_ratios(measured)
+    assert ratios == pytest.approx({
+        "te_bf16_over_hf_sdpa": 1.3, "te_fp8_delayed_over_te_bf16": 1.35,
+        "trainer_te_bf16_over_hf_sdpa": 1.261, "trainer_te_fp8_delayed_over_trainer_te_bf16": 170.2 / 126.1,
+        "trainer_te_bf16_over_te_bf16": 0.97, "trainer_te_fp8_delayed_over_te_fp8_delayed": 170.2 / 175.5})
+
+
+def test_the_trainer_row_trains_the_benchmarked_shape():
+    """trainer/<backend> runs train.py on a recipe of the same llama shape: its model has the parameters
+    the FLOPs count is made of."""
+    shape = dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=256, seq_len=32, micro_batch=2,
+                 steps=4, warmup=2)
+    recipe = trainer_recipe(shape, "mcore-local")
+    assert recipe["optim"]["steps"] == 6 and recipe["optim"]["batch_size"] == 2
+    assert recipe["logging"]["every"] == 2 and recipe["checkpoints"]["every"] == 6
+    code = ("import sys, json; sys.path.insert(0, 'substrate'); import model; model.init_parallel(0); "
+            f"m = model.build_model(json.loads({json.dumps(json.dumps(recipe['model']))})); "
+            "print(sum(p.numel() for p in m.parameters()))")
+    built = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+    assert built == flops_per_token(shape)[0]
 
 
 @pytest.mark.slow
