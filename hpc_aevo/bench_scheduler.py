@@ -2,9 +2,10 @@
 
 For 8, 64 and 512 trivial candidates (a train.py and an evaluate.py that do nothing) it runs the
 real launcher against the real SLURM cluster (SLURM_CONF; e.g. the devcluster) and prints, per
-size: scheduler queries per poll (sacct calls over launcher polls: at most one, whatever the
-number of candidates), all scheduler commands (sbatch included), the daemon's own CPU seconds and
-its children's (the scheduler commands), and the wall time of the round. Writes the figures as JSON (--out).
+size: scheduler queries per poll (sacct, plus squeue for tasks sacct does not list yet, over the
+launcher's polls) and the most one poll made, all scheduler commands (sbatch included), the
+daemon's own CPU seconds and its children's (the scheduler commands), and the wall time of the
+round. Writes the figures as JSON (--out).
 """
 
 from __future__ import annotations
@@ -44,6 +45,25 @@ def _trivial_round(root: Path, n: int) -> list[Candidate]:
     return candidates
 
 
+def queries(scheduler: SlurmScheduler) -> int:
+    return scheduler.calls["sacct"] + scheduler.calls["squeue"]
+
+
+def _count_queries_per_poll(scheduler: SlurmScheduler) -> list[int]:
+    """Wrap the scheduler's poll to keep the most queries one poll ran (a one-item list, updated in place)."""
+    most, poll = [0], scheduler.poll
+
+    def counted(submissions):
+        before = queries(scheduler)
+        try:
+            return poll(submissions)
+        finally:
+            most[0] = max(most[0], queries(scheduler) - before)
+
+    scheduler.poll = counted
+    return most
+
+
 def measure(n: int, max_parallel: int, poll_interval_s: float, profile_path: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-{n}-", dir=Path.cwd() / "logs") as tmp:
         root = Path(tmp)
@@ -53,6 +73,7 @@ def measure(n: int, max_parallel: int, poll_interval_s: float, profile_path: Pat
         stage = Stage(timeout_min=10, mem_gb=0.1, cpus=1)
         scheduler = SlurmScheduler(max_parallel, Stages(stage, stage), profile, f"bench{n}", root, poll_interval_s)
         launcher = Launcher(scheduler, 1, poll_interval_s, Budget(), StateTree(root), lambda *a: None)
+        most = _count_queries_per_poll(scheduler)
         before, children, started = resource.getrusage(resource.RUSAGE_SELF), \
             resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
         launcher.run(candidates, lambda line: None)
@@ -61,7 +82,7 @@ def measure(n: int, max_parallel: int, poll_interval_s: float, profile_path: Pat
         failures = sorted({c.manifest().failure for c in candidates if c.manifest().status != "trained"})
     return {
         "candidates": n, "trained": done, "polls": launcher.polls, "scheduler_calls": dict(scheduler.calls),
-        "queries_per_poll": round(scheduler.calls["sacct"] / launcher.polls, 3),
+        "queries_per_poll": round(queries(scheduler) / launcher.polls, 3), "most_queries_in_a_poll": most[0],
         "calls_per_poll": round(sum(scheduler.calls.values()) / launcher.polls, 3),
         "daemon_cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 3),
         "scheduler_commands_cpu_s": round((children_after.ru_utime - children.ru_utime)
@@ -80,14 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     (Path.cwd() / "logs").mkdir(exist_ok=True)
     results = []
-    print(f"{'candidates':>10} {'polls':>6} {'sacct':>6} {'sbatch':>6} {'sacct/poll':>10} {'calls/poll':>10} "
-          f"{'daemon CPU s':>12} {'cmd CPU s':>9} {'wall s':>7}", flush=True)
+    print(f"{'candidates':>10} {'polls':>6} {'sacct':>6} {'squeue':>6} {'sbatch':>6} {'queries/poll':>12} "
+          f"{'max/poll':>8} {'calls/poll':>10} {'daemon CPU s':>12} {'cmd CPU s':>9} {'wall s':>7}", flush=True)
     for n in (int(x) for x in args.sizes.split(",")):
         r = measure(n, args.max_parallel, args.poll_interval, args.profile)
         results.append(r)
         calls = r["scheduler_calls"]
-        print(f"{r['candidates']:>10} {r['polls']:>6} {calls.get('sacct', 0):>6} {calls.get('sbatch', 0):>6} "
-              f"{r['queries_per_poll']:>10} {r['calls_per_poll']:>10} {r['daemon_cpu_s']:>12} "
+        print(f"{r['candidates']:>10} {r['polls']:>6} {calls.get('sacct', 0):>6} {calls.get('squeue', 0):>6} "
+              f"{calls.get('sbatch', 0):>6} {r['queries_per_poll']:>12} {r['most_queries_in_a_poll']:>8} "
+              f"{r['calls_per_poll']:>10} {r['daemon_cpu_s']:>12} "
               f"{r['scheduler_commands_cpu_s']:>9} {r['wall_s']:>7}", flush=True)
         if r["trained"] != n:
             print(f"bench_scheduler: only {r['trained']} of {n} trivial candidates completed: {r['failures']}",

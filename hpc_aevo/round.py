@@ -15,7 +15,7 @@ import time
 from .config import Campaign, ConfigError, load_campaign, load_initial_policy
 from .daemon import CampaignStopped, Daemon, RoundState
 from .launch import BudgetExhausted, Candidate
-from .scheduler import make_scheduler
+from .scheduler import SchedulerUnavailable, make_scheduler
 from .state import CampaignBusy, DaemonLock, StateTree
 from .substrate import SubstrateTampered
 
@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CampaignBusy, CampaignStopped, BudgetExhausted, SubstrateTampered) as exc:
         print(f"hpc_aevo.round: {exc}", file=sys.stderr)
         return 2
+    except SchedulerUnavailable as exc:  # a submission or a lookup got no answer: state is on disk, retry later
+        print(f"hpc_aevo.round: {exc}; nothing is lost: run the same command again once the scheduler answers",
+              file=sys.stderr)
+        return 75  # EX_TEMPFAIL
     print(f"[{campaign.name}] campaign done in {time.time() - started:.1f}s; "
           f"status: python -m hpc_aevo.status {args.campaign}", flush=True)
     return 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,34 @@ def test_kill_9_while_jobs_run_submits_nothing_twice(tmp_path, devcluster, point
     if point != "r0:train:submitted":
         assert all(any(e["event"] == "adopted" for e in events(state, c)) for c in ("cand-00", "cand-01"))
     assert all(r["complete"] for r in status(campaign)["rounds"][:1])
+
+
+def test_an_accounting_outage_makes_the_daemon_wait_not_retry(tmp_path, devcluster):  # noqa: F811
+    """slurmdbd stops while a round trains: sacct fails, and the daemon waits (each job counts as queued
+    while the scheduler gives no answer) instead of crashing or taking running jobs for lost. Started
+    again, accounting answers and the round finishes with one attempt per candidate."""
+    campaign = slurm_campaign(tmp_path, "outage", workers=1)
+    name = yaml.safe_load(campaign.read_text())["name"]
+    cluster = Path(devcluster["SLURM_CONF"]).parents[1]  # $HPC_AEVO_DEVCLUSTER/etc/slurm.conf
+    daemon = subprocess.Popen([sys.executable, "-m", "hpc_aevo.round", str(campaign)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: [r for r in squeue_rows() if r[1] == f"{name}.r000.train" and r[2] == "RUNNING"], 180,
+                 "training to run")
+        pid = int((cluster / "run" / "slurmdbd.pid").read_text())
+        subprocess.run(["kill", str(pid)], check=True)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "slurmdbd to stop")
+        wait_for(lambda: subprocess.run(["sacct", "-n", "-X"], capture_output=True).returncode != 0, 30,
+                 "sacct to fail")
+        time.sleep(12)  # several polls without accounting
+        assert daemon.poll() is None, "the daemon died during the accounting outage"
+        subprocess.run([str(REPO / "sbatch/devcluster/start")], check=True, capture_output=True,
+                       env={**os.environ, "HPC_AEVO_DEVCLUSTER": str(cluster)})
+        out, _ = daemon.communicate(timeout=900)
+    finally:
+        daemon.kill()
+    assert daemon.returncode == 0, out
+    assert "slurm: no answer this poll (sacct failed" in out
+    state = tmp_path / "state"
+    for cand in ("cand-00", "cand-01"):
+        assert manifest(state, cand)["attempts"] == 1 and manifest(state, cand)["status"] == "evaluated"

@@ -81,6 +81,9 @@ def test_dry_run_prints_both_arrays_and_submits_nothing(tmp_path):
     out = done.stdout
     assert out.count("#!/bin/bash") == 2 and "--array=0-2%2" in out
     assert "--dependency='aftercorr:<train array job id>'" in out and "--job-name=tiny.r000.train" in out
+    train, evaluation = out.split("# ---- eval array")
+    # a failed train task cancels its eval task on any cluster, whatever its DependencyParameters
+    assert "--kill-on-invalid-dep=yes" in evaluation and "kill-on-invalid-dep" not in train
     assert "--nodes=2" in out and "--gpus-per-node=8" in out and "--container-image=" in out
     assert "--partition=gpu-h200" in out and "--exclusive" in out and "export NCCL_IB_DISABLE=0" in out
     assert not (tmp_path / "state").exists()

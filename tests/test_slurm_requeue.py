@@ -49,9 +49,46 @@ def test_timeout_requeues_and_resumes_from_the_last_checkpoint(tmp_path, devclus
     resumed = [json.loads(line) for line in log.splitlines() if line.startswith('{"event": "resumed"')]
     assert resumed and all(event["step"] > 0 for event in resumed), log[-2000:]  # never from step 0
     submission = json.loads((cand / "jobs" / "attempt-1.json").read_text())
-    runs = slurm("sacct", "-X", "-n", "-P", "-D", "-j", submission["job_id"], "--format=JobID,State")
+    runs = slurm("sacct", "-X", "-n", "-P", "-D", "-j", submission["job_id"], "--format=JobID,State,ElapsedRaw")
     states = [line.split("|")[1].split()[0] for line in runs.splitlines()]
     assert "REQUEUED" in states and states[-1] == "COMPLETED", runs  # the same job, requeued by submitit
+    # The ledger charges every run of the requeued task, not only the last one.
+    charge = json.loads((tmp_path / "state" / "ledger.json").read_text())["charges"]["r000/cand-01#1/train"]
+    assert charge["elapsed_s"] == sum(int(line.split("|")[2]) for line in runs.splitlines()), (charge, runs)
     assert json.loads((cand / "checkpoints" / "train_summary.json").read_text())["steps"] == 800
     assert "r000/cand-01 trained and evaluated (attempt 1)" in done.stdout
     assert status(campaign)["rounds"][0]["complete"]
+
+
+def test_a_timeout_with_no_requeue_left_is_recorded_and_retried(tmp_path, devcluster):  # noqa: F811
+    """max_requeues 0: the first time limit ends the task. Its outcome says TIMEOUT (not a silent loss),
+    its chained eval task is cancelled, and the retry policy resubmits it, resuming from its checkpoint."""
+    campaign = slurm_campaign(tmp_path, "timeout", workers=1, profile={"signal_delay_s": 15, "max_requeues": 0})
+    data = yaml.safe_load(campaign.read_text())
+    data["scheduler"]["stages"]["train"]["timeout_min"] = 1
+    data["retries"] = {"max_attempts": 2}
+    campaign.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": "r0:train:start"}).returncode == -signal.SIGKILL
+    recipe_path = tmp_path / "state/rounds/r000/cand-01/sandbox/recipe.yaml"
+    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe["optim"]["steps"], recipe["checkpoints"]["every"] = 2000, 100
+    recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    train = recipe_path.with_name("train.py")
+    head, future, rest = train.read_text().partition("from __future__ import annotations\n")
+    train.write_text(head + future + THROTTLE + rest)
+
+    done = run_daemon(campaign, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cand = tmp_path / "state" / "rounds" / "r000" / "cand-01"
+    manifest = json.loads((cand / "manifest.json").read_text())
+    assert manifest["attempts"] == 2 and manifest["status"] == "failed", manifest
+    assert "attempt 2 TIMEOUT" in manifest["failure"] and "no requeue left" in manifest["failure"], manifest
+    outcome = json.loads((cand / "jobs" / "attempt-1.train.outcome.json").read_text())
+    assert outcome["state"] == "TIMEOUT"
+    resumed = [json.loads(line) for line in (cand / "jobs" / "attempt-2.train.log").read_text().splitlines()
+               if line.startswith('{"event": "resumed"')]
+    assert resumed and resumed[0]["step"] > 0  # the retry continued from attempt 1's checkpoint
+    failed = [e for e in (json.loads(line) for line in (cand / "trace.jsonl").read_text().splitlines())
+              if e.get("event") == "job-failed"]
+    assert [e["state"] for e in failed] == ["TIMEOUT", "TIMEOUT"]
+    assert all(e["tasks"]["eval"].endswith("CANCELLED") for e in failed), failed  # its eval never ran

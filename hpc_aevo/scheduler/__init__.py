@@ -20,6 +20,10 @@ from .job import JobOutcome, JobSpec
 AttemptState = str
 
 
+class SchedulerUnavailable(RuntimeError):
+    """A scheduler command failed or hung (slurmctld or slurmdbd restarting): no answer, not a job's end."""
+
+
 @dataclass
 class Submission(Record):
     """The daemon's record of one attempt: written with job_id None before submitting (the intent)."""
@@ -114,6 +118,8 @@ def attempt_state(spec: JobSpec, submission: Submission | None, status: JobStatu
     trained = JobOutcome.load_or_none(spec.stage("train").outcome_path())
     failed_training = trained if trained is not None and trained.state != "COMPLETED" else None
     if status.ended not in (None, "COMPLETED"):
+        if failed_training is not None and failed_training.state == "TIMEOUT":
+            return "TIMEOUT", failed_training  # the last time limit: submitit ends the task FAILED to stop requeuing
         return status.ended, failed_training  # the scheduler's word: CANCELLED, TIMEOUT, FAILED, ...
     if failed_training is not None:
         return failed_training.state, failed_training

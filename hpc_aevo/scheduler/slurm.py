@@ -31,19 +31,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import submitit
-from submitit.core.utils import DelayedSubmission, JobPaths
+from submitit.core.utils import DelayedSubmission, JobPaths, UncompletedJobError
 from submitit.helpers import Checkpointable
 from submitit.slurm.slurm import SlurmJob, _make_sbatch_string
 
 from ..config import Stages
 from ..crashpoints import crashpoint
 from ..profile import ClusterProfile, task_resources
-from . import JobStatus, Scheduler, Submission, Submitted, TaskUsage
-from .job import EXIT_PREEMPTED, JobSpec, run_job, run_rank
+from ..state import now_iso
+from . import JobStatus, Scheduler, SchedulerUnavailable, Submission, Submitted, TaskUsage
+from .job import EXIT_PREEMPTED, JobOutcome, JobSpec, run_job, run_rank
 
 # sacct states of a job that is still queued or running (anything else is an end state).
 LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
                "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+# Every state sacct knows, asked for explicitly: without -s (and -S/-E) sacct leaves out array tasks that were
+# cancelled before they were ever eligible, such as an eval task whose train task failed.
+SACCT_STATES = "PD,R,RQ,RS,S,CA,CD,F,TO,OOM,NF,PR,BF,DL"
 SACCT_LAG_S = 120.0  # a job neither sacct nor squeue lists counts as queued this long after its submission
 _PENDING_SET = re.compile(r"(\d+)_\[([^\]]+)\]")
 
@@ -65,7 +69,13 @@ class StageTask(Checkpointable):
             if code not in (0, EXIT_PREEMPTED):
                 raise RuntimeError(f"{self.spec.key} attempt {self.spec.attempt} rank {rank}: train exited with {code}")
             return f"rank {rank} exited {code}"
-        outcome = run_job(self.spec, on_process=self._remember)
+        try:
+            outcome = run_job(self.spec, on_process=self._remember)
+        except UncompletedJobError as error:  # the last time limit: submitit requeues no more (max_requeues)
+            JobOutcome(self.spec.key, self.spec.attempt, "TIMEOUT", finished_at=now_iso(),
+                       message=f"{self.spec.stages[0]} reached its time limit with no requeue left ({error}); "
+                               f"its last checkpoint is kept for a retry").save(self.spec.outcome_path())
+            raise
         if outcome.state != "COMPLETED":  # a failed task cancels its chained eval task
             raise RuntimeError(f"{self.spec.key} attempt {self.spec.attempt} {outcome.state}: {outcome.message}")
         return outcome.state
@@ -157,14 +167,23 @@ def _round(spec: JobSpec) -> int:
     return int(spec.key.split("/")[0][1:])
 
 
+def _age_s(iso: str) -> float:
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
+
+
 def _array(job_id: str | None) -> str | None:
     return None if job_id is None else job_id.split("_")[0]
 
 
 def _run(command: list[str]) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise SchedulerUnavailable(f"{' '.join(command[:2])} did not answer within 120 s") from None
+    except OSError as error:
+        raise SchedulerUnavailable(f"{command[0]} cannot run here ({error})") from None
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:2])} failed ({done.returncode}): {done.stderr.strip()[:500]}")
+        raise SchedulerUnavailable(f"{' '.join(command[:2])} failed ({done.returncode}): {done.stderr.strip()[:500]}")
     return done.stdout
 
 
@@ -203,6 +222,9 @@ class SlurmScheduler(Scheduler):
             params["exclusive"] = True
         if dependency is not None:
             params["dependency"] = dependency
+            # A chained task whose train task failed is cancelled on any cluster, not only where the
+            # site sets DependencyParameters=kill_invalid_depend: else it stays PENDING forever.
+            params["additional_parameters"]["kill-on-invalid-dep"] = "yes"
         return params
 
     def _executor(self, folder: Path, params: dict) -> CandidateArrayExecutor:
@@ -241,15 +263,18 @@ class SlurmScheduler(Scheduler):
         return "\n".join(out)
 
     # ---- watching --------------------------------------------------------------------------
-    def _sacct(self, arrays: frozenset[str]) -> dict[str, tuple[str, float, str]]:
-        """{task id: (state, elapsed seconds, AllocTRES)} of every task of `arrays`, from one sacct call
-        (reused while younger than min_query_interval_s). Pending tasks are listed as one "A_[1,3]" line."""
+    def _sacct(self, arrays: frozenset[str], since_days: int) -> dict[str, tuple[str, float, str]]:
+        """{task id: (state, elapsed seconds, AllocTRES)} of every task of `arrays` submitted in the last
+        `since_days`, from one sacct call (reused while younger than min_query_interval_s). Pending tasks
+        are listed as one "A_[1,3]" line. A requeued task has a line per run (-D): its elapsed time is
+        the sum over its runs (each one was allocated and is charged), its state the last run's."""
         now = time.monotonic()
         if self._cache is not None and arrays <= self._cache[1] and now - self._cache[0] < self.min_query_interval_s:
             return self._cache[2]
         self.calls["sacct"] += 1
-        text = _run(["sacct", "-X", "-n", "-P", "--format=JobID,State,ElapsedRaw,AllocTRES", "-j", ",".join(sorted(arrays))])
-        rows = {}
+        text = _run(["sacct", "-X", "-D", "-n", "-P", "--format=JobID,State,ElapsedRaw,AllocTRES",
+                     "-S", f"now-{since_days}days", "-E", "now", "-s", SACCT_STATES, "-j", ",".join(sorted(arrays))])
+        rows: dict[str, tuple[str, float, str]] = {}
         for line in text.splitlines():
             fields = line.split("|")
             if len(fields) < 4:
@@ -259,7 +284,8 @@ class SlurmScheduler(Scheduler):
             pending = _PENDING_SET.fullmatch(job)
             ids = [f"{pending.group(1)}_{i}" for i in _expand(pending.group(2))] if pending else [job]
             for task in ids:
-                rows[task] = (state, float(elapsed or 0), alloc)
+                earlier = rows[task][1] if task in rows else 0.0
+                rows[task] = (state, earlier + float(elapsed or 0), alloc or (rows[task][2] if task in rows else ""))
         self._cache = (now, arrays, rows)
         return rows
 
@@ -267,23 +293,35 @@ class SlurmScheduler(Scheduler):
         """Live tasks of `arrays` as slurmctld sees them: for tasks that sacct does not list yet
         (slurmdbd learns of a task starting out of a large pending array a moment later)."""
         self.calls["squeue"] += 1
-        done = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(sorted(arrays)), "-o", "%i|%T|%M"],
-                              capture_output=True, text=True, timeout=120)
+        try:
+            text = _run(["squeue", "-h", "-r", "-j", ",".join(sorted(arrays)), "-o", "%i|%T|%M"])
+        except SchedulerUnavailable as error:
+            if "Invalid job id" not in str(error):
+                raise
+            text = ""  # slurmctld no longer knows these arrays: an answer (none of them is queued), not an outage
         rows = {}
-        for line in done.stdout.splitlines():
+        for line in text.splitlines():
             job, _, rest = line.partition("|")
             rows[job] = (rest.split("|")[0], 0.0, "")
         return rows
 
     def poll(self, submissions: list[Submission]) -> list[JobStatus]:
+        """One sacct (and, for tasks it does not list yet, one squeue) for all of `submissions`. When the
+        scheduler does not answer, every job counts as still queued: an outage never ends a job, so a
+        slurmctld restart can make the daemon wait, never retry a candidate that is still running."""
         arrays = frozenset(a for s in submissions for a in (_array(s.job_id), _array(s.eval_job_id)) if a)
-        rows = self._sacct(arrays) if arrays else {}
-        unlisted = frozenset(_array(j) for s in submissions for j in (s.job_id, s.eval_job_id) if j and j not in rows)
-        if unlisted:
-            rows = {**self._squeue(unlisted), **rows}
+        oldest_s = max((_age_s(s.submitted_at) for s in submissions), default=0.0)
+        try:
+            rows = self._sacct(arrays, since_days=int(oldest_s // 86400) + 2) if arrays else {}
+            unlisted = frozenset(_array(j) for s in submissions for j in (s.job_id, s.eval_job_id) if j and j not in rows)
+            if unlisted:
+                rows = {**self._squeue(unlisted), **rows}
+        except SchedulerUnavailable as error:
+            print(f"slurm: no answer this poll ({error}); every job counts as queued until one comes", file=sys.stderr)
+            return [JobStatus(alive=True, ended=None, tasks=()) for _ in submissions]
         answers = []
         for s in submissions:
-            young = (datetime.now(timezone.utc) - datetime.fromisoformat(s.submitted_at)).total_seconds() < SACCT_LAG_S
+            young = _age_s(s.submitted_at) < SACCT_LAG_S
             tasks, states = [], []
             for stage, job in (("train", s.job_id), ("eval", s.eval_job_id)):
                 state, elapsed, alloc = rows.get(job, ("PENDING" if young else "UNKNOWN", 0.0, ""))
@@ -311,7 +349,7 @@ class SlurmScheduler(Scheduler):
         found: dict[tuple[str, str], str] = {}  # (batch, stage) -> array job id
         live = _run(["squeue", "-h", "-r", "-o", "%F|%k"])
         past = _run(["sacct", "-X", "-n", "-P", "--format=JobID,Comment", "-S", "now-7days", "-E", "now",
-                     "-s", "PD,R,RQ,RS,S,CA,CD,F,TO,OOM,NF,PR,BF,DL"])  # states listed: never-eligible tasks too
+                     "-s", SACCT_STATES])
         for line in (live + past).splitlines():
             job, _, comment = line.partition("|")
             parts = comment.split(":")
