@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,26 @@ def test_without_an_api_key_the_claude_backend_is_refused_in_one_line(tmp_path, 
         Daemon(load_campaign(path))
     assert str(err.value).count("\n") == 0 and str(path) in str(err.value) and "agents.backend" in str(err.value)
     assert "no ANTHROPIC_API_KEY" in str(err.value)
+
+
+def test_credentials_leave_the_environment_and_an_oauth_token_is_refused(tmp_path, monkeypatch):
+    """Jobs and sandboxed Bash inherit the daemon's environment: no credential may stay in it. An OAuth
+    token, which the CLI reads from its environment only, is refused rather than handed to Bash."""
+    from hpc_aevo.agents import session
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "token-for-a-proxy")
+    monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", "oauth-token")
+    monkeypatch.setattr("hpc_aevo.agents.session._api_key", None)
+    session.take_api_key()
+    assert "ANTHROPIC_AUTH_TOKEN" not in os.environ and "CLAUDE_CODE_OAUTH_TOKEN" not in os.environ
+    assert session.session_env_ok() is None and session._api_key == "token-for-a-proxy"
+    monkeypatch.setattr("hpc_aevo.agents.session._api_key", None)
+    monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", "oauth-token")
+    path = write_campaign(tmp_path, agents={"backend": "claude"})
+    with pytest.raises(ConfigError) as err:
+        Daemon(load_campaign(path))
+    assert str(err.value).count("\n") == 0 and "CLAUDE_CODE_OAUTH_TOKEN is not used" in str(err.value)
 
 
 def test_without_an_os_sandbox_no_shell_is_offered(tmp_path, stub, monkeypatch):

@@ -37,14 +37,21 @@ OS_DENIALS = re.compile("|".join((
     "No such process", "Network is unreachable", "Connection refused", "Temporary failure in name resolution",
     "Host name lookup failure", "Name or service not known")))
 
-_api_key: str | None = None  # the API key, once take_api_key() moved it out of the environment
+# The credentials a session may use, in order: each is sent as both X-Api-Key and Bearer by apiKeyHelper.
+CREDENTIALS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+# Refused: the CLI reads it from its environment only, and would hand it to every Bash command.
+OAUTH_TOKEN = "CLAUDE_CODE_OAUTH_TOKEN"
+_api_key: str | None = None  # the credential, once take_api_key() moved it out of the environment
 
 
 def take_api_key() -> None:
-    """Move ANTHROPIC_API_KEY out of this process's environment: the jobs the daemon starts run code a
-    worker may have written and inherit the environment; sessions still get the key (through apiKeyHelper)."""
+    """Move every Anthropic credential out of this process's environment: the jobs the daemon starts run
+    code a worker may have written and inherit the environment; sessions still get the key (through
+    apiKeyHelper, which the CLI runs itself, so neither its Bash nor its tools see it)."""
     global _api_key
-    _api_key = os.environ.pop("ANTHROPIC_API_KEY", None) or _api_key
+    found = [os.environ.pop(name, None) for name in CREDENTIALS]
+    os.environ.pop(OAUTH_TOKEN, None)
+    _api_key = next((key for key in found if key), None) or _api_key
 
 
 Guard = Callable[[str, dict[str, Any]], "str | None"]  # (tool name, tool input) -> denial reason or None
@@ -150,13 +157,13 @@ def _settings(spec: SessionSpec, secrets: Path) -> tuple[dict[str, Any], dict[st
     if spec.sandbox is not None:
         settings["sandbox"] = copy.deepcopy(spec.sandbox)
         settings["sandbox"].setdefault("filesystem", {}).setdefault("denyRead", []).append(str(keys_dir()))
-    key = os.environ.get("ANTHROPIC_API_KEY") or _api_key
+    key = next((os.environ[name] for name in CREDENTIALS if os.environ.get(name)), None) or _api_key
     if key:
         keyfile = secrets / "api-key"
         keyfile.touch(mode=0o600)
         keyfile.write_text(key)
         settings["apiKeyHelper"] = f"cat {shlex.quote(str(keyfile))}"
-        env["ANTHROPIC_API_KEY"] = ""
+        env.update({name: "" for name in (*CREDENTIALS, OAUTH_TOKEN)})
     return settings, env
 
 
@@ -286,7 +293,9 @@ def session_env_ok() -> str | None:
         import claude_agent_sdk  # noqa: F401
     except ImportError:
         return "claude-agent-sdk is not installed (pip install '.[agents]')"
-    if not (os.environ.get("ANTHROPIC_API_KEY") or _api_key or os.environ.get("ANTHROPIC_AUTH_TOKEN")
-            or os.environ.get("CLAUDE_CODE_OAUTH_TOKEN")):
+    if not (_api_key or any(os.environ.get(name) for name in CREDENTIALS)):
+        if os.environ.get(OAUTH_TOKEN):
+            return (f"{OAUTH_TOKEN} is not used: the CLI keeps it in its environment, which every Bash command "
+                    "of a worker inherits; export ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) instead")
         return "no ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) in the environment"
     return None
