@@ -90,6 +90,7 @@ class Scheduler:
     stages: Stages  # per-stage task resources
     profile: str | None = None  # slurm only: cluster profile file (partition, container, setup lines)
     poll_interval_s: float = 2.0  # how often the daemon polls the scheduler, seconds
+    confine_jobs: Literal["auto", "required", "off"] = "auto"  # run each job stage under bubblewrap (auto: where it runs)
 
     def validate(self) -> None:
         _at_least("max_parallel", self.max_parallel, 1)

@@ -107,8 +107,13 @@ class Daemon:
                                   "started; it is frozen for the campaign's life")
 
     # ---- one round ---------------------------------------------------------------------
+    def candidate(self, rnd: int, c: int) -> Candidate:
+        paths = self.campaign.paths
+        hidden = tuple(str(p) for p in (self.campaign.source, paths.constitution, paths.initial_policy))
+        return Candidate(rnd, c, self.tree, self.campaign.scheduler.confine_jobs, hidden)
+
     def candidates(self, rnd: int) -> list[Candidate]:
-        return [Candidate(rnd, c, self.tree) for c in range(self.campaign.candidates)]
+        return [self.candidate(rnd, c) for c in range(self.campaign.candidates)]
 
     def manifests(self, rnd: int) -> list[CandidateManifest]:
         return [c.manifest() for c in self.candidates(rnd)]
@@ -195,7 +200,7 @@ class Daemon:
         for manifest in leaderboard_order(self.manifests(rnd))[:quota]:
             if manifest.measured.leaderboard is not None:
                 continue
-            cand = Candidate(rnd, manifest.candidate, self.tree)
+            cand = self.candidate(rnd, manifest.candidate)
             submit_to_leaderboard(self.leaderboard, cand.key, manifest, self.tree.checkpoints(rnd, manifest.candidate),
                                   self.tree.jobs(rnd, manifest.candidate), cand.trace())
             cand.save(manifest)

@@ -57,6 +57,8 @@ class Candidate:
     round: int
     index: int
     tree: StateTree
+    confine: str = "auto"  # scheduler.confine_jobs
+    hidden: tuple[str, ...] = ()  # the campaign's files its jobs must not see, besides the state tree
 
     @property
     def key(self) -> str:
@@ -75,7 +77,7 @@ class Candidate:
         t, r, c = self.tree, self.round, self.index
         return JobSpec(key=self.key, attempt=attempt, sandbox=str(t.sandbox(r, c)), evaluator_dir=str(t.default_dir),
                        checkpoints=str(t.checkpoints(r, c)), eval_result=str(t.eval_result(r, c)),
-                       jobs_dir=str(t.jobs(r, c)))
+                       jobs_dir=str(t.jobs(r, c)), hidden=(str(t.root), *self.hidden), confine=self.confine)
 
     def submission_path(self, attempt: int) -> Path:
         return self.tree.jobs(self.round, self.index) / f"attempt-{attempt}.json"

@@ -119,7 +119,7 @@ def save(out: Path, step: int, model, optimizer, trainer: dict, fmt: str) -> Pat
 def load(path: Path, model, optimizer) -> dict:
     """Restore model and optimizer from checkpoint `path` in place; returns the trainer state."""
     if path.suffix == ".pt":
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         return {k: v for k, v in state.items() if k not in ("model", "optimizer")}

@@ -176,8 +176,9 @@ def forward(model: GPTModel, ids: torch.Tensor, labels: torch.Tensor | None = No
 
 
 def load_for_eval(path: Path) -> tuple[GPTModel, dict]:
-    """The checkpoint's model, in eval mode, with its tokenizer active."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """The checkpoint's model, in eval mode, with its tokenizer active. Loaded with `weights_only`: the
+    checkpoint is the candidate's, and a pickled object in it must not run code in the evaluator."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
     use_tokenizer(state["model_config"])
     model = build_model(state["model_config"], load_pretrained=False)
     model.load_state_dict(state["model"])

@@ -18,10 +18,11 @@ import functools
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .. import bwrap
 
 FILE_TOOLS = {"Read": "file_path", "Write": "file_path", "Edit": "file_path", "MultiEdit": "file_path",
               "NotebookEdit": "notebook_path", "Glob": "path", "Grep": "path"}
@@ -34,10 +35,7 @@ _COMMAND_WORD = re.compile(r"(?:^|[\s;&|()`$'\"])(" + "|".join(SCHEDULER_COMMAND
 @functools.lru_cache(maxsize=1)
 def os_sandbox_available() -> bool:
     """Whether bubblewrap (and socat, which the CLI's network proxy needs) can confine a command here."""
-    if not (shutil.which("bwrap") and shutil.which("socat")):
-        return False
-    probe = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--unshare-net", "true"], capture_output=True)
-    return probe.returncode == 0
+    return shutil.which("socat") is not None and bwrap.available("--unshare-net")
 
 
 @dataclass
@@ -113,8 +111,4 @@ class Confinement:
     def bwrap_argv(self, argv: list[str]) -> list[str]:
         """`argv` under bubblewrap: the filesystem read-only, the protected paths hidden, the sandbox
         writable, no network, its own pid namespace."""
-        cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-               "--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session"]
-        for p in self.denied:
-            cmd += ["--tmpfs", str(p)] if p.is_dir() else ["--ro-bind", "/dev/null", str(p)]
-        return cmd + ["--bind", str(self.sandbox), str(self.sandbox), "--chdir", str(self.sandbox), *argv]
+        return bwrap.command(argv, self.sandbox, self.denied, [(self.sandbox, True)])

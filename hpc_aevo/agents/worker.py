@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .. import bwrap
 from ..axes import AXES, signature
 from ..config import Campaign
 from ..constitution import SEED_KEY
@@ -107,8 +107,8 @@ class WorkerTools:
         argv = self.confinement.bwrap_argv([sys.executable, "train.py", "--recipe", "recipe.yaml", "--out", str(out),
                                             "--max-steps", str(min(max(steps, 1), 10))])
         try:
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_"))}
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, env=env)
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S,
+                                  env=bwrap.scrubbed_env())
             code, log = done.returncode, (done.stdout + done.stderr)
         except subprocess.TimeoutExpired as exc:
             code, log = -1, f"timed out after {SMOKE_TIMEOUT_S}s\n{exc.stdout or ''}{exc.stderr or ''}"

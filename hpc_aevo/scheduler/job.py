@@ -11,6 +11,9 @@ writes `attempt-N.train.outcome.json`; the eval task claims `attempt-N.eval.clai
 a COMPLETED train outcome, and writes the attempt's `attempt-N.outcome.json` with both stages. A
 claim names the SLURM job that took it, so the same job requeued after a timeout resumes its
 attempt instead of being taken for a duplicate.
+
+Each stage runs the sandbox's code or reads the candidate's checkpoints, so it runs confined
+(`confine.py`), with the agents' credentials scrubbed from its environment.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+from .. import bwrap
 from ..records import Record
 from ..state import now_iso
+from .confine import ConfinementUnavailable, confine, eval_out_dir
 
 EXIT_PREEMPTED = 3  # the substrate trainer's "checkpointed, requeue me" code
 
@@ -46,6 +51,8 @@ class JobSpec:
     eval_result: str
     jobs_dir: str
     stages: tuple[str, ...] = ("train", "eval")
+    hidden: tuple[str, ...] = ()  # what no stage may see: the state root, the campaign's own files
+    confine: str = "auto"  # scheduler.confine_jobs: auto | required | off
 
     def claim_path(self) -> Path:
         part = ".eval" if self.stages == ("eval",) else ""
@@ -84,6 +91,7 @@ class StageRun:
     returncode: int
     wall_s: float
     log: str
+    confined: bool = False  # ran under bubblewrap (see confine.py); False: unconfined, its log says why
 
 
 @dataclass
@@ -157,8 +165,24 @@ def _command(spec: JobSpec, stage: str) -> tuple[list[str], str]:
         return [sys.executable, "train.py", "--recipe", "recipe.yaml", "--out", spec.checkpoints], spec.sandbox
     evaluator = str(Path(spec.evaluator_dir) / "evaluate.py")
     recipe = str(Path(spec.sandbox) / "recipe.yaml")
+    out = eval_out_dir(spec)
+    out.mkdir(parents=True, exist_ok=True)
     return [sys.executable, evaluator, "--checkpoints", spec.checkpoints, "--recipe", recipe,
-            "--out", spec.eval_result], str(Path(spec.jobs_dir))
+            "--out", str(out / "eval.json")], str(out)
+
+
+def _start(spec: JobSpec, stage: str, log) -> tuple[subprocess.Popen, bool]:
+    """Start `stage` confined (or, where it cannot be, unconfined with one line in its log saying so)."""
+    argv, cwd = _command(spec, stage)
+    argv, unconfined = confine(spec, stage, argv, cwd)
+    note = f"UNCONFINED: {unconfined}" if unconfined else "confined by bubblewrap"
+    log.write(f"hpc_aevo: {spec.key} attempt {spec.attempt} {stage} on {os.uname().nodename}: {note}\n".encode())
+    log.flush()
+    env = {**bwrap.scrubbed_env(), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    if unconfined is None:
+        env["TMPDIR"] = "/tmp"  # the private one; the host's temp dir, where the agents' keys are, is hidden
+    process = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return process, unconfined is None
 
 
 def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None = None) -> JobOutcome:
@@ -173,7 +197,6 @@ def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None
             return JobOutcome(spec.key, spec.attempt, "FAILED", message="no COMPLETED train outcome to evaluate")
     if not _claim(spec):
         return JobOutcome(spec.key, spec.attempt, "DUPLICATE", message="attempt already claimed by another launch")
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
     outcome = JobOutcome(spec.key, spec.attempt, "COMPLETED")
     if trained is not None:
         outcome.stages, outcome.cpu_s = list(trained.stages), trained.cpu_s
@@ -181,15 +204,21 @@ def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None
     for stage in spec.stages:
         if stage == "train":
             _recipe_guard(spec)
-        command, cwd = _command(spec, stage)
         log = spec.log_path(stage)
         began = time.time()
         with open(log, "ab") as handle:
-            process = subprocess.Popen(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+            try:
+                process, confined = _start(spec, stage, handle)
+            except ConfinementUnavailable as exc:
+                outcome.state, outcome.message = "FAILED", f"{stage} not started: {exc}"
+                break
             if on_process is not None:
                 on_process(process)
             code = process.wait()
-        outcome.stages.append(StageRun(stage, code, time.time() - began, str(log)))
+        outcome.stages.append(StageRun(stage, code, time.time() - began, str(log), confined))
+        staged = eval_out_dir(spec) / "eval.json"
+        if code == 0 and stage == "eval" and staged.exists():  # a missing eval.json fails the candidate later
+            os.replace(staged, spec.eval_result)
         if code != 0:
             outcome.state = "PREEMPTED" if code == EXIT_PREEMPTED else "FAILED"
             outcome.message = f"{stage} exited with code {code}; log: {log}"
@@ -213,10 +242,8 @@ def run_rank(spec: JobSpec, rank: int, on_process: Callable[[subprocess.Popen], 
         if time.time() > deadline:
             raise RuntimeError(f"rank {rank}: rank 0 never prepared {spec.checkpoints} for this recipe")
         time.sleep(0.5)
-    command, cwd = _command(spec, "train")
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
     with open(Path(spec.jobs_dir) / f"attempt-{spec.attempt}.train.rank{rank}.log", "ab") as handle:
-        process = subprocess.Popen(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        process, _ = _start(spec, "train", handle)
         if on_process is not None:
             on_process(process)
         return process.wait()

@@ -1,0 +1,179 @@
+"""A candidate's job runs the worker's code confined: it cannot read the held-out split, forge a
+score, touch default/ or another candidate, or read the agents' keys; the evaluator refuses a
+checkpoint that carries a pickled payload."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tiny_campaign import REPO, tiny_recipe
+
+from hpc_aevo import bwrap
+from hpc_aevo.fork import fork_candidate
+from hpc_aevo.launch import Candidate
+from hpc_aevo.scheduler.job import JobOutcome, run_job
+from hpc_aevo.state import StateTree
+from hpc_aevo.substrate import install_substrate
+
+if not bwrap.available() and os.environ.get("CI") != "true":
+    pytest.skip("needs bubblewrap (apt: bubblewrap)", allow_module_level=True)
+
+SECRET = "sk-ant-test-not-a-real-key"
+
+# The worker's train.py: every attempt to reach outside its sandbox and checkpoints, with what happened.
+ATTACK = r'''
+import json, os, sys
+from pathlib import Path
+out = Path(sys.argv[sys.argv.index("--out") + 1])
+root, me, other = Path(os.environ["T_ROOT"]), Path(os.environ["T_ME"]), Path(os.environ["T_OTHER"])
+found = {}
+def attempt(name, action):
+    try:
+        found[name] = repr(action())[:200]
+    except Exception as exc:
+        found[name] = f"refused: {type(exc).__name__}"
+attempt("read heldout", lambda: (root / "leaderboard" / "heldout.jsonl").read_text())
+attempt("write ledger", lambda: (root / "leaderboard" / "ledger.json").write_text("{}"))
+attempt("forge manifest", lambda: (me / "manifest.json").write_text(json.dumps({"measured": {"dev": 1.0}})))
+attempt("write eval.json", lambda: (me / "eval.json").write_text("{}"))
+attempt("edit evaluator", lambda: (root / "default" / "evaluate.py").write_text("print(1)"))
+attempt("write other sandbox", lambda: (other / "sandbox" / "train.py").write_text("x"))
+attempt("write other checkpoints", lambda: (other / "checkpoints" / "ckpt-000001.pt").write_bytes(b"x"))
+attempt("fake agent record", lambda: (me.parent / "agents" / "cand-02.worker.9.json").write_text("{}"))
+attempt("write own sandbox", lambda: Path("recipe.yaml").write_text("x"))
+attempt("read campaign yaml", lambda: Path(os.environ["T_YAML"]).read_text())
+attempt("read munge key", lambda: Path("/etc/munge/munge.key").read_bytes())
+attempt("read keys dir", lambda: os.listdir(os.environ["T_KEYS"]))
+attempt("kernel knob", lambda: open("/proc/sys/kernel/core_pattern", "a").close())  # opened, nothing written
+found["env key"] = [k for k in os.environ if k.startswith(("ANTHROPIC_", "CLAUDE_"))]
+leaks = []
+for pid in os.listdir("/proc"):
+    try:
+        if b"ANTHROPIC_API_KEY=" in Path(f"/proc/{pid}/environ").read_bytes():  # the daemon's, or the job's
+            leaks.append(pid)
+    except (OSError, ValueError):
+        pass
+found["proc environ"] = leaks
+out.mkdir(parents=True, exist_ok=True)
+(out / "attacks.json").write_text(json.dumps(found))
+'''
+
+
+@pytest.fixture
+def tree(tmp_path) -> StateTree:
+    """A state tree with the real substrate installed, a leaderboard, and two forked candidates."""
+    tree = StateTree(tmp_path / "state")
+    manifest = install_substrate(REPO / "substrate", tree.default_dir, tree.substrate_manifest)
+    tree.leaderboard_dir.mkdir(parents=True)
+    (tree.leaderboard_dir / "heldout.jsonl").write_text('{"prompt": "held", "answer": "out"}\n')
+    (tree.leaderboard_dir / "ledger.json").write_text('{"submissions": []}\n')
+    for c in (1, 2):
+        fork_candidate(tree.default_dir, manifest, tree.sandbox(0, c), tiny_recipe())
+        tree.manifest(0, c).write_text('{"measured": {}}\n')
+        tree.checkpoints(0, c).mkdir()
+        tree.jobs(0, c).mkdir()
+    (tree.checkpoints(0, 2) / "ckpt-000001.pt").write_bytes(b"the other candidate's")
+    (tree.round_dir(0) / "agents").mkdir()
+    (tmp_path / "campaign.yaml").write_text("name: tiny\n")
+    return tree
+
+
+def snapshot(root: Path, skip: list[Path]) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and not any(p == s or s in p.parents for s in skip)}
+
+
+def test_worker_code_in_the_train_stage_reaches_nothing_outside_its_checkpoints(tree, tmp_path, monkeypatch):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "api-key").write_text(SECRET)
+    monkeypatch.setattr("tempfile.tempdir", str(keys.parent))  # the host's temp dir, as the agents' keys_dir() sees it
+    me = tree.candidate_dir(0, 1)
+    for key, value in {"ANTHROPIC_API_KEY": SECRET, "CLAUDE_CODE_OAUTH_TOKEN": SECRET,
+                       "T_ROOT": str(tree.root), "T_ME": str(me), "T_OTHER": str(tree.candidate_dir(0, 2)),
+                       "T_YAML": str(tmp_path / "campaign.yaml"), "T_KEYS": str(keys)}.items():
+        monkeypatch.setenv(key, value)
+    (tree.sandbox(0, 1) / "train.py").chmod(0o644)
+    (tree.sandbox(0, 1) / "train.py").write_text(ATTACK)
+    before = snapshot(tree.root, [tree.checkpoints(0, 1), tree.jobs(0, 1)])
+    spec = Candidate(0, 1, tree, hidden=(str(tmp_path / "campaign.yaml"),)).spec(1).stage("train")
+
+    outcome = run_job(spec)
+
+    log = spec.log_path("train").read_text()
+    assert outcome.state == "COMPLETED", log + outcome.message
+    assert outcome.stages[0].confined and "confined by bubblewrap" in log.splitlines()[0]
+    found = json.loads((tree.checkpoints(0, 1) / "attacks.json").read_text())
+    refused = {name: result for name, result in found.items() if isinstance(result, str)}
+    assert all(result.startswith("refused") for result in refused.values()), found
+    assert found["env key"] == [] and found["proc environ"] == [], found
+    assert snapshot(tree.root, [tree.checkpoints(0, 1), tree.jobs(0, 1)]) == before
+    assert JobOutcome.load(spec.outcome_path()).stages[0].confined
+
+
+def test_without_bubblewrap_the_stage_runs_unconfined_and_says_so(tree, monkeypatch):
+    monkeypatch.setattr(bwrap, "available", lambda *flags: False)
+    (tree.sandbox(0, 1) / "train.py").chmod(0o644)
+    (tree.sandbox(0, 1) / "train.py").write_text("import os; assert 'ANTHROPIC_API_KEY' not in os.environ\n")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    spec = Candidate(0, 1, tree).spec(1).stage("train")
+    outcome = run_job(spec)
+    assert outcome.state == "COMPLETED" and not outcome.stages[0].confined
+    assert "UNCONFINED: bubblewrap cannot run" in spec.log_path("train").read_text()
+
+    required = Candidate(0, 2, tree, confine="required").spec(1).stage("train")
+    outcome = run_job(required)
+    assert outcome.state == "FAILED" and "scheduler.confine_jobs is required" in outcome.message
+
+
+@pytest.mark.slow
+def test_a_normal_candidate_trains_and_evaluates_confined(tree):
+    spec = Candidate(0, 1, tree).spec(1)
+    outcome = run_job(spec)
+    assert outcome.state == "COMPLETED", spec.log_path("train").read_text()[-2000:] + outcome.message
+    assert [(s.stage, s.confined) for s in outcome.stages] == [("train", True), ("eval", True)]
+    body = json.loads(tree.eval_result(0, 1).read_text())
+    assert body["schema"] == "hpc_aevo.eval_result" and len(body["checkpoints"]) == 2
+
+
+class Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_the_evaluator_refuses_a_checkpoint_with_a_pickled_payload(tree, tmp_path):
+    marker, checkpoint = tmp_path / "payload-ran", tmp_path / "ckpt-000012.pt"
+    torch.save({"step": 12, "model": {}, "model_config": tiny_recipe()["model"], "payload": Payload(marker)}, checkpoint,
+               pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import checkpoint; "
+            "checkpoint.load_for_eval(Path(sys.argv[2]))")
+    done = subprocess.run([sys.executable, "-c", code, str(tree.default_dir), str(checkpoint)], capture_output=True,
+                          text=True)
+    assert done.returncode != 0 and "Weights only load failed" in done.stderr, done.stderr[-2000:]
+    assert not marker.exists()
+
+
+def test_the_campaign_key_is_checked(tmp_path):
+    from tiny_campaign import write_campaign
+
+    from hpc_aevo.config import ConfigError, load_campaign
+
+    path = write_campaign(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["scheduler"]["confine_jobs"] = "sometimes"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="confine_jobs"):
+        load_campaign(path)
