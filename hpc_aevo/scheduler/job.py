@@ -36,7 +36,7 @@ from .confine import ConfinementUnavailable, confine, eval_out_dir
 
 EXIT_PREEMPTED = 3  # the substrate trainer's "checkpointed, requeue me" code
 
-JobEnd = Literal["COMPLETED", "FAILED", "PREEMPTED", "DUPLICATE"]
+JobEnd = Literal["COMPLETED", "FAILED", "PREEMPTED", "TIMEOUT", "DUPLICATE"]  # TIMEOUT: the last requeue ran out
 
 
 @dataclass
