@@ -8,7 +8,8 @@ hidden state tree a stage sees again only what it needs:
   and the attempt's eval output directory (writable; the job moves eval.json into place).
 The stage's log is written through the file handle the job passes it, so jobs/ stays hidden.
 The host network stays (multi-node training needs its rendezvous, and `scontrol show hostnames`
-still works), but without munge no scheduler command can authenticate.
+still works: the train stage sees $SLURM_CONF, wherever it lies), but without munge no scheduler
+command can authenticate.
 
 `scheduler.confine_jobs`: `auto` confines where bubblewrap runs and otherwise runs the stage
 unconfined, saying so in the stage's log and in the outcome record (`StageRun.confined`);
@@ -45,6 +46,9 @@ def views(spec: JobSpec, stage: str) -> list[tuple[Path, bool]]:
     """(path, writable) of the hidden tree that `stage` sees."""
     if stage == "train":
         seen = [(spec.sandbox, False), (spec.checkpoints, True)]
+        conf = os.environ.get("SLURM_CONF", "")
+        if os.path.isfile(conf):  # a multi-node trainer finds its master with `scontrol show hostnames`
+            seen.append((conf, False))  # the file alone: slurmdbd.conf may lie beside it
     else:
         seen = [(spec.evaluator_dir, False), (spec.checkpoints, False), (Path(spec.sandbox) / "recipe.yaml", False),
                 (eval_out_dir(spec), True)]
