@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,23 +23,27 @@ _torch.optim.AdamW.step = _throttled_step
 """
 
 
-def test_timeout_requeues_and_resumes_from_the_last_checkpoint(tmp_path, devcluster):  # noqa: F811
-    # 1-minute limit, SIGUSR2 15 s before it. cand-01's sandbox trainer (the worker's code) takes at
-    # least 80 ms a step, so its 800 steps outlast any one run however idle the machine is; 8
-    # requeues leave room for a busy one.
-    campaign = slurm_campaign(tmp_path, "requeue", workers=1, profile={"signal_delay_s": 15, "max_requeues": 8})
-    data = yaml.safe_load(campaign.read_text())
+def outlasting_campaign(tmp_path: Path, name: str, max_requeues: int, steps: int, **campaign) -> Path:
+    """A 1-minute train limit (SIGUSR2 15 s before it) and a cand-01 whose sandbox trainer (the worker's
+    code) takes at least 80 ms a step for `steps` steps: it outlasts any one run, however idle the machine."""
+    path = slurm_campaign(tmp_path, name, workers=1, profile={"signal_delay_s": 15, "max_requeues": max_requeues})
+    data = yaml.safe_load(path.read_text())
     data["scheduler"]["stages"]["train"]["timeout_min"] = 1
-    campaign.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": "r0:train:start"}).returncode == -signal.SIGKILL
+    data.update(campaign)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert run_daemon(path, env={"HPC_AEVO_CRASH_AT": "r0:train:start"}).returncode == -signal.SIGKILL
     recipe_path = tmp_path / "state/rounds/r000/cand-01/sandbox/recipe.yaml"
     recipe = yaml.safe_load(recipe_path.read_text())
-    recipe["optim"]["steps"], recipe["checkpoints"]["every"] = 800, 100
+    recipe["optim"]["steps"], recipe["checkpoints"]["every"] = steps, 100
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     train = recipe_path.with_name("train.py")
     head, future, rest = train.read_text().partition("from __future__ import annotations\n")
     train.write_text(head + future + THROTTLE + rest)
+    return path
 
+
+def test_timeout_requeues_and_resumes_from_the_last_checkpoint(tmp_path, devcluster):  # noqa: F811
+    campaign = outlasting_campaign(tmp_path, "requeue", max_requeues=8, steps=800)  # 8 requeues: room for a busy machine
     done = run_daemon(campaign, timeout=1100)
     assert done.returncode == 0, done.stdout + done.stderr
     state = tmp_path / "state" / "rounds" / "r000"
@@ -63,20 +68,7 @@ def test_timeout_requeues_and_resumes_from_the_last_checkpoint(tmp_path, devclus
 def test_a_timeout_with_no_requeue_left_is_recorded_and_retried(tmp_path, devcluster):  # noqa: F811
     """max_requeues 0: the first time limit ends the task. Its outcome says TIMEOUT (not a silent loss),
     its chained eval task is cancelled, and the retry policy resubmits it, resuming from its checkpoint."""
-    campaign = slurm_campaign(tmp_path, "timeout", workers=1, profile={"signal_delay_s": 15, "max_requeues": 0})
-    data = yaml.safe_load(campaign.read_text())
-    data["scheduler"]["stages"]["train"]["timeout_min"] = 1
-    data["retries"] = {"max_attempts": 2}
-    campaign.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": "r0:train:start"}).returncode == -signal.SIGKILL
-    recipe_path = tmp_path / "state/rounds/r000/cand-01/sandbox/recipe.yaml"
-    recipe = yaml.safe_load(recipe_path.read_text())
-    recipe["optim"]["steps"], recipe["checkpoints"]["every"] = 2000, 100
-    recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    train = recipe_path.with_name("train.py")
-    head, future, rest = train.read_text().partition("from __future__ import annotations\n")
-    train.write_text(head + future + THROTTLE + rest)
-
+    campaign = outlasting_campaign(tmp_path, "timeout", max_requeues=0, steps=2000, retries={"max_attempts": 2})
     done = run_daemon(campaign, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     cand = tmp_path / "state" / "rounds" / "r000" / "cand-01"
