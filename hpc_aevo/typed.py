@@ -7,6 +7,7 @@ anywhere is reported the same way: where it is (file and key path) and what was 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, Literal, Union
@@ -130,10 +131,17 @@ def from_data(tp: Any, data: Any, path: str = "") -> Any:
     raise TypeError(f"typed.from_data: unsupported type {tp!r} at {path}")
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """A record class's resolved field types, once: resolving string annotations costs a compile per
+    field, and the daemon reads every candidate's records on every poll."""
+    return typing.get_type_hints(cls)
+
+
 def _dataclass_from_data(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise SchemaError(path, _type_name(cls), data)
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
