@@ -132,7 +132,8 @@ def test_a_read_only_model_cache_gets_a_private_copy(tmp_path):
     cache.mkdir()
     env = {**os.environ, "HPC_AEVO_MODEL_CACHE": str(cache), "TMPDIR": "/tmp"}
     code = [sys.executable, "-c", DEQUANTIZE_AND_RESOLVE, str(SUBSTRATE), str(site)]
-    confined = bwrap.command(code, tmp_path, hidden=[], binds=[(tmp_path, False)])
+    # read-only: the test's files and the substrate (a checkout under /tmp is hidden by the private /tmp)
+    confined = bwrap.command(code, tmp_path, hidden=[], binds=[(tmp_path, False), (SUBSTRATE.resolve(), False)])
     private = json.loads(subprocess.run(confined, env=env, capture_output=True, text=True, check=True).stdout)
     assert all(cache not in Path(p).parents for p in private) and list(cache.iterdir()) == []
     cached = json.loads(subprocess.run(code, env=env, capture_output=True, text=True, check=True).stdout)
