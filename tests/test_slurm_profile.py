@@ -12,7 +12,7 @@ from hpc_aevo.config import Budget, ConfigError, Stage, Stages
 from hpc_aevo.launch import BudgetExhausted, Launcher
 from hpc_aevo.ledger import TaskCharge, record_charges
 from hpc_aevo.profile import load_profile
-from hpc_aevo.scheduler.slurm import SlurmScheduler, index_ranges
+from hpc_aevo.scheduler.slurm import SlurmScheduler, index_ranges, parse_sacct
 from hpc_aevo.state import StateTree
 from tiny_campaign import REPO, write_campaign
 
@@ -113,3 +113,32 @@ def test_production_h200_campaign_dry_run_needs_no_cluster_and_no_api_key():
     assert "--array=0-8%" in out and "--job-name=h200.r000.train" in out and "--job-name=h200.r000.eval" in out
     assert "--nodes=2" in out and "--ntasks-per-node=8" in out and "--gpus-per-node=8" in out
     assert "--dependency='aftercorr:<train array job id>'" in out
+
+
+# Lines of `sacct -X -D -n -P --format=JobID,State,ElapsedRaw,AllocTRES -s <all> -S -E` on the devcluster.
+SACCT_FAILED_TRAIN = """1215_0|COMPLETED|16|billing=1,cpu=1,node=1
+1215_1|FAILED|2|billing=1,cpu=1,node=1
+1215_2|FAILED|2|billing=1,cpu=1,node=1
+1216_0|COMPLETED|18|billing=1,cpu=1,node=1
+1216_1|CANCELLED|0|
+1216_[0-2%3]|CANCELLED|0|
+"""
+SACCT_REQUEUED = """31_0|COMPLETED|22|billing=1,cpu=1,node=1
+31_1|REQUEUED|40|billing=1,cpu=1,node=1
+32_0|COMPLETED|18|billing=1,cpu=1,node=1
+31_1|REQUEUED|28|billing=1,cpu=1,node=1
+31_1|COMPLETED|27|billing=1,cpu=1,node=1
+32_[1%2]|PENDING|0|
+"""
+
+
+def test_sacct_lines_give_each_task_its_own_end_and_every_run_charged():
+    # The eval array's own record (never eligible, cancelled with task 2's dependency) still names
+    # 0-2: task 0's own line (COMPLETED) wins, task 2 has no line but that record's.
+    rows = parse_sacct(SACCT_FAILED_TRAIN)
+    assert {task: state for task, (state, _, _) in rows.items()} == {
+        "1215_0": "COMPLETED", "1215_1": "FAILED", "1215_2": "FAILED",
+        "1216_0": "COMPLETED", "1216_1": "CANCELLED", "1216_2": "CANCELLED"}
+    rows = parse_sacct(SACCT_REQUEUED)
+    assert rows["31_1"] == ("COMPLETED", 40 + 28 + 27, "billing=1,cpu=1,node=1")  # the last run's state, all runs charged
+    assert rows["32_1"][0] == "PENDING" and rows["31_0"][1] == 22

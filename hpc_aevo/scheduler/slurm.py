@@ -151,6 +151,33 @@ def _expand(text: str) -> list[int]:
     return out
 
 
+def parse_sacct(text: str) -> dict[str, tuple[str, float, str]]:
+    """{task id: (state, elapsed seconds, AllocTRES)} from `sacct -X -D -n -P --format=JobID,State,ElapsedRaw,AllocTRES`.
+
+    A requeued task has a line per run: its elapsed time is the sum over its runs (each one was
+    allocated and is charged), its state the last run's. An "A_[0-2%3]" line is the array's own
+    record, the tasks not split out of it yet; its bracket keeps naming tasks split out since, whose
+    own lines say how they ended."""
+    rows: dict[str, tuple[str, float, str]] = {}
+    sets: list[tuple[list[str], str]] = []
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) < 4:
+            continue
+        job, state, elapsed, alloc = fields[:4]
+        state = state.split()[0] if state else "UNKNOWN"
+        pending = _PENDING_SET.fullmatch(job)
+        if pending:
+            sets.append(([f"{pending.group(1)}_{i}" for i in _expand(pending.group(2))], state))
+            continue
+        earlier = rows.get(job, ("", 0.0, ""))
+        rows[job] = (state, earlier[1] + float(elapsed or 0), alloc or earlier[2])
+    for tasks, state in sets:
+        for task in tasks:
+            rows.setdefault(task, (state, 0.0, ""))
+    return rows
+
+
 def _tres(alloc: str, name: str) -> int:
     for item in alloc.split(","):
         key, _, value = item.partition("=")
@@ -265,27 +292,14 @@ class SlurmScheduler(Scheduler):
     # ---- watching --------------------------------------------------------------------------
     def _sacct(self, arrays: frozenset[str], since_days: int) -> dict[str, tuple[str, float, str]]:
         """{task id: (state, elapsed seconds, AllocTRES)} of every task of `arrays` submitted in the last
-        `since_days`, from one sacct call (reused while younger than min_query_interval_s). Pending tasks
-        are listed as one "A_[1,3]" line. A requeued task has a line per run (-D): its elapsed time is
-        the sum over its runs (each one was allocated and is charged), its state the last run's."""
+        `since_days`, from one sacct call (reused while younger than min_query_interval_s)."""
         now = time.monotonic()
         if self._cache is not None and arrays <= self._cache[1] and now - self._cache[0] < self.min_query_interval_s:
             return self._cache[2]
         self.calls["sacct"] += 1
         text = _run(["sacct", "-X", "-D", "-n", "-P", "--format=JobID,State,ElapsedRaw,AllocTRES",
                      "-S", f"now-{since_days}days", "-E", "now", "-s", SACCT_STATES, "-j", ",".join(sorted(arrays))])
-        rows: dict[str, tuple[str, float, str]] = {}
-        for line in text.splitlines():
-            fields = line.split("|")
-            if len(fields) < 4:
-                continue
-            job, state, elapsed, alloc = fields[:4]
-            state = state.split()[0] if state else "UNKNOWN"
-            pending = _PENDING_SET.fullmatch(job)
-            ids = [f"{pending.group(1)}_{i}" for i in _expand(pending.group(2))] if pending else [job]
-            for task in ids:
-                earlier = rows[task][1] if task in rows else 0.0
-                rows[task] = (state, earlier + float(elapsed or 0), alloc or (rows[task][2] if task in rows else ""))
+        rows = parse_sacct(text)
         self._cache = (now, arrays, rows)
         return rows
 
