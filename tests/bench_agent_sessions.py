@@ -24,13 +24,13 @@ from model_stub import ModelStub, text  # noqa: E402
 from test_agents_roles import dev_only_round  # noqa: E402
 from tiny_campaign import REPO, write_campaign  # noqa: E402
 
-from hpc_aevo.agents import ClaudeRoles  # noqa: E402
-from hpc_aevo.agents.session import AgentSession  # noqa: E402
-from hpc_aevo.config import load_campaign  # noqa: E402
-from hpc_aevo.constitution import constitution_hash  # noqa: E402
-from hpc_aevo.daemon import Daemon  # noqa: E402
-from hpc_aevo.meta import decide  # noqa: E402
-from hpc_aevo.policy import Policy  # noqa: E402
+from hpc_aevo.roles.claude.backend import ClaudeRoles  # noqa: E402
+from hpc_aevo.roles.claude.session import AgentSession  # noqa: E402
+from hpc_aevo.campaign.config import load_campaign  # noqa: E402
+from hpc_aevo.search.constitution import constitution_hash  # noqa: E402
+from hpc_aevo.loop.daemon import Daemon  # noqa: E402
+from hpc_aevo.search.decide import decide  # noqa: E402
+from hpc_aevo.search.policy import Policy  # noqa: E402
 
 
 def one_round(root: Path, stub: ModelStub) -> list[AgentSession]:

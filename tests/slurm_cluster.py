@@ -17,7 +17,7 @@ import yaml
 
 from tiny_campaign import REPO, write_campaign
 
-from hpc_aevo.scheduler.slurm import SACCT_STATES as ALL_STATES  # every state, as the daemon asks for them
+from hpc_aevo.jobs.backends.slurm import SACCT_STATES as ALL_STATES  # every state, as the daemon asks for them
 CLUSTER_DIR = Path(os.environ.get("HPC_AEVO_DEVCLUSTER", "/tmp/hpc_aevo-devcluster"))
 
 

@@ -19,9 +19,9 @@ from model_stub import mcp, text, tool_use
 from test_agents_worker import claude_daemon, propose
 from tiny_campaign import REPO
 
-from hpc_aevo.agents.confine import os_sandbox_available
-from hpc_aevo.agents.session import keys_dir
-from hpc_aevo.records import read_jsonl
+from hpc_aevo.sandbox.agents import os_sandbox_available
+from hpc_aevo.roles.claude.session import keys_dir
+from hpc_aevo.state.records import read_jsonl
 
 
 @pytest.fixture(autouse=True)

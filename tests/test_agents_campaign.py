@@ -17,7 +17,7 @@ from agent_scripts import breaking_then_debugging_worker, collector, lawful_meta
 from model_stub import ModelStub
 from tiny_campaign import REPO, run_daemon, status, write_campaign
 
-from hpc_aevo.records import read_jsonl
+from hpc_aevo.state.records import read_jsonl
 
 pytestmark = pytest.mark.slow
 

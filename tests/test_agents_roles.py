@@ -13,15 +13,15 @@ from test_meta import _campaign, _measure
 from model_stub import mcp, text, tool_use
 from tiny_campaign import REPO, write_campaign
 
-from hpc_aevo.agents import ClaudeRoles
-from hpc_aevo.agents.collector import section_texts
-from hpc_aevo.agents.session import AgentSession
-from hpc_aevo.config import load_campaign
-from hpc_aevo.constitution import constitution_hash
-from hpc_aevo.evidence import collect_evidence
-from hpc_aevo.meta import decide, mandatory_update
-from hpc_aevo.records import read_jsonl
-from hpc_aevo.state import StateTree
+from hpc_aevo.roles.claude.backend import ClaudeRoles
+from hpc_aevo.roles.claude.collector import section_texts
+from hpc_aevo.roles.claude.session import AgentSession
+from hpc_aevo.campaign.config import load_campaign
+from hpc_aevo.search.constitution import constitution_hash
+from hpc_aevo.search.evidence import collect_evidence
+from hpc_aevo.search.decide import decide, mandatory_update
+from hpc_aevo.state.records import read_jsonl
+from hpc_aevo.state.tree import StateTree
 
 
 @pytest.fixture

@@ -12,12 +12,13 @@ from agent_scripts import good_worker
 from model_stub import Turn, mcp, text, tool_use
 from tiny_campaign import write_campaign
 
-from hpc_aevo.agents.session import AgentSession
-from hpc_aevo.config import ConfigError, load_campaign
-from hpc_aevo.daemon import Daemon
-from hpc_aevo.manifest import CandidateManifest
-from hpc_aevo.policy import Policy
-from hpc_aevo.records import read_jsonl
+from hpc_aevo.roles.claude.session import AgentSession
+from hpc_aevo.campaign.reader import ConfigError
+from hpc_aevo.campaign.config import load_campaign
+from hpc_aevo.loop.daemon import Daemon
+from hpc_aevo.state.manifest import CandidateManifest
+from hpc_aevo.search.policy import Policy
+from hpc_aevo.state.records import read_jsonl
 
 
 def claude_daemon(tmp_path: Path, workers: int = 1, constitution: Path | None = None, **agents) -> Daemon:
@@ -107,7 +108,7 @@ def test_without_an_api_key_the_claude_backend_is_refused_in_one_line(tmp_path, 
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("CLAUDE_CODE_OAUTH_TOKEN", raising=False)
-    monkeypatch.setattr("hpc_aevo.agents.session._api_key", None)
+    monkeypatch.setattr("hpc_aevo.roles.claude.session._api_key", None)
     path = write_campaign(tmp_path, agents={"backend": "claude"})
     with pytest.raises(ConfigError) as err:
         Daemon(load_campaign(path))
@@ -118,16 +119,16 @@ def test_without_an_api_key_the_claude_backend_is_refused_in_one_line(tmp_path, 
 def test_credentials_leave_the_environment_and_an_oauth_token_is_refused(tmp_path, monkeypatch):
     """Jobs and sandboxed Bash inherit the daemon's environment: no credential may stay in it. An OAuth
     token, which the CLI reads from its environment only, is refused rather than handed to Bash."""
-    from hpc_aevo.agents import session
+    from hpc_aevo.roles.claude import session
 
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "token-for-a-proxy")
     monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", "oauth-token")
-    monkeypatch.setattr("hpc_aevo.agents.session._api_key", None)
+    monkeypatch.setattr("hpc_aevo.roles.claude.session._api_key", None)
     session.take_api_key()
     assert "ANTHROPIC_AUTH_TOKEN" not in os.environ and "CLAUDE_CODE_OAUTH_TOKEN" not in os.environ
     assert session.session_env_ok() is None and session._api_key == "token-for-a-proxy"
-    monkeypatch.setattr("hpc_aevo.agents.session._api_key", None)
+    monkeypatch.setattr("hpc_aevo.roles.claude.session._api_key", None)
     monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", "oauth-token")
     path = write_campaign(tmp_path, agents={"backend": "claude"})
     with pytest.raises(ConfigError) as err:
@@ -136,7 +137,7 @@ def test_credentials_leave_the_environment_and_an_oauth_token_is_refused(tmp_pat
 
 
 def test_without_an_os_sandbox_no_shell_is_offered(tmp_path, stub, monkeypatch):
-    monkeypatch.setattr("hpc_aevo.agents.confine.os_sandbox_available", lambda: False)
+    monkeypatch.setattr("hpc_aevo.sandbox.agents.os_sandbox_available", lambda: False)
     daemon = claude_daemon(tmp_path)
     stub.add("r000/cand-01", [[tool_use("Bash", command="echo hi > escaped.txt")], [mcp("hpc", "smoke_test")],
                               [text("no shell")]])

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from hpc_aevo.bench import PackBench, TrainBench, flops_per_token, throughput_ratios, trainer_recipe
+from hpc_aevo.tools.bench import PackBench, TrainBench, flops_per_token, throughput_ratios, trainer_recipe
 
 TINY = ["--hidden", "64", "--layers", "1", "--heads", "4", "--kv-heads", "2", "--ffn", "128", "--vocab", "256",
         "--seq-len", "32", "--micro-batch", "2", "--steps", "2", "--warmup", "1"]

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpc_aevo.config import ConfigError, load_campaign, load_initial_policy
-from hpc_aevo.typed import SchemaError
+from hpc_aevo.campaign.reader import ConfigError
+from hpc_aevo.campaign.config import load_campaign, load_initial_policy
+from hpc_aevo.state.typed import SchemaError
 
 REPO = Path(__file__).resolve().parents[1]
 DELETE = object()

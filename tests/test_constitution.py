@@ -9,13 +9,13 @@ import re
 import pytest
 from test_decoupling import BAND, EXAMPLES, recipes_for, synthetic_policy, synthetic_round, uniform
 
-from hpc_aevo.constitution import (
+from hpc_aevo.search.constitution import (
     CONSTITUTION_PATH, RULES, CheckContext, PolicyDecision, Promotion, RejectedProposal, Violation, anchor_band,
     check_policy, constitution_hash, plateau_flags, plateau_streak, without_seed,
 )
-from hpc_aevo.decoupling import anchor_stats
-from hpc_aevo.evidence import collect_evidence
-from hpc_aevo.policy import DeadEnd
+from hpc_aevo.search.decoupling import anchor_stats
+from hpc_aevo.search.evidence import collect_evidence
+from hpc_aevo.search.policy import DeadEnd
 
 SUBSTRATE = "a" * 64
 OLD_END = DeadEnd("schedule", "optim.lr:up", 0, "r000 cand-04: leaderboard -0.05")

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from hpc_aevo.axes import AXES
-from hpc_aevo.decoupling import calibrate, domain_band, rank_p_value, spearman
-from hpc_aevo.manifest import CandidateManifest, Measured, Proposal
-from hpc_aevo.policy import Policy
+from hpc_aevo.search.axes import AXES
+from hpc_aevo.search.decoupling import calibrate, domain_band, rank_p_value, spearman
+from hpc_aevo.state.manifest import CandidateManifest, Measured, Proposal
+from hpc_aevo.search.policy import Policy
 
 DOMAINS = {"bits": 0.9, "equation": 0.6, "cipher": 0.75, "base": 0.5, "sequence": 0.8}
 EXAMPLES = {d: 500 for d in DOMAINS}

@@ -22,7 +22,7 @@ SUBSTRATE = Path(__file__).resolve().parents[1] / "substrate"
 sys.path.insert(0, str(SUBSTRATE))
 
 from hf_llama_fixtures import add_hf_tokenizer, random_llama  # noqa: E402
-from hpc_aevo.calibrate import apply_overrides  # noqa: E402
+from hpc_aevo.tools.calibrate import apply_overrides  # noqa: E402
 
 import data  # noqa: E402
 from engines import choose, open_engine  # noqa: E402

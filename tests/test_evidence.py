@@ -7,11 +7,11 @@ import json
 import pytest
 from test_decoupling import EXAMPLES, TRAP, Effect, synthetic_policy, synthetic_round, uniform
 
-from hpc_aevo.evidence import (
+from hpc_aevo.search.evidence import (
     SECTIONS, RoundEvidence, collect_evidence, direction_key, expected_sign, off_axis_keys, render_markdown,
 )
-from hpc_aevo.policy import DeadEnd
-from hpc_aevo.records import RecordError
+from hpc_aevo.search.policy import DeadEnd
+from hpc_aevo.state.records import RecordError
 
 
 def _evidence(manifests, policy=None):

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from hf_llama_fixtures import SMALL, SUBSTRATE, hf_logits, random_llama
 
-from hpc_aevo import bwrap
+from hpc_aevo.sandbox import bwrap
 
 import hf_checkpoint  # noqa: E402
 from model import build_model, forward, init_parallel, resolve_config  # noqa: E402

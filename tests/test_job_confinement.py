@@ -18,12 +18,13 @@ import yaml
 
 from tiny_campaign import REPO, tiny_recipe
 
-from hpc_aevo import bwrap
-from hpc_aevo.fork import fork_candidate
-from hpc_aevo.launch import Candidate
-from hpc_aevo.scheduler.job import JobOutcome, run_job
-from hpc_aevo.state import StateTree
-from hpc_aevo.substrate import install_substrate
+from hpc_aevo.sandbox import bwrap
+from hpc_aevo.loop.fork import fork_candidate
+from hpc_aevo.jobs.candidate import Candidate
+from hpc_aevo.jobs.spec import JobOutcome
+from hpc_aevo.jobs.body import run_job
+from hpc_aevo.state.tree import StateTree
+from hpc_aevo.loop.install import install_substrate
 
 if not bwrap.available() and os.environ.get("CI") != "true":
     pytest.skip("needs bubblewrap (apt: bubblewrap)", allow_module_level=True)
@@ -169,7 +170,8 @@ def test_the_evaluator_refuses_a_checkpoint_with_a_pickled_payload(tree, tmp_pat
 def test_the_campaign_key_is_checked(tmp_path):
     from tiny_campaign import write_campaign
 
-    from hpc_aevo.config import ConfigError, load_campaign
+    from hpc_aevo.campaign.reader import ConfigError
+    from hpc_aevo.campaign.config import load_campaign
 
     path = write_campaign(tmp_path)
     doc = yaml.safe_load(path.read_text())

@@ -7,11 +7,11 @@ import json
 import pytest
 from test_decoupling import EXAMPLES, TRAP, Effect, recipes_for, synthetic_policy, synthetic_round, uniform
 
-from hpc_aevo.axes import AXES, categories_of
-from hpc_aevo.constitution import CheckContext, PolicyDecision, constitution_hash
-from hpc_aevo.evidence import collect_evidence
-from hpc_aevo.meta import decide, mandatory_update, propose_policy, rotate_axes
-from hpc_aevo.policy import DeadEnd
+from hpc_aevo.search.axes import AXES, categories_of
+from hpc_aevo.search.constitution import CheckContext, PolicyDecision, constitution_hash
+from hpc_aevo.search.evidence import collect_evidence
+from hpc_aevo.search.decide import decide, mandatory_update, propose_policy, rotate_axes
+from hpc_aevo.search.policy import DeadEnd
 
 SUBSTRATE = "a" * 64
 

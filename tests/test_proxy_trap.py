@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from test_substrate_training import SUBSTRATE, short_recipe
 
-from hpc_aevo.calibrate import apply_overrides, run_candidate, scratch_campaign
+from hpc_aevo.tools.calibrate import apply_overrides, run_candidate, scratch_campaign
 
 
 def test_upweighting_sequence_raises_dev_but_not_the_leaderboard(tmp_path):

@@ -8,12 +8,13 @@ import sys
 import pytest
 import yaml
 
-from hpc_aevo.config import Budget, ConfigError, Stage, Stages
-from hpc_aevo.launch import BudgetExhausted, Launcher
-from hpc_aevo.ledger import TaskCharge, record_charges
-from hpc_aevo.profile import load_profile
-from hpc_aevo.scheduler.slurm import SlurmScheduler, index_ranges, parse_sacct
-from hpc_aevo.state import StateTree
+from hpc_aevo.campaign.config import Budget, Stage, Stages
+from hpc_aevo.campaign.reader import ConfigError
+from hpc_aevo.jobs.launcher import BudgetExhausted, Launcher
+from hpc_aevo.state.ledger import TaskCharge, record_charges
+from hpc_aevo.campaign.profile import load_profile
+from hpc_aevo.jobs.backends.slurm import SlurmScheduler, index_ranges, parse_sacct
+from hpc_aevo.state.tree import StateTree
 from tiny_campaign import REPO, write_campaign
 
 PROFILES = REPO / "sbatch"

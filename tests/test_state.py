@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from hpc_aevo.records import Record, RecordError
-from hpc_aevo.state import CampaignBusy, CampaignRecord, DaemonInfo, DaemonLock, StateTree
+from hpc_aevo.state.records import Record, RecordError
+from hpc_aevo.state.lock import CampaignBusy, DaemonInfo, DaemonLock
+from hpc_aevo.state.tree import CampaignRecord, StateTree
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,7 +145,8 @@ def test_daemon_lock_is_exclusive_and_released_on_exit(tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from hpc_aevo.state import DaemonLock, StateTree
+from hpc_aevo.state.lock import DaemonLock
+from hpc_aevo.state.tree import StateTree
 with DaemonLock(StateTree(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(60)

@@ -20,8 +20,8 @@ import yaml
 
 from test_substrate_distributed import SUBSTRATE, clean_env, job_id_with_free_port, slurm_conf, summary
 
-from hpc_aevo.calibrate import apply_overrides
-from hpc_aevo.measure import checkpoint_of_step
+from hpc_aevo.tools.calibrate import apply_overrides
+from hpc_aevo.scoring.results import checkpoint_of_step
 
 STEPS, EVERY = 60, 20
 TINY = {"data.train_examples": 1000, "model.hidden": 32, "model.layers": 1, "optim.steps": STEPS,

@@ -23,7 +23,7 @@ import data  # noqa: E402
 import puzzles  # noqa: E402
 import tokenizer  # noqa: E402
 
-from hpc_aevo.leaderboard import heldout_params  # noqa: E402
+from hpc_aevo.scoring.leaderboard import heldout_params  # noqa: E402
 
 RECIPE = yaml.safe_load((SUBSTRATE / "recipe.yaml").read_text())
 HELDOUT = heldout_params(puzzles)

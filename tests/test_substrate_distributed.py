@@ -19,7 +19,7 @@ import yaml
 SUBSTRATE = Path(__file__).resolve().parents[1] / "substrate"
 sys.path.insert(0, str(SUBSTRATE))
 
-from hpc_aevo.calibrate import apply_overrides  # noqa: E402
+from hpc_aevo.tools.calibrate import apply_overrides  # noqa: E402
 
 STEPS = 50
 TINY = {"data.train_examples": 1000, "model.hidden": 32, "model.layers": 1, "optim.steps": STEPS,

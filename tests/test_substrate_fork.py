@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpc_aevo.fork import fork_candidate, load_recipe, recipe_diff
-from hpc_aevo.substrate import SubstrateManifest, SubstrateTampered, hash_tree, install_substrate, verify_substrate
+from hpc_aevo.loop.fork import fork_candidate, load_recipe, recipe_diff
+from hpc_aevo.loop.install import SubstrateManifest, SubstrateTampered, hash_tree, install_substrate, verify_substrate
 
 RECIPE = {"steps": 50, "optim": {"lr": 0.01, "schedule": {"warmup": 5}}, "data": {"mixture": {"sequence": 1.0}}}
 

@@ -23,7 +23,7 @@ import data  # noqa: E402
 import packing  # noqa: E402
 from tokenizer import PAD  # noqa: E402
 
-from hpc_aevo.calibrate import apply_overrides  # noqa: E402
+from hpc_aevo.tools.calibrate import apply_overrides  # noqa: E402
 
 
 def puzzle_examples(n: int = 2000) -> list[tuple[list[int], list[int]]]:

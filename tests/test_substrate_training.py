@@ -21,8 +21,8 @@ import yaml
 SUBSTRATE = Path(__file__).resolve().parents[1] / "substrate"
 sys.path.insert(0, str(SUBSTRATE))
 
-from hpc_aevo.calibrate import apply_overrides  # noqa: E402
-from hpc_aevo.measure import EvalResult  # noqa: E402
+from hpc_aevo.tools.calibrate import apply_overrides  # noqa: E402
+from hpc_aevo.scoring.results import EvalResult  # noqa: E402
 
 STEPS, EVERY = 300, 100
 # A short recipe (about 20 s of training on one core) that still learns visibly; test_proxy_trap uses it too.

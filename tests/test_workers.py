@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from hpc_aevo.axes import AXES, axis_allows, mixture_key, signature
-from hpc_aevo.evidence import expected_sign
-from hpc_aevo.fork import load_recipe, recipe_diff
-from hpc_aevo.policy import DeadEnd, EvidenceRule, Policy
-from hpc_aevo.trace import Trace
-from hpc_aevo.workers import (
-    ANCHOR_HYPOTHESIS, BACKENDS, ScriptedWorker, WorkerTask, assign_axes, make_worker, operators,
-)
+from hpc_aevo.search.axes import AXES, axis_allows, mixture_key, signature
+from hpc_aevo.search.evidence import expected_sign
+from hpc_aevo.loop.fork import load_recipe, recipe_diff
+from hpc_aevo.search.policy import DeadEnd, EvidenceRule, Policy
+from hpc_aevo.state.trace import Trace
+from hpc_aevo.roles.scripted.worker import ANCHOR_HYPOTHESIS, ScriptedWorker, operators
+from hpc_aevo.roles.factory import BACKENDS, make_worker
+from hpc_aevo.roles.interface import WorkerTask
+from hpc_aevo.search.policy import assign_axes
 
 REFERENCE_RECIPE = Path(__file__).resolve().parents[1] / "substrate" / "recipe.yaml"
 DOMAINS = ["bits", "equation", "cipher", "base", "sequence"]

@@ -1,0 +1,244 @@
+"""The campaign YAML: the one file a user writes to define, and later steer, a campaign.
+
+It is loaded into typed dataclasses by hpc_aevo.state.typed and checked completely (types, ranges,
+referenced files) before anything is forked or submitted, so a mistake costs one line of output
+naming the file, the key path and what was expected, not a failed job a day later.
+
+Run `python -m hpc_aevo.config CAMPAIGN.yaml` to check a file: "ok: <name>" or the error, exit 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hpc_aevo.campaign.reader import ConfigError, parse_mapping, read_bytes, read_yaml_mapping
+from hpc_aevo.loop.install import RECIPE_FILE, REQUIRED_FILES
+from hpc_aevo.search.policy import Policy
+from hpc_aevo.state.typed import SchemaError, from_data
+
+SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def _at_least(key: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        raise SchemaError(key, f"an integer >= {low}", value)
+
+
+def _positive(key: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise SchemaError(key, "a number > 0", value)
+
+
+@dataclass
+class Agents:
+    backend: Literal["scripted", "claude"] = "scripted"  # who plays workers and meta; "scripted" is offline
+    model: str | None = None  # model name for the claude backend; None: the CLI's default
+    max_turns: int | None = None  # cap on agent turns per worker/meta session; None: no cap
+    max_budget_usd_per_session: float | None = None  # cap on API spend per session; None: no cap
+    max_budget_usd_per_round: float | None = None  # cap on the API spend of all sessions of a round; None: no cap
+
+    def validate(self) -> None:
+        _at_least("max_turns", self.max_turns, 1)
+        _positive("max_budget_usd_per_session", self.max_budget_usd_per_session)
+        _positive("max_budget_usd_per_round", self.max_budget_usd_per_round)
+
+
+@dataclass
+class Stage:
+    """Resources of one task of a job array (one candidate's training or evaluation)."""
+
+    timeout_min: int  # wall-clock limit per task, minutes (SLURM --time)
+    mem_gb: float  # memory per task, GB
+    cpus: int = 1  # CPU cores per task
+    gpus: int = 0  # GPUs per task; 0 for the CPU substrate
+
+    def validate(self) -> None:
+        _at_least("timeout_min", self.timeout_min, 1)
+        _positive("mem_gb", self.mem_gb)
+        _at_least("cpus", self.cpus, 1)
+        _at_least("gpus", self.gpus, 0)
+
+
+@dataclass
+class Stages:
+    train: Stage  # the training array
+    eval: Stage  # the evaluation array, chained task by task after training
+
+
+@dataclass
+class Scheduler:
+    backend: Literal["local", "slurm"]  # "local": submitit's local executor; "slurm": the cluster
+    max_parallel: int  # most tasks running at once (local: concurrent processes)
+    stages: Stages  # per-stage task resources
+    profile: str | None = None  # slurm only: cluster profile file (partition, container, setup lines)
+    poll_interval_s: float = 2.0  # how often the daemon polls the scheduler, seconds
+    confine_jobs: Literal["auto", "required", "off"] = "auto"  # run each job stage under bubblewrap (auto: where it runs)
+
+    def validate(self) -> None:
+        _at_least("max_parallel", self.max_parallel, 1)
+        _positive("poll_interval_s", self.poll_interval_s)
+        if self.backend != "slurm" and self.profile is not None:
+            raise SchemaError("profile", "no profile with the local backend (profiles are for slurm)", self.profile)
+        if self.backend == "slurm" and self.profile is None:
+            raise SchemaError("profile", "a cluster profile file with the slurm backend (e.g. ../sbatch/devcluster.yaml)")
+
+
+@dataclass
+class Leaderboard:
+    quota: int  # submissions allowed over the whole campaign
+    per_round: int  # submissions per round (the best candidates by dev score go first)
+    adapter: Literal["heldout-puzzles"] = "heldout-puzzles"  # the external scorer workers cannot see
+
+    def validate(self) -> None:
+        _at_least("quota", self.quota, 1)
+        _at_least("per_round", self.per_round, 1)
+        if self.per_round > self.quota:
+            raise SchemaError("per_round", f"an integer <= leaderboard.quota ({self.quota})", self.per_round)
+
+
+@dataclass
+class PolicyFiles:
+    constitution: str  # the frozen constitution (meta's system prompt; its rules are checked in code)
+    initial: str  # the round-0 search policy (YAML)
+
+
+@dataclass
+class Budget:
+    cpu_hours: float | None = None  # campaign-wide CPU-hour cap; None: uncapped
+    gpu_hours: float | None = None  # campaign-wide GPU-hour cap; None: uncapped
+
+    def validate(self) -> None:
+        _positive("cpu_hours", self.cpu_hours)
+        _positive("gpu_hours", self.gpu_hours)
+
+
+@dataclass
+class Retries:
+    max_attempts: int = 2  # training submissions per candidate, the first one included
+
+    def validate(self) -> None:
+        _at_least("max_attempts", self.max_attempts, 1)
+
+
+@dataclass(frozen=True)
+class CampaignPaths:
+    """The campaign's paths resolved to absolute ones (relative paths are relative to the YAML file)."""
+
+    state_root: Path
+    substrate: Path
+    constitution: Path
+    initial_policy: Path
+    profile: Path | None
+
+
+@dataclass
+class Campaign:
+    """A campaign YAML. Path keys hold the text as written; `paths` holds them resolved."""
+
+    name: str  # slug [a-z0-9][a-z0-9-]*, used in job names
+    state_root: str  # directory of the campaign's state tree (created on first run)
+    substrate: str  # the reference substrate: a directory with recipe.yaml, train.py, evaluate.py
+    rounds: int  # rounds to run
+    workers_per_round: int  # mutating workers per round
+    scheduler: Scheduler
+    leaderboard: Leaderboard
+    policy: PolicyFiles
+    anchors: int = 1  # pure-baseline candidates per round; cand-00.. are the anchors
+    seed: int = 0  # campaign seed; per-candidate seeds derive from it
+    agents: Agents = field(default_factory=Agents)
+    budget: Budget = field(default_factory=Budget)
+    retries: Retries = field(default_factory=Retries)
+    # Set by load_campaign, not keys of the file:
+    source: Path = field(init=False, repr=False, compare=False)  # the YAML file, absolute
+    sha256: str = field(init=False, repr=False, compare=False)  # sha256 of the YAML file's bytes
+    paths: CampaignPaths = field(init=False, repr=False, compare=False)
+
+    @property
+    def candidates(self) -> int:
+        return self.anchors + self.workers_per_round
+
+    def validate(self) -> None:
+        if not SLUG.fullmatch(self.name):
+            raise SchemaError("name", "a slug of a-z, 0-9 and '-' starting with a letter or digit", self.name)
+        _at_least("rounds", self.rounds, 1)
+        _at_least("anchors", self.anchors, 1)
+        _at_least("workers_per_round", self.workers_per_round, 0)
+        if self.candidates < 2:
+            raise SchemaError("workers_per_round", "anchors + workers_per_round >= 2 candidates per round",
+                              self.workers_per_round)
+
+
+def _resolve(base: Path, text: str) -> Path:
+    return Path(os.path.abspath(base / Path(text).expanduser()))
+
+
+def _require_file(key: str, path: Path) -> None:
+    if not path.is_file():
+        raise SchemaError(key, f"an existing file (no file at {path})")
+
+
+def _resolve_paths(campaign: Campaign, base: Path) -> CampaignPaths:
+    """Resolve the path keys against `base` and check that what they name is there."""
+    profile = campaign.scheduler.profile
+    paths = CampaignPaths(
+        state_root=_resolve(base, campaign.state_root),
+        substrate=_resolve(base, campaign.substrate),
+        constitution=_resolve(base, campaign.policy.constitution),
+        initial_policy=_resolve(base, campaign.policy.initial),
+        profile=None if profile is None else _resolve(base, profile),
+    )
+    if paths.state_root.exists() and not paths.state_root.is_dir():
+        raise SchemaError("state_root", f"a directory or a path not yet created ({paths.state_root} is a file)")
+    if not paths.substrate.is_dir():
+        raise SchemaError("substrate", f"an existing directory (no directory at {paths.substrate})")
+    missing = [name for name in REQUIRED_FILES if not (paths.substrate / name).is_file()]
+    if missing:
+        raise SchemaError("substrate", f"a directory with {', '.join(REQUIRED_FILES)} "
+                                       f"({paths.substrate} lacks {', '.join(missing)})")
+    _require_file("policy.constitution", paths.constitution)
+    _require_file("policy.initial", paths.initial_policy)
+    if paths.profile is not None:
+        _require_file("scheduler.profile", paths.profile)
+    return paths
+
+
+def load_campaign(path: Path | str) -> Campaign:
+    """Load and fully check a campaign YAML; raise ConfigError on the first problem."""
+    shown, source = str(path), Path(os.path.abspath(path))
+    raw = read_bytes(Path(path))
+    try:
+        campaign = from_data(Campaign, parse_mapping(raw, shown))
+        campaign.paths = _resolve_paths(campaign, source.parent)
+    except SchemaError as exc:
+        raise ConfigError.of(exc, shown) from None
+    campaign.source = source
+    campaign.sha256 = hashlib.sha256(raw).hexdigest()
+    return campaign
+
+
+# Keys the initial policy file must not set: it always governs round 0.
+_IMPLIED_POLICY_KEYS = ("round", "standing_source")
+
+
+def load_initial_policy(campaign: Campaign) -> Policy:
+    """The round-0 policy: the initial policy file, with the substrate's recipe as standing recipe
+    unless the file sets `standing_recipe` itself."""
+    path = campaign.paths.initial_policy
+    data = read_yaml_mapping(path)
+    for key in _IMPLIED_POLICY_KEYS:
+        if key in data:
+            raise ConfigError(key, "no such key in the initial policy (it is implied: round 0)", source=str(path))
+    if "standing_recipe" in data:
+        data["standing_source"] = "initial-policy"
+    else:
+        data["standing_recipe"] = read_yaml_mapping(campaign.paths.substrate / RECIPE_FILE)
+        data["standing_source"] = "substrate"
+    try:
+        return from_data(Policy, {"round": 0, **data})
+    except SchemaError as exc:
+        raise ConfigError.of(exc, path) from None

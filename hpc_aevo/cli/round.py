@@ -1,0 +1,72 @@
+"""`python -m hpc_aevo.round CAMPAIGN.yaml [--rounds N]`: run (or resume) a campaign.
+
+One progress line per phase of every round. Killed at any moment, the same command continues
+from the state tree, redoing nothing that finished and running no candidate twice.
+`--dry-run` prints what the next round would submit (on SLURM: both sbatch scripts and the
+dependency between them) and writes and submits nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from hpc_aevo.campaign.config import Campaign, load_campaign, load_initial_policy
+from hpc_aevo.campaign.reader import ConfigError
+from hpc_aevo.jobs.backends import make_scheduler
+from hpc_aevo.jobs.candidate import Candidate
+from hpc_aevo.jobs.launcher import BudgetExhausted
+from hpc_aevo.jobs.scheduler import SchedulerUnavailable
+from hpc_aevo.loop.daemon import CampaignStopped, Daemon, RoundState
+from hpc_aevo.loop.install import SubstrateTampered
+from hpc_aevo.state.lock import CampaignBusy, DaemonLock
+from hpc_aevo.state.tree import StateTree
+
+
+def dry_run(campaign: Campaign) -> str:
+    """The next unfinished round's first submission, as the backend would send it. Needs neither the
+    agents (no API key) nor the leaderboard: only the state tree and the scheduler backend."""
+    tree = StateTree(campaign.paths.state_root)
+    rnd = next((r for r in tree.rounds() if not (RoundState.load_or_none(tree.round_state(r)) or RoundState(r)).complete()),
+               len(tree.rounds()))
+    try:
+        scheduler = make_scheduler(campaign)
+    except ConfigError as exc:
+        raise (exc if exc.source else ConfigError.of(exc, campaign.source)) from None
+    specs = [Candidate(rnd, c, tree).spec(1) for c in range(campaign.candidates)]
+    return f"# dry run of {campaign.name} round {rnd}: nothing is submitted\n" + scheduler.render(specs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpc_aevo.round", description=__doc__.splitlines()[0])
+    parser.add_argument("campaign", help="the campaign YAML")
+    parser.add_argument("--rounds", type=int, default=None, help="run the first N rounds (default: the YAML's rounds)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the sbatch scripts and dependencies the next round would submit; submit nothing")
+    args = parser.parse_args(argv)
+    started = time.time()
+    try:
+        campaign = load_campaign(args.campaign)
+        load_initial_policy(campaign)
+        if args.rounds is not None and args.rounds < 1:
+            raise ConfigError("--rounds", "an integer >= 1", args.rounds)
+        if args.dry_run:
+            print(dry_run(campaign))
+            return 0
+        with DaemonLock(StateTree(campaign.paths.state_root)):
+            Daemon(campaign, print_line=lambda line: print(line, flush=True)).run(args.rounds)
+    except (ConfigError, CampaignBusy, CampaignStopped, BudgetExhausted, SubstrateTampered) as exc:
+        print(f"hpc_aevo.round: {exc}", file=sys.stderr)
+        return 2
+    except SchedulerUnavailable as exc:  # a submission or a lookup got no answer: state is on disk, retry later
+        print(f"hpc_aevo.round: {exc}; nothing is lost: run the same command again once the scheduler answers",
+              file=sys.stderr)
+        return 75  # EX_TEMPFAIL
+    print(f"[{campaign.name}] campaign done in {time.time() - started:.1f}s; "
+          f"status: python -m hpc_aevo.status {args.campaign}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""`python -m hpc_aevo.status CAMPAIGN.yaml [--json]`: what the campaign has done, from its files.
+
+Read-only and safe to run while the daemon works. `--json` prints one stable document
+(schema "hpc_aevo.status", version 1): per round the policy that governed it, every candidate
+with its axis, mutation, status, dev and leaderboard scores, the calibration verdict and the meta
+decision with the numbers behind it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from hpc_aevo.campaign.config import load_campaign
+from hpc_aevo.campaign.reader import ConfigError
+from hpc_aevo.loop.daemon import PHASES, RoundState
+from hpc_aevo.roles.claude.spend import RoundSpend
+from hpc_aevo.scoring.leaderboard import LeaderboardLedger
+from hpc_aevo.search.constitution import PolicyDecision
+from hpc_aevo.search.evidence import RoundEvidence
+from hpc_aevo.search.policy import Policy
+from hpc_aevo.state.ledger import load_ledger
+from hpc_aevo.state.manifest import CandidateManifest
+from hpc_aevo.state.records import RecordError
+from hpc_aevo.state.tree import StateTree
+from hpc_aevo.state.typed import to_data
+
+SCHEMA, VERSION = "hpc_aevo.status", 1
+
+
+def _agents(tree: StateTree, rnd: int) -> dict[str, Any]:
+    """The round's agent sessions (claude backend): their count, tokens, cost and wall time, and each one."""
+    sessions = RoundSpend(tree, rnd).sessions()
+    return {"sessions": len(sessions), "cost_usd": round(sum(s.cost_usd for s in sessions), 6),
+            "input_tokens": sum(s.input_tokens for s in sessions), "output_tokens": sum(s.output_tokens for s in sessions),
+            "wall_s": round(sum(s.wall_s for s in sessions), 3),
+            "each": [{"who": s.who, "role": s.role, "outcome": s.outcome, "turns": s.turns, "cost_usd": s.cost_usd,
+                      "input_tokens": s.input_tokens, "output_tokens": s.output_tokens, "wall_s": s.wall_s,
+                      "tool_calls": s.tool_calls, "denials": s.denials} for s in sessions]}
+
+
+def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
+    state = RoundState.load_or_none(tree.round_state(rnd))
+    policy = Policy.load_or_none(tree.policy(rnd))
+    evidence = RoundEvidence.load_or_none(tree.evidence_json(rnd))
+    decision = PolicyDecision.load_or_none(tree.decision(rnd))
+    candidates = []
+    for path in sorted(tree.round_dir(rnd).glob("cand-*/manifest.json")):
+        m = CandidateManifest.load(path)
+        candidates.append({
+            "name": m.name, "role": m.role, "axis": m.axis, "mutation": m.mutation, "status": m.status,
+            "attempts": m.attempts, "seed": m.seed, "dev": m.measured.dev, "leaderboard": m.measured.leaderboard,
+            "selected_step": m.measured.selected_step, "dev_per_domain": m.measured.dev_per_domain,
+            "leaderboard_per_domain": m.measured.leaderboard_per_domain, "failure": m.failure,
+            "hypothesis": m.proposal.hypothesis,
+        })
+    return {
+        "round": rnd,
+        "phases_done": [p for p in PHASES if state and p in state.phases],
+        "complete": bool(state and state.complete()),
+        "policy": None if policy is None else {
+            "standing_source": policy.standing_source, "active_axes": policy.active_axes,
+            "retired_axes": policy.retired_axes, "noise_band": policy.noise_band,
+            "promotion_threshold": policy.promotion_threshold, "dead_ends": to_data(policy.dead_ends),
+            "evidence": to_data(policy.evidence),
+        },
+        "candidates": candidates,
+        "agents": _agents(tree, rnd),
+        "calibration": None if evidence is None else {
+            "spearman": evidence.calibration.spearman, "decoupled": evidence.calibration.decoupled,
+            "suspect_domains": evidence.calibration.suspect_domains,
+            "flags": [f.message for f in evidence.calibration.flags],
+        },
+        "decision": None if decision is None else {
+            "accepted": decision.accepted, "fallback_used": decision.fallback_used,
+            "promotion": to_data(decision.promotion), "changes": decision.changes,
+            "rejected_proposals": to_data(decision.rejected_proposals), "violations": to_data(decision.violations),
+        },
+    }
+
+
+def status_document(campaign_path: str) -> dict[str, Any]:
+    campaign = load_campaign(campaign_path)
+    tree = StateTree(campaign.paths.state_root)
+    ledger = LeaderboardLedger.load_or_none(tree.leaderboard_dir / "ledger.json")
+    compute = load_ledger(tree).summary()
+    return {
+        "schema": SCHEMA, "version": VERSION, "campaign": campaign.name, "state_root": str(tree.root),
+        "rounds_planned": campaign.rounds,
+        "compute": {"cpu_hours_used": compute["cpu_hours"], "cpu_hours_budget": campaign.budget.cpu_hours,
+                    "gpu_hours_used": compute["gpu_hours"], "gpu_hours_budget": campaign.budget.gpu_hours,
+                    "backend": campaign.scheduler.backend},
+        "ledger": compute["rounds"],
+        "leaderboard": {"quota": campaign.leaderboard.quota, "used": len(ledger.submissions) if ledger else 0},
+        "rounds": [_round(tree, r) for r in tree.rounds()],
+    }
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _ledger_lines(ledger: dict[str, Any]) -> list[str]:
+    """The compute ledger: per round and per candidate CPU-/GPU-hours, and each task's charge."""
+    lines = []
+    for rnd, entry in ledger.items():
+        lines.append(f"  ledger {rnd}: {entry['cpu_hours']:.4f} CPU-h, {entry['gpu_hours']:.4f} GPU-h")
+        for cand, charge in entry["candidates"].items():
+            lines.append(f"    {cand}: {charge['cpu_hours']:.4f} CPU-h, {charge['gpu_hours']:.4f} GPU-h  "
+                         + "; ".join(charge["tasks"]))
+    return lines
+
+
+def render(doc: dict[str, Any]) -> str:
+    lines = [f"campaign {doc['campaign']}  ({doc['state_root']})",
+             f"  compute {doc['compute']['cpu_hours_used']:.3f} CPU-h (budget {doc['compute']['cpu_hours_budget']}), "
+             f"{doc['compute']['gpu_hours_used']:.3f} GPU-h (budget {doc['compute']['gpu_hours_budget']}); "
+             f"leaderboard {doc['leaderboard']['used']}/{doc['leaderboard']['quota']} submissions"]
+    lines += _ledger_lines(doc["ledger"])
+    for rnd in doc["rounds"]:
+        policy = rnd["policy"] or {}
+        lines.append(f"\nround {rnd['round']}  [{'done' if rnd['complete'] else 'at ' + (rnd['phases_done'] or ['start'])[-1]}]"
+                     f"  standing {policy.get('standing_source')}  axes {', '.join(policy.get('active_axes', []))}"
+                     f"  band {policy.get('noise_band', 0):.3f}")
+        lines.append(f"  {'cand':<8}{'role':<7}{'mutation':<34}{'status':<10}{'dev':>7}{'board':>7}")
+        for c in rnd["candidates"]:
+            lines.append(f"  {c['name']:<8}{c['role']:<7}{(c['mutation'] or '-'):<34}{c['status']:<10}"
+                         f"{_score(c['dev']):>7}{_score(c['leaderboard']):>7}")
+        if rnd["agents"]["sessions"]:
+            a = rnd["agents"]
+            lines.append(f"  agents: {a['sessions']} sessions, ${a['cost_usd']:.4f}, {a['input_tokens']} in / "
+                         f"{a['output_tokens']} out tokens, {a['wall_s']:.1f}s; "
+                         + ", ".join(f"{s['who']} {s['role']} {s['outcome']}" for s in a["each"]))
+        if rnd["calibration"]:
+            cal = rnd["calibration"]
+            lines.append(f"  calibration: rank corr {cal['spearman']}, decoupled {cal['decoupled']}"
+                         + (f", suspect {', '.join(cal['suspect_domains'])}" if cal["suspect_domains"] else ""))
+        if rnd["decision"]:
+            d = rnd["decision"]
+            promo = d["promotion"]
+            lines.append("  decision: " + (f"promote {promo['candidate']} (+{promo['leaderboard_gain']:.3f})" if promo
+                                          else "no promotion") + (" [fallback]" if d["fallback_used"] else ""))
+            lines.extend(f"    - {change}" for change in d["changes"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpc_aevo.status", description=__doc__.splitlines()[0])
+    parser.add_argument("campaign")
+    parser.add_argument("--json", action="store_true", help="print the stable JSON document")
+    args = parser.parse_args(argv)
+    try:
+        doc = status_document(args.campaign)
+    except (ConfigError, RecordError) as exc:
+        print(f"hpc_aevo.status: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(doc, indent=2) if args.json else render(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The scheduler backends: submitit's local executor and SLURM job arrays, chosen by `scheduler.backend`."""
+
+from __future__ import annotations
+
+from hpc_aevo.campaign.config import Campaign
+from hpc_aevo.campaign.reader import ConfigError
+from hpc_aevo.jobs.scheduler import Scheduler
+
+
+def make_scheduler(campaign: Campaign) -> Scheduler:
+    """The campaign's backend. A bad cluster profile raises a ConfigError that names the profile file."""
+    config = campaign.scheduler
+    if config.backend == "local":
+        from hpc_aevo.jobs.backends.local import LocalScheduler
+
+        return LocalScheduler(max_parallel=config.max_parallel,
+                              timeout_min=config.stages.train.timeout_min + config.stages.eval.timeout_min)
+    if config.backend == "slurm":
+        from hpc_aevo.campaign.profile import load_profile
+        from hpc_aevo.jobs.backends.slurm import SlurmScheduler
+
+        return SlurmScheduler(max_parallel=config.max_parallel, stages=config.stages,
+                              profile=load_profile(campaign.paths.profile), campaign=campaign.name,
+                              state_root=campaign.paths.state_root, poll_interval_s=config.poll_interval_s)
+    raise ConfigError("scheduler.backend", "'local' or 'slurm'", config.backend)

@@ -1,0 +1,61 @@
+"""The local backend: submitit's LocalExecutor, one process per candidate, train then eval.
+
+submitit starts each job as a detached controller process that outlives the daemon, so a daemon
+killed with -9 finds its jobs still running on restart and adopts them by pid. A pid alone could
+have been reused by then, so each submission also records the process start time (from /proc),
+and a job is alive only if a process with that pid *and* that start time exists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import submitit
+
+from hpc_aevo.jobs.body import process_start_time, run_job
+from hpc_aevo.jobs.scheduler import JobStatus, Scheduler, Submission, Submitted
+from hpc_aevo.jobs.spec import JobSpec
+
+
+def _reap(pid: int) -> None:
+    """Collect an exited child so it does not linger as a zombie of the daemon."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+class LocalScheduler(Scheduler):
+    backend = "local"
+
+    def __init__(self, max_parallel: int, timeout_min: int):
+        self.max_parallel, self.timeout_min = max_parallel, timeout_min
+
+    def free_slots(self, running: int) -> int:
+        return max(0, self.max_parallel - running)
+
+    def submit(self, specs: list[JobSpec], batch: str) -> list[Submitted]:
+        out = []
+        for spec in specs:
+            executor = submitit.AutoExecutor(folder=Path(spec.jobs_dir) / "submitit", cluster="local")
+            executor.update_parameters(timeout_min=self.timeout_min, name=spec.key)
+            job = executor.submit(run_job, spec)
+            job._cancel_at_deletion = False
+            out.append(Submitted(job.job_id, process_start_time(int(job.job_id))))
+        return out
+
+    def poll(self, submissions: list[Submission]) -> list[JobStatus]:
+        answers = []
+        for submission in submissions:
+            pid = int(submission.job_id)
+            _reap(pid)
+            started = process_start_time(pid)
+            answers.append(JobStatus(alive=started is not None and started == submission.identity))
+        return answers
+
+    def cancel(self, submissions: list[Submission]) -> None:
+        for submission in submissions:
+            pid = int(submission.job_id)
+            if process_start_time(pid) == submission.identity:
+                os.kill(pid, 15)

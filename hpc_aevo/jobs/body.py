@@ -1,0 +1,172 @@
+"""What runs inside a scheduled job: one candidate's training, then its evaluation.
+
+The job itself guarantees exactly-once execution: it first claims its attempt by creating
+`attempt-N.claim` with O_EXCL. A second launch of the same attempt (a daemon that died between
+submitting and recording the submission and then submitted again) finds the claim and exits
+without running anything. At the end the job writes `attempt-N.outcome.json` itself, so the
+daemon learns the real end state from files, whatever happened to the scheduler or to the daemon.
+
+On SLURM the two stages are two chained array tasks: the train task claims `attempt-N.claim` and
+writes `attempt-N.train.outcome.json`; the eval task claims `attempt-N.eval.claim`, runs only after
+a COMPLETED train outcome, and writes the attempt's `attempt-N.outcome.json` with both stages. A
+claim names the SLURM job that took it, so the same job requeued after a timeout resumes its
+attempt instead of being taken for a duplicate.
+
+Each stage runs the sandbox's code or reads the candidate's checkpoints, so it runs confined
+(`hpc_aevo/sandbox/jobs.py`), with the agents' credentials scrubbed from its environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from hpc_aevo.jobs.spec import EXIT_PREEMPTED, Claim, JobOutcome, JobSpec, StageRun
+from hpc_aevo.sandbox import bwrap
+from hpc_aevo.sandbox.jobs import ConfinementUnavailable, confine, eval_out_dir
+from hpc_aevo.state.records import now_iso
+
+
+def process_start_time(pid: int) -> str | None:
+    """Start time of `pid` in clock ticks since boot, or None if no such live (non-zombie) process.
+
+    A pid plus its start time names one process for good, even after the pid is reused.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def scheduler_job() -> str | None:
+    """The SLURM job this process runs in ("ARRAYID_TASK" for an array task), or None outside SLURM."""
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
+def _claim(spec: JobSpec) -> bool:
+    path = spec.claim_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    job = scheduler_job()
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        held = Claim.load_or_none(path)
+        return job is not None and held is not None and held.scheduler_job == job  # the same job, requeued
+    claim = Claim(spec.key, spec.attempt, os.getpid(), process_start_time(os.getpid()), os.uname().nodename, now_iso(),
+                  job)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(claim.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def _recipe_guard(spec: JobSpec) -> None:
+    """Resume only checkpoints of the same recipe: a retry with an edited recipe starts afresh."""
+    recipe_hash = hashlib.sha256((Path(spec.sandbox) / "recipe.yaml").read_bytes()).hexdigest()
+    checkpoints = Path(spec.checkpoints)
+    marker = checkpoints / "recipe.sha256"
+    if checkpoints.exists() and (not marker.exists() or marker.read_text() != recipe_hash):
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    marker.write_text(recipe_hash)
+
+
+def _command(spec: JobSpec, stage: str) -> tuple[list[str], str]:
+    if stage == "train":
+        return [sys.executable, "train.py", "--recipe", "recipe.yaml", "--out", spec.checkpoints], spec.sandbox
+    evaluator = str(Path(spec.evaluator_dir) / "evaluate.py")
+    recipe = str(Path(spec.sandbox) / "recipe.yaml")
+    out = eval_out_dir(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    return [sys.executable, evaluator, "--checkpoints", spec.checkpoints, "--recipe", recipe,
+            "--out", str(out / "eval.json")], str(out)
+
+
+def _start(spec: JobSpec, stage: str, log) -> tuple[subprocess.Popen, bool]:
+    """Start `stage` confined (or, where it cannot be, unconfined with one line in its log saying so)."""
+    argv, cwd = _command(spec, stage)
+    argv, unconfined = confine(spec, stage, argv, cwd)
+    note = f"UNCONFINED: {unconfined}" if unconfined else "confined by bubblewrap"
+    log.write(f"hpc_aevo: {spec.key} attempt {spec.attempt} {stage} on {os.uname().nodename}: {note}\n".encode())
+    log.flush()
+    env = {**bwrap.scrubbed_env(), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    if unconfined is None:
+        env["TMPDIR"] = "/tmp"  # the private one; the host's temp dir, where the agents' keys are, is hidden
+    process = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return process, unconfined is None
+
+
+def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None = None) -> JobOutcome:
+    """The job body: claim, run each stage as a subprocess with its own log, record the outcome.
+
+    `on_process` is told each stage's process (the SLURM task forwards a timeout signal to it).
+    """
+    trained = None
+    if spec.stages == ("eval",):
+        trained = JobOutcome.load_or_none(spec.stage("train").outcome_path())
+        if trained is None or trained.state != "COMPLETED":
+            return JobOutcome(spec.key, spec.attempt, "FAILED", message="no COMPLETED train outcome to evaluate")
+    if not _claim(spec):
+        return JobOutcome(spec.key, spec.attempt, "DUPLICATE", message="attempt already claimed by another launch")
+    outcome = JobOutcome(spec.key, spec.attempt, "COMPLETED")
+    if trained is not None:
+        outcome.stages, outcome.cpu_s = list(trained.stages), trained.cpu_s
+    started = os.times()
+    for stage in spec.stages:
+        if stage == "train":
+            _recipe_guard(spec)
+        log = spec.log_path(stage)
+        began = time.time()
+        with open(log, "ab") as handle:
+            try:
+                process, confined = _start(spec, stage, handle)
+            except ConfinementUnavailable as exc:
+                outcome.state, outcome.message = "FAILED", f"{stage} not started: {exc}"
+                break
+            if on_process is not None:
+                on_process(process)
+            code = process.wait()
+        outcome.stages.append(StageRun(stage, code, time.time() - began, str(log), confined))
+        staged = eval_out_dir(spec) / "eval.json"
+        if code == 0 and stage == "eval" and staged.exists():  # a missing eval.json fails the candidate later
+            os.replace(staged, spec.eval_result)
+        if code != 0:
+            outcome.state = "PREEMPTED" if code == EXIT_PREEMPTED else "FAILED"
+            outcome.message = f"{stage} exited with code {code}; log: {log}"
+            break
+    ended = os.times()
+    outcome.cpu_s += (ended.children_user - started.children_user) + (ended.children_system - started.children_system)
+    outcome.finished_at = now_iso()
+    outcome.save(spec.outcome_path())
+    return outcome
+
+
+def run_rank(spec: JobSpec, rank: int, on_process: Callable[[subprocess.Popen], None] | None = None) -> int:
+    """Rank `rank` (> 0) of a multi-node training task: the same trainer, which joins rank 0's
+    torch.distributed rendezvous from the SLURM environment. Rank 0 alone claims the attempt and
+    records its outcome; this rank waits until rank 0 has checked the checkpoints' recipe, so it
+    never resumes checkpoints that rank 0 is about to delete."""
+    recipe_hash = hashlib.sha256((Path(spec.sandbox) / "recipe.yaml").read_bytes()).hexdigest()
+    marker = Path(spec.checkpoints) / "recipe.sha256"
+    deadline = time.time() + 120
+    while not (marker.exists() and marker.read_text() == recipe_hash):
+        if time.time() > deadline:
+            raise RuntimeError(f"rank {rank}: rank 0 never prepared {spec.checkpoints} for this recipe")
+        time.sleep(0.5)
+    with open(Path(spec.jobs_dir) / f"attempt-{spec.attempt}.train.rank{rank}.log", "ab") as handle:
+        process, _ = _start(spec, "train", handle)
+        if on_process is not None:
+            on_process(process)
+        return process.wait()

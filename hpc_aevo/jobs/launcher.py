@@ -1,0 +1,239 @@
+"""Launch: submit every candidate's job, watch them with one batched query per poll, retry failures.
+
+Crash safety comes from the order of writes. For attempt N of a candidate the daemon saves the
+manifest's attempt count, then the `Submission` intent (no job id), then submits, then records the
+job id. Restarted after a kill at any point it finds one of: no intent (nothing was submitted:
+submit), an intent without job id (the job may have started: adopt it through its claim, or
+resubmit the same attempt after a grace period, which the job's O_EXCL claim makes harmless), or a
+job id (watch it). A job that ended without an outcome file counts as a failed attempt, with the
+end state the scheduler reports (SLURM: CANCELLED, TIMEOUT, ...; local: LOST).
+
+On SLURM the intent also carries a batch token that the jobs' `--comment` repeats, so an intent
+without job id is found again with squeue/sacct instead of waiting for a claim. Every finished
+attempt is charged to the ledger, and the budget is checked against the ledger before submitting.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+from hpc_aevo.campaign.config import Budget
+from hpc_aevo.jobs.candidate import Candidate
+from hpc_aevo.jobs.reconcile import attempt_state
+from hpc_aevo.jobs.scheduler import JobStatus, Scheduler, Submission, Submitted, TaskUsage
+from hpc_aevo.jobs.spec import Claim, JobOutcome, log_tail
+from hpc_aevo.state.crashpoints import crashpoint
+from hpc_aevo.state.ledger import TaskCharge, load_ledger, record_charges
+from hpc_aevo.state.manifest import CandidateManifest
+from hpc_aevo.state.records import now_iso
+from hpc_aevo.state.tree import StateTree
+
+CLAIM_GRACE_S = 20.0  # how long an intent without job id waits for its job's claim before resubmitting
+
+
+class BudgetExhausted(RuntimeError):
+    """Submitting would exceed the campaign's compute budget."""
+
+
+@dataclass
+class JobFailure:
+    """What the worker's debug turn gets about a failed attempt: the state, the log and the trace."""
+
+    attempt: int
+    state: str
+    message: str
+    log_tail: str  # the last lines of the failing stage's log
+    logs: list[str]  # the attempt's stage logs, train first
+    trace: str  # the candidate's trace.jsonl
+
+
+
+
+def _age_s(iso: str) -> float:
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
+
+
+class Launcher:
+    def __init__(self, scheduler: Scheduler, max_attempts: int, poll_interval_s: float, budget: Budget,
+                 tree: StateTree, on_failure: Callable[[Candidate, CandidateManifest, str, JobFailure], None]):
+        self.scheduler, self.max_attempts, self.poll_interval_s = scheduler, max_attempts, poll_interval_s
+        self.budget, self.tree, self.on_failure = budget, tree, on_failure
+        self.polls = 0  # loop iterations, for the benchmark's scheduler calls per poll
+
+    def _check_budget(self, keys: list[str], in_flight: int) -> None:
+        """Refuse a submission whose worst case (time limit x allocation) would exceed a budget."""
+        used = load_ledger(self.tree).totals()
+        per_candidate = self.scheduler.worst_case_hours()
+        for name, cap, spent, worst in zip(("cpu_hours", "gpu_hours"), (self.budget.cpu_hours, self.budget.gpu_hours),
+                                           used, per_candidate):
+            if cap is None:
+                continue
+            reserved, wanted = worst * in_flight, worst * len(keys)
+            if spent >= cap or spent + reserved + wanted > cap:
+                raise BudgetExhausted(
+                    f"budget.{name} of {cap} would be exceeded: {spent:.3f} used + {reserved:.3f} reserved for "
+                    f"{in_flight} running + {wanted:.3f} for {', '.join(keys)} (time limit x allocation, requeues "
+                    f"included); not submitting. Raise budget.{name} in the campaign YAML to continue.")
+
+    def _submit(self, candidates: list[tuple[Candidate, CandidateManifest]], in_flight: int = 0) -> None:
+        if not candidates:
+            return
+        self._check_budget([cand.key for cand, _ in candidates], in_flight)
+        batch = f"r{candidates[0][0].round:03d}-{uuid.uuid4().hex[:10]}"
+        specs = []
+        for cand, manifest in candidates:
+            attempt = manifest.attempts
+            Submission(cand.key, attempt, self.scheduler.backend, now_iso(), batch=batch).save(cand.submission_path(attempt))
+            specs.append(cand.spec(attempt))
+        submitted = self.scheduler.submit(specs, batch)
+        crashpoint(f"r{candidates[0][0].round}:train:intent")
+        for (cand, manifest), job in zip(candidates, submitted):
+            self._record(cand, manifest.attempts, Submission.load(cand.submission_path(manifest.attempts)), job)
+        crashpoint(f"r{candidates[0][0].round}:train:submitted")
+
+    def _record(self, cand: Candidate, attempt: int, intent: Submission, job: Submitted, event: str = "submitted") -> Submission:
+        submission = Submission(cand.key, attempt, intent.backend, intent.submitted_at, job.job_id, job.identity,
+                                job.eval_job_id, intent.batch)
+        submission.save(cand.submission_path(attempt))
+        cand.trace().log("daemon", event, attempt=attempt, job_id=job.job_id, eval_job_id=job.eval_job_id,
+                         backend=self.scheduler.backend)
+        return submission
+
+    def _recover(self, unconfirmed: list[tuple[Candidate, CandidateManifest, Submission]]) -> list[tuple]:
+        """Intents without job id: found by the scheduler (SLURM, by comment), adopted through the job's
+        claim (local), resubmitted when certainly never submitted or after the grace period."""
+        if not unconfirmed:
+            return []
+        found = self.scheduler.find([i for _, _, i in unconfirmed], [c.spec(m.attempts) for c, m, _ in unconfirmed])
+        watched, resubmit = [], []
+        for (cand, manifest, intent), job in zip(unconfirmed, found):
+            if job is not None:
+                watched.append((cand, manifest, self._record(cand, manifest.attempts, intent, job, "adopted")))
+                continue
+            if not self.scheduler.finds_by_comment:
+                adopted = self._adopt_through_claim(cand, manifest.attempts, intent)
+                if adopted is not None:
+                    watched.append((cand, manifest, adopted))
+                    continue
+                if _age_s(intent.submitted_at) < CLAIM_GRACE_S:
+                    continue
+            cand.trace().log("daemon", "resubmitting-unconfirmed", attempt=manifest.attempts)
+            resubmit.append((cand, manifest))
+        self._submit(resubmit, len(watched))
+        return watched
+
+    def _adopt_through_claim(self, cand: Candidate, attempt: int, intent: Submission) -> Submission | None:
+        claim = Claim.load_or_none(cand.spec(attempt).claim_path())
+        if claim is None:
+            return None
+        return self._record(cand, attempt, intent, Submitted(str(claim.pid), claim.identity), "adopted")
+
+    def _adopt_claim(self, cand: Candidate, attempt: int, submission: Submission) -> bool:
+        """A watched local launch ended without an outcome, but another launch of the attempt holds the
+        claim and is alive (the resubmission raced a slow first launch): watch that one instead."""
+        claim = Claim.load_or_none(cand.spec(attempt).claim_path())
+        if self.scheduler.finds_by_comment or claim is None or \
+                (str(claim.pid), claim.identity) == (submission.job_id, submission.identity):
+            return False
+        holder = Submission(cand.key, attempt, submission.backend, submission.submitted_at, str(claim.pid), claim.identity)
+        if not self.scheduler.poll([holder])[0].alive:
+            return False
+        holder.save(cand.submission_path(attempt))
+        cand.trace().log("daemon", "adopted", attempt=attempt, pid=claim.pid)
+        return True
+
+    def run(self, candidates: list[Candidate], progress: Callable[[str], None]) -> None:
+        """Drive every candidate to trained (or failed); returns when none is in flight."""
+        while True:
+            self.polls += 1
+            watched: list[tuple[Candidate, CandidateManifest, Submission]] = []
+            unconfirmed: list[tuple[Candidate, CandidateManifest, Submission]] = []
+            to_submit: list[tuple[Candidate, CandidateManifest]] = []
+            for cand in candidates:
+                manifest = cand.manifest()
+                if manifest.status not in ("proposed", "submitted"):
+                    continue
+                submission = None if manifest.attempts == 0 else Submission.load_or_none(cand.submission_path(manifest.attempts))
+                if submission is None:
+                    to_submit.append((cand, manifest))
+                elif submission.job_id is None:
+                    unconfirmed.append((cand, manifest, submission))
+                else:
+                    watched.append((cand, manifest, submission))
+            if not watched and not to_submit and not unconfirmed:
+                return
+            watched += self._recover(unconfirmed)
+            statuses = self.scheduler.poll([s for _, _, s in watched])
+            running, ended, charges = 0, [], []
+            for (cand, manifest, submission), status in zip(watched, statuses):
+                state, outcome = attempt_state(cand.spec(manifest.attempts), submission, status)
+                if state == "LOST" and self._adopt_claim(cand, manifest.attempts, submission):
+                    state = "RUNNING"
+                if state == "RUNNING" or (outcome is not None and status.alive):  # let the task end, then charge it
+                    running += 1
+                    continue
+                ended.append((cand, manifest, state, outcome, status))
+                charges += self._charges(cand.key, manifest.attempts, submission, status, outcome, state)
+            record_charges(self.tree, charges)  # before the manifests move on, so no finished attempt goes uncharged
+            for cand, manifest, state, outcome, status in ended:
+                if state == "COMPLETED":
+                    manifest.status = "trained"
+                    cand.save(manifest)
+                    cand.trace().log("daemon", "job-completed", attempt=manifest.attempts,
+                                     stages={s.stage: round(s.wall_s, 1) for s in outcome.stages})
+                    progress(f"{cand.key} trained and evaluated (attempt {manifest.attempts})")
+                else:
+                    message = outcome.message if outcome else f"the scheduler reports {state} and the job left no outcome record"
+                    self._failed(cand, manifest, state, message, status, progress)
+            batch = []
+            for cand, manifest in to_submit[: self.scheduler.free_slots(running)]:
+                if manifest.attempts == 0:
+                    manifest.attempts = 1
+                manifest.status = "submitted"
+                cand.save(manifest)
+                batch.append((cand, manifest))
+            self._submit(batch, running)
+            time.sleep(self.poll_interval_s)
+
+    @staticmethod
+    def _charges(key: str, attempt: int, submission: Submission, status: JobStatus, outcome: JobOutcome | None,
+                 state: str) -> list[TaskCharge]:
+        if status.tasks:
+            return [charge_from_usage(key, attempt, usage) for usage in status.tasks]
+        return [charge_from_outcome(key, attempt, submission.job_id, outcome, state)]
+
+    def _failed(self, cand: Candidate, manifest: CandidateManifest, state: str, message: str, status: JobStatus,
+                progress: Callable[[str], None]) -> None:
+        spec = cand.spec(manifest.attempts)
+        logs = [str(spec.log_path(stage)) for stage in ("train", "eval") if spec.log_path(stage).exists()]
+        tail = log_tail(spec.log_path("eval")) if spec.log_path("eval").exists() else log_tail(spec.log_path("train"))
+        cand.trace().log("daemon", "job-failed", attempt=manifest.attempts, state=state, message=message, log_tail=tail,
+                         tasks={t.stage: f"{t.job_id} {t.state}" for t in status.tasks})
+        reason = f"attempt {manifest.attempts} {state}: {message}"
+        progress(f"{cand.key} {reason}")
+        if manifest.attempts >= self.max_attempts:
+            manifest.status, manifest.failure = "failed", reason
+            cand.save(manifest)
+            return
+        failure = JobFailure(manifest.attempts, state, message, tail, logs, str(cand.tree.trace(cand.round, cand.index)))
+        self.on_failure(cand, manifest, reason, failure)
+        manifest.attempts += 1
+        manifest.status = "submitted"
+        cand.save(manifest)
+
+
+def charge_from_usage(key: str, attempt: int, usage: TaskUsage) -> TaskCharge:
+    hours = usage.elapsed_s / 3600.0
+    return TaskCharge(key, attempt, usage.stage, usage.job_id, usage.state, usage.elapsed_s, usage.cpus, usage.gpus,
+                      hours * usage.cpus, hours * usage.gpus)
+
+
+def charge_from_outcome(key: str, attempt: int, job_id: str | None, outcome: JobOutcome | None, state: str) -> TaskCharge:
+    """A local job: the CPU time its stages used (no allocation to charge)."""
+    cpu_s = outcome.cpu_s if outcome else 0.0
+    wall = sum(s.wall_s for s in outcome.stages) if outcome else 0.0
+    return TaskCharge(key, attempt, "job", job_id, state, wall, 1, 0, cpu_s / 3600.0, 0.0)

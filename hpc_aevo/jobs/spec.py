@@ -1,0 +1,114 @@
+"""A candidate's job as data: the spec pickled to it, its claim, and the outcome it writes.
+
+These are the files the job and the daemon share (`hpc_aevo/jobs/body.py` runs the job; the
+launcher reads what it wrote), so both sides agree on them here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hpc_aevo.state.records import Record
+
+EXIT_PREEMPTED = 3  # the substrate trainer's "checkpointed, requeue me" code
+
+JobEnd = Literal["COMPLETED", "FAILED", "PREEMPTED", "TIMEOUT", "DUPLICATE"]  # TIMEOUT: the last requeue ran out
+
+
+@dataclass
+class JobSpec:
+    """Everything a candidate's job needs, in plain paths (it is pickled to the job)."""
+
+    key: str  # "r000/cand-01"
+    attempt: int
+    sandbox: str  # the candidate's recipe and trainer live here (cwd of training)
+    evaluator_dir: str  # the frozen default/ copy: evaluation code is never the candidate's
+    checkpoints: str
+    eval_result: str
+    jobs_dir: str
+    stages: tuple[str, ...] = ("train", "eval")
+    hidden: tuple[str, ...] = ()  # what no stage may see: the state root, the campaign's own files
+    confine: str = "auto"  # scheduler.confine_jobs: auto | required | off
+
+    def claim_path(self) -> Path:
+        part = ".eval" if self.stages == ("eval",) else ""
+        return Path(self.jobs_dir) / f"attempt-{self.attempt}{part}.claim"
+
+    def outcome_path(self) -> Path:
+        """The attempt's outcome; a train-only task (SLURM's train array) writes its own stage outcome."""
+        part = ".train" if self.stages == ("train",) else ""
+        return Path(self.jobs_dir) / f"attempt-{self.attempt}{part}.outcome.json"
+
+    def stage(self, stage: str) -> "JobSpec":
+        """The spec of one stage alone (one task of the train or the eval array)."""
+        return dataclasses.replace(self, stages=(stage,))
+
+    def log_path(self, stage: str) -> Path:
+        return Path(self.jobs_dir) / f"attempt-{self.attempt}.{stage}.log"
+
+
+@dataclass
+class Claim(Record):
+    SCHEMA = "hpc_aevo.job_claim"
+    VERSION = 1
+
+    key: str
+    attempt: int
+    pid: int
+    identity: str | None  # the process start time, so the daemon can adopt this pid safely
+    host: str
+    started_at: str
+    scheduler_job: str | None = None  # SLURM "ARRAYID_TASK" (or job id) of the job that claimed; None locally
+
+
+@dataclass
+class StageRun:
+    stage: str
+    returncode: int
+    wall_s: float
+    log: str
+    confined: bool = False  # ran under bubblewrap (see confine.py); False: unconfined, its log says why
+
+
+@dataclass
+class JobOutcome(Record):
+    """Written by the job at its end: the stages it ran and how each ended."""
+
+    SCHEMA = "hpc_aevo.job_outcome"
+    VERSION = 1
+
+    key: str
+    attempt: int
+    state: JobEnd
+    stages: list[StageRun] = field(default_factory=list)
+    cpu_s: float = 0.0
+    finished_at: str = ""
+    message: str = ""
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+

@@ -1,0 +1,299 @@
+"""The round daemon: fork, propose, train, eval, collect, meta, round after round, from files.
+
+Each phase is idempotent and is marked done in the round's `round.json` only after its effects
+are on disk, so a daemon killed at any moment and started again redoes at most the unfinished
+part of one phase: candidates already forked, proposed, trained or scored are left as they are.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from hpc_aevo.campaign.config import Campaign, load_initial_policy
+from hpc_aevo.campaign.reader import ConfigError
+from hpc_aevo.jobs.backends import make_scheduler
+from hpc_aevo.jobs.candidate import Candidate
+from hpc_aevo.jobs.launcher import JobFailure, Launcher
+from hpc_aevo.loop.fork import fork_candidate, load_recipe, recipe_diff
+from hpc_aevo.loop.install import (
+    SubstrateManifest,
+    SubstrateTampered,
+    hash_tree,
+    install_substrate,
+    remove_tree,
+    verify_substrate,
+)
+from hpc_aevo.roles.factory import make_worker
+from hpc_aevo.roles.interface import WorkerFailed, WorkerTask
+from hpc_aevo.scoring.leaderboard import ADAPTERS
+from hpc_aevo.scoring.results import EvalResult, leaderboard_order, record_evaluation, submit_to_leaderboard
+from hpc_aevo.search.constitution import CheckContext, constitution_hash, without_seed
+from hpc_aevo.search.decide import decide
+from hpc_aevo.search.evidence import RoundEvidence, collect_evidence, render_markdown
+from hpc_aevo.search.policy import Policy, assign_axes
+from hpc_aevo.state.crashpoints import crashpoint
+from hpc_aevo.state.manifest import CandidateManifest
+from hpc_aevo.state.records import Record, atomic_write_text, now_iso
+from hpc_aevo.state.tree import CampaignRecord, StateTree
+
+PHASES = ("fork", "propose", "train", "eval", "collect", "meta")
+
+
+class CampaignStopped(RuntimeError):
+    """The campaign cannot go on without a human (tampered substrate, constitution, rejected fallback)."""
+
+
+@dataclass
+class PhaseDone:
+    finished_at: str
+    elapsed_s: float
+
+
+@dataclass
+class RoundState(Record):
+    SCHEMA = "hpc_aevo.round_state"
+    VERSION = 1
+
+    round: int
+    phases: dict[str, PhaseDone] = field(default_factory=dict)
+
+    def complete(self) -> bool:
+        return all(p in self.phases for p in PHASES)
+
+
+def candidate_seed(campaign_seed: int, rnd: int, index: int) -> int:
+    """Every candidate of every round trains with its own seed (anchors too: that is the noise they measure)."""
+    return campaign_seed * 1_000_003 + rnd * 1_009 + index + 1
+
+
+class Daemon:
+    def __init__(self, campaign: Campaign, print_line: Callable[[str], None] = print):
+        self.campaign = campaign
+        self.tree = StateTree(campaign.paths.state_root)
+        self.print_line = print_line
+        self.leaderboard = ADAPTERS[campaign.leaderboard.adapter](self.tree, campaign.leaderboard.quota, campaign.seed)
+        try:
+            self.worker = make_worker(campaign.agents.backend, campaign, self.tree)
+            self.scheduler = make_scheduler(campaign)
+        except ConfigError as exc:
+            raise (exc if exc.source else ConfigError.of(exc, campaign.source)) from None
+        self.agent_roles = None  # the claude backend's collector and meta; None: rule-based
+        if campaign.agents.backend == "claude":
+            from hpc_aevo.roles.claude.backend import ClaudeRoles
+
+            self.agent_roles = ClaudeRoles(campaign, self.tree)
+
+    # ---- campaign setup -------------------------------------------------------------------
+    def prepare(self) -> CampaignRecord:
+        """Install the substrate once, record the campaign's identity, write the round-0 policy."""
+        tree, campaign = self.tree, self.campaign
+        manifest = install_substrate(campaign.paths.substrate, tree.default_dir, tree.substrate_manifest)
+        record = CampaignRecord.load_or_none(tree.campaign_record)
+        if record is None:
+            record = CampaignRecord(name=campaign.name, campaign_file=str(campaign.source),
+                                    config_sha256=campaign.sha256, substrate_sha256=manifest.tree_sha256,
+                                    constitution_sha256=constitution_hash(campaign.paths.constitution),
+                                    created_at=now_iso())
+            record.save(tree.campaign_record)
+        elif record.name != campaign.name:
+            raise CampaignStopped(f"{tree.root} holds campaign {record.name!r}, not {campaign.name!r}")
+        self.leaderboard.prepare()
+        if not tree.policy(0).exists():
+            load_initial_policy(campaign).save(tree.policy(0))
+        return record
+
+    def _verify_frozen(self, record: CampaignRecord) -> None:
+        manifest = SubstrateManifest.load(self.tree.substrate_manifest)
+        try:
+            verify_substrate(self.tree.default_dir, manifest)
+        except SubstrateTampered as exc:
+            raise CampaignStopped(f"substrate check failed: {exc}") from None
+        if manifest.tree_sha256 != record.substrate_sha256:
+            raise CampaignStopped("substrate manifest differs from the one recorded when the campaign started")
+        if constitution_hash(self.campaign.paths.constitution) != record.constitution_sha256:
+            raise CampaignStopped(f"the constitution {self.campaign.paths.constitution} changed since the campaign "
+                                  "started; it is frozen for the campaign's life")
+
+    # ---- one round ---------------------------------------------------------------------
+    def candidate(self, rnd: int, c: int) -> Candidate:
+        paths = self.campaign.paths
+        hidden = tuple(str(p) for p in (self.campaign.source, paths.constitution, paths.initial_policy))
+        return Candidate(rnd, c, self.tree, self.campaign.scheduler.confine_jobs, hidden)
+
+    def candidates(self, rnd: int) -> list[Candidate]:
+        return [self.candidate(rnd, c) for c in range(self.campaign.candidates)]
+
+    def manifests(self, rnd: int) -> list[CandidateManifest]:
+        return [c.manifest() for c in self.candidates(rnd)]
+
+    def phase_fork(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
+        substrate = SubstrateManifest.load(self.tree.substrate_manifest)
+        axes = assign_axes(policy, self.campaign.workers_per_round, rnd)
+        for cand in self.candidates(rnd):
+            path = self.tree.manifest(rnd, cand.index)
+            if path.exists():
+                continue
+            fork_candidate(self.tree.default_dir, substrate, self.tree.sandbox(rnd, cand.index), policy.standing_recipe)
+            anchor = cand.index < self.campaign.anchors
+            manifest = CandidateManifest(
+                round=rnd, candidate=cand.index, name=f"cand-{cand.index:02d}", role="anchor" if anchor else "worker",
+                seed=candidate_seed(self.campaign.seed, rnd, cand.index),
+                axis=None if anchor else axes[cand.index - self.campaign.anchors])
+            cand.save(manifest)
+            cand.trace().log("daemon", "forked", standing_source=policy.standing_source, axis=manifest.axis)
+            crashpoint(f"r{rnd}:fork:mid")
+        return f"{self.campaign.candidates} sandboxes from default/ ({substrate.tree_sha256[:12]})"
+
+    def phase_propose(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
+        substrate = SubstrateManifest.load(self.tree.substrate_manifest)
+        mutations = []
+        for cand in self.candidates(rnd):
+            manifest = cand.manifest()
+            if manifest.status == "forked":
+                sandbox = self.tree.sandbox(rnd, cand.index)
+                remove_tree(sandbox)  # a proposal interrupted mid-way starts again from a clean fork
+                fork_candidate(self.tree.default_dir, substrate, sandbox, policy.standing_recipe)
+                try:
+                    result = self.worker.propose(self._task(cand, manifest, policy))
+                except WorkerFailed as exc:  # a worker that cannot propose fails its candidate, not the round
+                    crashpoint(f"r{rnd}:propose:mid")
+                    manifest.status, manifest.failure = "failed", f"worker: {exc}"
+                    cand.save(manifest)
+                    cand.trace().log("daemon", "worker-failed", reason=str(exc))
+                    mutations.append("failed")
+                    continue
+                crashpoint(f"r{rnd}:propose:mid")
+                manifest.mutation, manifest.proposal = result.mutation, result.proposal
+                manifest.recipe_diff = recipe_diff(without_seed(policy.standing_recipe), without_seed(load_recipe(sandbox)))
+                manifest.status = "proposed"
+                cand.save(manifest)
+            mutations.append(manifest.mutation or "anchor")
+        return ", ".join(mutations)
+
+    def phase_train(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
+        crashpoint(f"r{rnd}:train:start")
+        launcher = Launcher(self.scheduler, self.campaign.retries.max_attempts, self.campaign.scheduler.poll_interval_s,
+                            self.campaign.budget, self.tree, self._debug_turn)
+        launcher.run(self.candidates(rnd), lambda line: self.print_line(f"  {line}"))
+        ms = self.manifests(rnd)
+        failed = sum(m.status == "failed" for m in ms)
+        retried = sum(m.attempts > 1 for m in ms)
+        return f"{len(ms) - failed}/{len(ms)} trained, {retried} retried, {failed} failed"
+
+    def _task(self, cand: Candidate, manifest: CandidateManifest, policy: Policy) -> WorkerTask:
+        return WorkerTask(round=cand.round, candidate=cand.index, name=manifest.name, role=manifest.role,
+                          axis=manifest.axis, seed=manifest.seed, sandbox=self.tree.sandbox(cand.round, cand.index),
+                          policy=policy, trace=cand.trace())
+
+    def _debug_turn(self, cand: Candidate, manifest: CandidateManifest, reason: str, failure: JobFailure) -> None:
+        """A failed job goes back to its worker with the log and trace before its single-task resubmission."""
+        cand.trace().log("daemon", "debug-turn", reason=reason, backend=self.campaign.agents.backend,
+                         logs=failure.logs, log_tail=failure.log_tail)
+        policy = Policy.load(self.tree.policy(cand.round))
+        revised = self.worker.debug(self._task(cand, manifest, policy), reason)
+        if revised is not None:
+            manifest.mutation, manifest.proposal = revised.mutation, revised.proposal
+        manifest.proposal.observed_failure_modes.append(reason)
+        sandbox = self.tree.sandbox(cand.round, cand.index)
+        manifest.recipe_diff = recipe_diff(without_seed(policy.standing_recipe), without_seed(load_recipe(sandbox)))
+
+    def phase_eval(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
+        for cand in self.candidates(rnd):
+            manifest = cand.manifest()
+            if manifest.status == "trained":
+                record_evaluation(manifest, self.tree.eval_result(rnd, cand.index),
+                                  self.tree.checkpoints(rnd, cand.index), cand.trace())
+                cand.save(manifest)
+        quota = self.campaign.leaderboard.per_round
+        for manifest in leaderboard_order(self.manifests(rnd))[:quota]:
+            if manifest.measured.leaderboard is not None:
+                continue
+            cand = self.candidate(rnd, manifest.candidate)
+            submit_to_leaderboard(self.leaderboard, cand.key, manifest, self.tree.checkpoints(rnd, manifest.candidate),
+                                  self.tree.jobs(rnd, manifest.candidate), cand.trace())
+            cand.save(manifest)
+            crashpoint(f"r{rnd}:eval:mid")
+        scored = [m for m in self.manifests(rnd) if m.measured.leaderboard is not None]
+        return f"{len(scored)} on the leaderboard; " + ", ".join(
+            f"{m.name} dev {m.measured.dev:.3f} lb {m.measured.leaderboard:.3f}" for m in scored)
+
+    def _examples_per_domain(self, rnd: int) -> dict[str, int]:
+        for c in range(self.campaign.candidates):
+            result = EvalResult.load_or_none(self.tree.eval_result(rnd, c))
+            if result is not None:
+                return dict(result.examples_per_domain)
+        return {}
+
+    def phase_collect(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
+        evidence = collect_evidence(rnd, self.manifests(rnd), policy, self._examples_per_domain(rnd))
+        if self.agent_roles is not None:
+            evidence.prose = self.agent_roles.prose(evidence)
+        crashpoint(f"r{rnd}:collect:mid")
+        evidence.save(self.tree.evidence_json(rnd))
+        atomic_write_text(self.tree.evidence_md(rnd), render_markdown(evidence))
+        cal = evidence.calibration
+        return (f"5 sections; rank corr {cal.spearman if cal.spearman is None else round(cal.spearman, 2)}, "
+                f"decoupled: {cal.decoupled}" + (f" (suspect: {', '.join(cal.suspect_domains)})" if cal.suspect_domains else ""))
+
+    def phase_meta(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
+        evidence = RoundEvidence.load(self.tree.evidence_json(rnd))
+        history = [RoundEvidence.load(self.tree.evidence_json(r)) for r in range(rnd)]
+        manifests = self.manifests(rnd)
+        ctx = CheckContext(
+            manifests=manifests,
+            recipes={m.name: load_recipe(self.tree.sandbox(rnd, m.candidate)) for m in manifests},
+            expected_substrate_hash=record.substrate_sha256,
+            current_substrate_hash=hash_tree(self.tree.default_dir)[1],
+            expected_constitution_hash=record.constitution_sha256,
+            current_constitution_hash=constitution_hash(self.campaign.paths.constitution))
+        proposer = {} if self.agent_roles is None else self._agent_proposer(policy, evidence, history, ctx, record)
+        accepted, decision = decide(policy, evidence, history, ctx, **proposer)
+        crashpoint(f"r{rnd}:meta:mid")
+        decision.save(self.tree.decision(rnd))
+        if accepted is None:
+            raise CampaignStopped(f"no policy for round {rnd + 1} satisfies the constitution: "
+                                  + "; ".join(f"{v.rule}: {v.message}" for v in decision.violations))
+        accepted.save(self.tree.policy(rnd + 1))
+        promo = decision.promotion
+        what = f"promoted {promo.candidate} (+{promo.leaderboard_gain:.3f} > {promo.band:.3f})" if promo else "no promotion"
+        rejected = f", {len(decision.rejected_proposals)} proposal(s) rejected" if decision.rejected_proposals else ""
+        return f"{what}; axes {', '.join(accepted.active_axes)}; {len(accepted.dead_ends)} dead ends{rejected}"
+
+    def _agent_proposer(self, policy: Policy, evidence: RoundEvidence, history: list[RoundEvidence],
+                        ctx: CheckContext, record: CampaignRecord) -> dict:
+        from hpc_aevo.roles.claude.meta import ConstitutionChanged
+
+        try:
+            return self.agent_roles.decide_args(policy, evidence, history, ctx, record.constitution_sha256)
+        except ConstitutionChanged as exc:
+            raise CampaignStopped(str(exc)) from None
+
+    def run_round(self, rnd: int, record: CampaignRecord) -> None:
+        state_path = self.tree.round_state(rnd)
+        state = RoundState.load_or_none(state_path) or RoundState(round=rnd)
+        policy = Policy.load(self.tree.policy(rnd))
+        for phase in PHASES:
+            if phase in state.phases:
+                continue
+            self._verify_frozen(record)
+            started = time.time()
+            summary = getattr(self, f"phase_{phase}")(rnd, policy, record)
+            state.phases[phase] = PhaseDone(now_iso(), time.time() - started)
+            state.save(state_path)
+            self.print_line(f"[{self.campaign.name} r{rnd:03d}] {phase:<7} {time.time() - started:6.1f}s  {summary}")
+        self._verify_frozen(record)
+
+    def run(self, rounds: int | None = None) -> None:
+        record = self.prepare()
+        total = self.campaign.rounds if rounds is None else rounds
+        for rnd in range(total):
+            if not self.tree.policy(rnd).exists():
+                raise CampaignStopped(f"round {rnd} has no policy (the meta step of round {rnd - 1} did not finish)")
+            state = RoundState.load_or_none(self.tree.round_state(rnd))
+            if state is not None and state.complete():
+                continue
+            self.run_round(rnd, record)
+
+

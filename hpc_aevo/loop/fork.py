@@ -1,0 +1,62 @@
+"""Forking: one writable sandbox per candidate, copied from the installed substrate.
+
+A sandbox is the substrate plus the policy's standing recipe; it is the only place a worker
+may write. The substrate's hash is checked before every fork so that no candidate is ever built
+from a tampered default. A fork is built in a sibling temp directory and renamed into place,
+so a sandbox either exists complete or not at all, and a daemon killed mid-fork just redoes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpc_aevo.campaign.reader import read_yaml_mapping
+from hpc_aevo.loop.install import (
+    RECIPE_FILE,
+    SubstrateManifest,
+    ignore_debris,
+    make_writable,
+    remove_tree,
+    verify_substrate,
+)
+
+
+def fork_candidate(default_dir: Path, manifest: SubstrateManifest, sandbox: Path, recipe: dict[str, Any]) -> None:
+    """Create `sandbox` from `default_dir` with `recipe` as its recipe.yaml (no-op if it exists)."""
+    default_dir, sandbox = Path(default_dir), Path(sandbox)
+    verify_substrate(default_dir, manifest)
+    if sandbox.exists():
+        return
+    partial = sandbox.with_name(f".{sandbox.name}.partial")
+    if partial.exists():
+        remove_tree(partial)
+    shutil.copytree(default_dir, partial, ignore=ignore_debris)
+    make_writable(partial)
+    (partial / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    os.rename(partial, sandbox)
+
+
+def load_recipe(sandbox: Path) -> dict[str, Any]:
+    return read_yaml_mapping(Path(sandbox) / RECIPE_FILE)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def recipe_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
+    """{dotted key: [before, after]} for every leaf that differs; a missing side is None."""
+    old, new = _flatten(before), _flatten(after)
+    return {key: [old.get(key), new.get(key)] for key in {**old, **new} if old.get(key) != new.get(key)}

@@ -1,0 +1,288 @@
+"""The scripted worker: the offline backend's mutator, one operator on the candidate's axis.
+
+It is deterministic per (round, candidate, seed), never repeats a registered dead end, and writes
+only its sandbox.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from hpc_aevo.loop.fork import load_recipe, recipe_diff
+from hpc_aevo.loop.install import RECIPE_FILE
+from hpc_aevo.roles.interface import WorkerResult, WorkerTask
+from hpc_aevo.search.axes import AXES, mixture_key, signature
+from hpc_aevo.search.constitution import SEED_KEY
+from hpc_aevo.search.policy import Policy
+from hpc_aevo.state.manifest import Proposal
+from hpc_aevo.state.records import atomic_write_text
+
+ACTOR = "scripted-worker"
+ANCHOR_HYPOTHESIS = "anchor: standing recipe with a fresh seed measures seed noise"
+NO_EFFECT = "none beyond seed noise"
+SCHEDULES = ("cosine", "linear", "constant")  # the reference substrate's optim.schedule values
+SELECTION_RULES = ("best_dev", "last", "best_min_domain")  # and its checkpoints.selection rules
+
+Recipe = dict[str, Any]
+
+
+
+
+
+
+
+
+
+
+def _has(recipe: Recipe, key: str) -> bool:
+    node: Any = recipe
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _get(recipe: Recipe, key: str) -> Any:
+    node: Any = recipe
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _set(recipe: Recipe, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = recipe
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One mutation an axis offers: the key it is named by, the edit, and why it might pay."""
+
+    key: str
+    direction: str
+    edit: Callable[[Recipe], None]  # changes a recipe in place
+    why: str
+
+    @property
+    def signature(self) -> str:
+        return signature(self.key, self.direction)
+
+    def apply(self, recipe: Recipe) -> Recipe:
+        mutated = copy.deepcopy(recipe)
+        self.edit(mutated)
+        return mutated
+
+
+def _setting(key: str, value: Any, why: str, direction: str | None = None) -> Operator:
+    """An operator that sets `key` to a fixed value (named by the value unless `direction` is given)."""
+    return Operator(key, direction or str(value), lambda recipe: _set(recipe, key, value), why)
+
+
+def _numeric(key: str, direction: str, change: Callable[[float], float], lo: float, hi: float, why: str,
+             then: Callable[[Recipe, Any], None] | None = None) -> Operator:
+    """An operator that moves a number, keeping ints int; `then(recipe, old)` fixes the keys that depend
+    on it. A bound in [lo, hi] stops a move but never reverses it: a value already past it stays."""
+
+    def edit(recipe: Recipe) -> None:
+        old = _get(recipe, key)
+        new = change(old)
+        new = min(new, max(hi, old)) if new > old else max(new, min(lo, old))
+        _set(recipe, key, round(new) if isinstance(old, int) else float(f"{new:.4g}"))
+        if then is not None:
+            then(recipe, old)
+
+    return Operator(key, direction, edit, why)
+
+
+def _keep_checkpoint_count(recipe: Recipe, old_steps: int) -> None:
+    """Scale checkpoints.every with optim.steps so the run still saves as many checkpoints."""
+    if _has(recipe, "checkpoints.every"):
+        count = max(1, round(old_steps / _get(recipe, "checkpoints.every")))
+        _set(recipe, "checkpoints.every", max(1, _get(recipe, "optim.steps") // count))
+
+
+def _fit_heads(recipe: Recipe, _old_hidden: int) -> None:
+    """Attention heads must divide the width: keep the largest head count that does, up to the current one."""
+    if _has(recipe, "model.heads"):
+        hidden, heads = _get(recipe, "model.hidden"), _get(recipe, "model.heads")
+        _set(recipe, "model.heads", max(h for h in range(1, heads + 1) if hidden % h == 0))
+
+
+def _mixture(recipe: Recipe) -> list[Operator]:
+    domains = list(_get(recipe, "data.mixture")) if _has(recipe, "data.mixture") else []
+    return [op for d in domains for op in (
+        _numeric(mixture_key(d), "up", lambda w: w * 3, 0.01, 100.0,
+                 f"more weight on {d} buys more practice on the domain where the leaderboard has headroom"),
+        _numeric(mixture_key(d), "down", lambda w: w / 3, 0.01, 100.0,
+                 f"less weight on {d} frees training examples for the other domains"),
+    )]
+
+
+def _filtering(_recipe: Recipe) -> list[Operator]:
+    return [
+        _setting("data.filter.dedupe", True, "dropping duplicate prompts spends the steps on new examples", "on"),
+        _setting("data.filter.max_answer_chars", 6,
+                 "dropping examples with answers over 6 characters focuses training on answers the model can learn",
+                 "<=6"),
+        _numeric("data.train_examples", "up", lambda n: n * 1.5, 1000, 24000,
+                 "a larger training set repeats each example less and so overfits less"),
+        _numeric("data.train_examples", "down", lambda n: n * 0.5, 1000, 24000,
+                 "a smaller training set is seen more often, which may help a short run converge"),
+    ]
+
+
+def _schedule(recipe: Recipe) -> list[Operator]:
+    steps = _get(recipe, "optim.steps") if _has(recipe, "optim.steps") else 0
+    return [
+        _numeric("optim.lr", "up", lambda lr: lr * 2, 1e-4, 2e-2,
+                 "a larger learning rate gets further within the step budget"),
+        _numeric("optim.lr", "down", lambda lr: lr * 0.5, 1e-4, 2e-2, "a smaller learning rate makes steadier updates"),
+        *(_setting("optim.schedule", s, f"a {s} decay shapes the late learning rate differently") for s in SCHEDULES),
+        _numeric("optim.warmup_steps", "up", lambda w: w * 3, 0, steps // 2,
+                 "a longer warmup avoids early instability at the peak learning rate"),
+    ]
+
+
+def _budget(_recipe: Recipe) -> list[Operator]:
+    return [
+        _numeric("optim.steps", "up", lambda n: n * 1.5, 100, 900, "more steps fit the training set further",
+                 _keep_checkpoint_count),
+        _numeric("optim.steps", "down", lambda n: n * 0.6, 100, 900, "fewer steps stop before overfitting",
+                 _keep_checkpoint_count),
+        _numeric("optim.batch_size", "up", lambda b: b * 2, 8, 64, "larger batches give smoother gradients"),
+        _numeric("optim.batch_size", "down", lambda b: b * 0.5, 8, 64, "smaller batches add regularising gradient noise"),
+    ]
+
+
+def _capacity(_recipe: Recipe) -> list[Operator]:
+    return [
+        _numeric("model.hidden", "up", lambda h: h + 64, 64, 192, "a wider model has room for the harder domains",
+                 _fit_heads),
+        _numeric("model.hidden", "down", lambda h: h - 32, 64, 192, "a narrower model overfits less", _fit_heads),
+        _numeric("model.layers", "up", lambda n: n + 1, 1, 4, "a deeper model can compose multi-step puzzle rules"),
+        _numeric("model.layers", "down", lambda n: n - 1, 1, 4, "a shallower model is easier to optimise in a short run"),
+    ]
+
+
+_SELECTION_WHY = {
+    "best_dev": "shipping the best-dev checkpoint keeps the strongest measured model",
+    "last": "shipping the last checkpoint stops selecting on dev noise",
+    "best_min_domain": "shipping the checkpoint with the best weakest domain protects every leaderboard domain",
+}
+
+
+def _selection(_recipe: Recipe) -> list[Operator]:
+    return [_setting("checkpoints.selection", rule, _SELECTION_WHY[rule]) for rule in SELECTION_RULES]
+
+
+OPERATORS: dict[str, Callable[[Recipe], list[Operator]]] = {
+    "mixture": _mixture,
+    "filtering": _filtering,
+    "schedule": _schedule,
+    "budget": _budget,
+    "capacity": _capacity,
+    "selection": _selection,
+}
+
+
+def operators(axis: str, recipe: Recipe) -> list[Operator]:
+    """The operators `axis` offers on `recipe`: those whose key the recipe has, in a stable order."""
+    if axis not in OPERATORS:
+        raise ValueError(f"no operators for axis {axis!r}; axes: {', '.join(OPERATORS)}")
+    return [op for op in OPERATORS[axis](recipe) if _has(recipe, op.key)]
+
+
+def _open_operators(axis: str, recipe: Recipe, policy: Policy) -> tuple[list[Operator], dict[str, list[str]]]:
+    """The operators a worker may choose, and the skipped ones' signatures by reason."""
+    dead = policy.dead_end_signatures()
+    blocked = {signature(mixture_key(d), "up") for d in policy.evidence.downweighted_domains}
+    skipped: dict[str, list[str]] = {"dead end": [], "up-weights a down-weighted domain": [], "no change": []}
+    open_ops = []
+    for op in operators(axis, recipe):
+        if op.signature in dead:
+            skipped["dead end"].append(op.signature)
+        elif op.signature in blocked:
+            skipped["up-weights a down-weighted domain"].append(op.signature)
+        elif op.apply(recipe) == recipe:
+            skipped["no change"].append(op.signature)
+        else:
+            open_ops.append(op)
+    return open_ops, {reason: sigs for reason, sigs in skipped.items() if sigs}
+
+
+def _changes(diff: dict[str, list[Any]]) -> str:
+    return "; ".join(f"{key} {old} -> {new}" for key, (old, new) in sorted(diff.items()) if key != SEED_KEY)
+
+
+def _skipped_text(skipped: dict[str, list[str]]) -> str:
+    return "; ".join(f"{reason}: {', '.join(sigs)}" for reason, sigs in skipped.items()) or "none"
+
+
+def _rationale(task: WorkerTask, skipped: dict[str, list[str]]) -> str:
+    policy, axis = task.policy, AXES[str(task.axis)]
+    note = f" Evidence rule: {policy.evidence.note}." if policy.evidence.note else ""
+    return (f"Policy round {policy.round} assigns {task.name} the {axis.name} axis ({axis.category}: "
+            f"{axis.description}) on the standing recipe from {policy.standing_source}. Skipped operators: "
+            f"{_skipped_text(skipped)}.{note}")
+
+
+class ScriptedWorker:
+    """The offline worker: one random open operator of the assigned axis, applied to the sandbox recipe."""
+
+    def propose(self, task: WorkerTask) -> WorkerResult:
+        path = Path(task.sandbox) / RECIPE_FILE
+        before = load_recipe(task.sandbox)
+        task.trace.log(ACTOR, "read-recipe", path=str(path), role=task.role, axis=task.axis)
+        if task.role == "anchor":
+            op, proposal = None, Proposal(
+                hypothesis=ANCHOR_HYPOTHESIS, expected_effect=NO_EFFECT,
+                rationale=(f"{task.name} anchors round {task.round}: the standing recipe from "
+                           f"{task.policy.standing_source}, seed {task.seed}; the anchors' spread sets the noise band "
+                           f"(now {task.policy.noise_band:.3f})"))
+            task.trace.log(ACTOR, "mutation", signature=None, reason="anchor")
+        else:
+            op, proposal = self._choose(task, before)
+        after = op.apply(before) if op else copy.deepcopy(before)
+        after[SEED_KEY] = task.seed
+        atomic_write_text(path, yaml.safe_dump(after, sort_keys=False))
+        task.trace.log(ACTOR, "wrote-recipe", path=str(path), diff=recipe_diff(before, after))
+        return WorkerResult(op.signature if op else None, proposal)
+
+    def debug(self, task: WorkerTask, reason: str) -> WorkerResult | None:
+        """The scripted mutator has no debugging skill: the retry runs the same sandbox."""
+        return None
+
+    def _choose(self, task: WorkerTask, recipe: Recipe) -> tuple[Operator | None, Proposal]:
+        if task.axis not in AXES:
+            raise ValueError(f"{task.name}: a worker needs an axis from {', '.join(AXES)} (got {task.axis!r})")
+        candidates, skipped = _open_operators(task.axis, recipe, task.policy)
+        rationale = _rationale(task, skipped)
+        if not candidates:
+            task.trace.log(ACTOR, "mutation", signature=None, skipped=skipped)
+            return None, Proposal(
+                hypothesis=(f"no mutation: every {task.axis} operator is a dead end, blocked or without effect "
+                            f"({_skipped_text(skipped)}); the standing recipe runs with seed {task.seed}"),
+                rationale=rationale, expected_effect=NO_EFFECT)
+        op = random.Random(f"{task.round}:{task.candidate}:{task.seed}").choice(candidates)
+        task.trace.log(ACTOR, "mutation", signature=op.signature, open=[c.signature for c in candidates],
+                       skipped=skipped)
+        return op, Proposal(
+            hypothesis=f"{op.why} ({_changes(recipe_diff(recipe, op.apply(recipe)))})", rationale=rationale,
+            expected_effect=(f"raise the leaderboard score (and dev) above the anchors by more than the noise band "
+                             f"{task.policy.noise_band:.3f}"))
+
+
+
+
+
+

@@ -1,0 +1,3 @@
+"""The search policy and everything that decides it: axes, evidence, the decoupling detector, the
+constitution's checks and the meta decision.
+"""

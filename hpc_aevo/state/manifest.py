@@ -1,0 +1,68 @@
+"""The per-candidate result manifest: what a worker proposed and what the evaluation measured.
+
+The two halves have different writers. `proposal` is what an agent may write (hypothesis,
+rationale, observed failure modes). `measured` is filled only by the daemon from the records
+the training and evaluation jobs wrote themselves, so no agent can write a score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hpc_aevo.state.records import Record
+
+CandidateStatus = Literal["forked", "proposed", "submitted", "trained", "evaluated", "failed"]
+
+
+@dataclass
+class Proposal:
+    """The agent-writable fields of a manifest."""
+
+    hypothesis: str = ""
+    rationale: str = ""
+    expected_effect: str = ""
+    observed_failure_modes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckpointScore:
+    step: int
+    dev: float
+    per_domain: dict[str, float]
+
+
+@dataclass
+class Measured:
+    """Numbers that come only from the training and evaluation jobs and the leaderboard adapter."""
+
+    train_steps: int = 0
+    final_loss: float | None = None
+    train_wall_s: float | None = None
+    eval_wall_s: float | None = None
+    checkpoints: list[CheckpointScore] = field(default_factory=list)
+    selected_step: int | None = None
+    dev: float | None = None
+    dev_per_domain: dict[str, float] = field(default_factory=dict)
+    leaderboard: float | None = None
+    leaderboard_per_domain: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CandidateManifest(Record):
+    SCHEMA = "hpc_aevo.candidate_manifest"
+    VERSION = 1
+
+    round: int
+    candidate: int
+    name: str  # "cand-00"
+    role: Literal["anchor", "worker"]
+    seed: int
+    axis: str | None  # assigned by the policy; None for anchors
+    mutation: str | None = None  # signature of the applied mutation, e.g. "data.mixture.sequence:up"
+    recipe_diff: dict[str, list[Any]] = field(default_factory=dict)  # dotted key -> [standing, candidate]
+    status: CandidateStatus = "forked"
+    attempts: int = 0  # training submissions so far (retries included)
+    failure: str | None = None  # why the candidate failed, when it did
+    proposal: Proposal = field(default_factory=Proposal)
+    measured: Measured = field(default_factory=Measured)

@@ -1,0 +1,1 @@
+"""Developer tools that measure the toolkit: benchmarks and the demo's calibration sweep."""

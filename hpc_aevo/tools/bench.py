@@ -1,0 +1,426 @@
+"""Benchmarks of the reference substrate's trainer; each prints its numbers and writes a JSON record.
+
+    python -m hpc_aevo.bench train [--preset anchor-1.86b|cpu-small] [--hidden ...] --out bench-train.json
+    python -m hpc_aevo.bench pack [--seq-len 128] [--steps 60] --out bench-pack.json
+
+`train`: synthetic tokens through one model shape (Llama: RMSNorm, SwiGLU, RoPE, untied
+embeddings) in one run, for every backend this machine has: megatron-core with the substrate's
+layer choice (substrate/layers.py) as Transformer Engine bf16, TE FP8 (delayed and tensorwise
+scaling) and the local spec, and a plain Hugging Face Llama with SDPA attention as the baseline.
+Each megatron backend also runs as `trainer/<backend>`: the substrate's own train.py, as a candidate's
+job runs it (the puzzle data pipeline, its logging, a checkpoint of model and optimizer at the end),
+at the same shape and layers, so the ratio trainer / plain megatron is the trainer's overhead.
+A backend the machine cannot run is listed with the reason (layers.py's own error). Per backend:
+tokens/s, model TFLOP/s and MFU against the GPU's dense bf16 peak, from timed steps after warmup.
+FLOPs per token = 6 x (transformer + LM-head parameters) + 6 x layers x seq x hidden (causal
+attention scores and values, forward and backward).
+
+`pack`: the substrate's train.py on the puzzle SFT data, padded rows vs packed rows, same steps:
+useful (non-pad) tokens/s and the useful share of processed tokens, from each run's train_summary;
+also useful tokens per CPU-second of the training loop, which stays comparable on a shared machine
+whose other load changes the wall clock between the two runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from hpc_aevo.state.records import Record
+
+SUBSTRATE = Path(__file__).resolve().parents[2] / "substrate"
+PRESETS = {
+    # The issue's anchor shape: "1.86B" llama (with Llama's ffn 11008: 1.88B), seq 2048, micro-batch 2 (measured on H100: HF+SDPA 35.9k tok/s,
+    # TE bf16 44.3k (MFU 0.48), TE FP8 58.0k-60.4k with plain megatron-core 0.19.2 + TE 2.20.2).
+    "anchor-1.86b": dict(hidden=4096, layers=8, heads=32, kv_heads=32, ffn=11008, vocab=32000, seq_len=2048,
+                         micro_batch=2, steps=20, warmup=5),
+    "cpu-small": dict(hidden=256, layers=4, heads=4, kv_heads=4, ffn=688, vocab=32000, seq_len=256, micro_batch=2,
+                      steps=6, warmup=2),
+}
+MEGATRON_BACKENDS = ("mcore-local", "te-bf16", "te-fp8-delayed", "te-fp8-tensorwise")
+# The substrate's own train.py (data pipeline, logging, checkpointing on) with each megatron backend's layers.
+TRAINER_BACKENDS = tuple(f"trainer/{name}" for name in MEGATRON_BACKENDS)
+BACKENDS = ("hf-sdpa", *MEGATRON_BACKENDS, *TRAINER_BACKENDS)
+DENSE_BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "GH200": 989.4}  # SXM, dense
+
+
+@dataclasses.dataclass
+class BackendResult:
+    backend: str
+    status: str  # ok | unavailable | failed
+    reason: str | None = None
+    layer_spec: str | None = None
+    precision: str | None = None
+    tokens_per_s: float | None = None
+    tflops: float | None = None
+    mfu: float | None = None
+    step_s: float | None = None
+    loss_first: float | None = None
+    loss_last: float | None = None
+    checkpoint_s: float | None = None  # trainer rows: seconds of the one checkpoint save (model + optimizer)
+
+
+@dataclasses.dataclass
+class TrainBench(Record):
+    SCHEMA = "hpc_aevo.bench_train"
+    VERSION = 1
+
+    device: str
+    versions: dict[str, str | None]
+    shape: dict[str, int]
+    params: int
+    flops_per_token: float
+    peak_bf16_tflops: float | None
+    position_embedding: str
+    results: list[BackendResult]
+    ratios: dict[str, float]
+
+
+@dataclasses.dataclass
+class PackBench(Record):
+    SCHEMA = "hpc_aevo.bench_pack"
+    VERSION = 1
+
+    seq_len: int
+    steps: int
+    batch_size: int
+    padded: dict[str, float]
+    packed: dict[str, float]
+    useful_tokens_per_s_ratio: float  # packed / padded, wall clock
+    useful_tokens_per_cpu_s_ratio: float  # packed / padded, CPU time: what a busy shared machine can still compare
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def flops_per_token(shape: dict) -> tuple[int, float]:
+    """(parameters, training FLOPs per token) of the llama shape, input embedding excluded from FLOPs."""
+    h, f, v, layers = shape["hidden"], shape["ffn"], shape["vocab"], shape["layers"]
+    head_dim = h // shape["heads"]
+    attention = h * h * 2 + 2 * h * shape["kv_heads"] * head_dim  # q, o, k, v
+    per_layer = attention + 3 * h * f + 2 * h  # SwiGLU gate/up/down, two RMSNorms
+    matmul_params = layers * per_layer + v * h  # + LM head
+    params = matmul_params + v * h + h  # + input embedding, final norm
+    return params, 6.0 * matmul_params + 6.0 * layers * shape["seq_len"] * h
+
+
+def _hf_step(shape: dict, device, dtype):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=shape["hidden"], intermediate_size=shape["ffn"], num_hidden_layers=shape["layers"],
+                         num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
+                         vocab_size=shape["vocab"], max_position_embeddings=shape["seq_len"], tie_word_embeddings=False,
+                         attn_implementation="sdpa")
+    model = LlamaForCausalLM(config).to(device=device, dtype=dtype).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+
+    def step(inputs, labels):
+        logits = model(input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step, {"layer_spec": "hf-llama", "precision": str(dtype).removeprefix("torch.")}
+
+
+def _mcore_step(shape: dict, device, choice):
+    """Plain megatron-core for this shape, with the spec and precision layers.py chose."""
+    import torch
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    substrate_model = _substrate("model")
+    substrate_model.init_parallel(seed=0)
+    config = TransformerConfig(
+        num_layers=shape["layers"], hidden_size=shape["hidden"], num_attention_heads=shape["heads"],
+        num_query_groups=shape["kv_heads"], ffn_hidden_size=shape["ffn"], normalization="RMSNorm",
+        gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
+        bias_activation_fusion=False, hidden_dropout=0.0, attention_dropout=0.0,
+        use_cpu_initialization=device.type == "cpu", **choice.config_kwargs())
+    # megatron's RoPE keeps its frequencies on CUDA: on CPU the same-cost learned positions stand in.
+    positions = "rope" if device.type == "cuda" else "learned_absolute"
+    model = GPTModel(config, choice.spec(normalization="RMSNorm"), vocab_size=shape["vocab"],
+                     max_sequence_length=shape["seq_len"], position_embedding_type=positions,
+                     share_embeddings_and_output_weights=False).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    length = shape["seq_len"]
+    pos = torch.arange(length, device=device).unsqueeze(0).expand(shape["micro_batch"], -1)
+    mask = None if choice.backend == "te" else substrate_model.causal_mask(length, device)  # TE: causal kernel
+
+    def step(inputs, labels):
+        loss = model(inputs, pos, mask, labels=labels).float().mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step, choice.describe()
+
+
+def _time(step, shape: dict, device, steps: int, warmup: int) -> tuple[float, float, float]:
+    """Seconds per step after `warmup` steps, and the first and last loss (synthetic tokens, 4 batches)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    ids = [torch.randint(0, shape["vocab"], (shape["micro_batch"], shape["seq_len"] + 1), generator=generator)
+           for _ in range(4)]
+    batches = [(b[:, :-1].contiguous().to(device), b[:, 1:].contiguous().to(device)) for b in ids]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    first = None
+    for i in range(warmup):
+        loss = step(*batches[i % len(batches)])
+        first = first if first is not None else float(loss)
+    sync()
+    started = time.perf_counter()
+    for i in range(steps):
+        loss = step(*batches[i % len(batches)])
+    sync()
+    return (time.perf_counter() - started) / steps, first if first is not None else float(loss), float(loss)
+
+
+def megatron_precision(name: str) -> tuple[str, str | None]:
+    """(model.precision, model.fp8_recipe) of a megatron backend: mcore-local, te-bf16, te-fp8-<recipe>."""
+    if name == "mcore-local":
+        return "auto", None
+    return ("bf16", None) if name == "te-bf16" else ("fp8", name.rsplit("-", 1)[1])
+
+
+def _substrate(module: str):
+    """A module of the reference substrate (its files import each other by bare name)."""
+    if str(SUBSTRATE) not in sys.path:
+        sys.path.insert(0, str(SUBSTRATE))
+    return importlib.import_module(module)
+
+
+def megatron_choice(name: str):
+    """(substrate/layers.py's choice for megatron backend `name` on this machine, None), or (None, why this
+    machine cannot run it: layers.py's own reason, or the spec it picks here is not the backend's)."""
+    layers = _substrate("layers")
+    precision, recipe = megatron_precision(name)
+    try:
+        choice = layers.choose({"precision": precision, "fp8_recipe": recipe or "delayed"})
+    except layers.LayerSpecError as error:
+        return None, str(error)
+    if name == "mcore-local" and choice.backend == "te":
+        return None, "TE is installed: layers.py picks the TE spec on this machine"
+    if name != "mcore-local" and choice.backend != "te":
+        return None, "Transformer Engine is not installed (TE bf16 needs it)"
+    return choice, None
+
+
+def run_backend(name: str, shape: dict, flops: float, peak: float | None) -> BackendResult:
+    import torch
+
+    if name.startswith("trainer/"):
+        return run_trainer(name, shape, flops, peak)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda") if cuda else torch.device("cpu")
+    if name == "hf-sdpa":
+        step, described = _hf_step(shape, device, torch.bfloat16 if cuda else torch.float32)
+    else:
+        choice, reason = megatron_choice(name)
+        if reason:
+            return BackendResult(name, "unavailable", reason)
+        step, described = _mcore_step(shape, device, choice)
+    step_s, first, last = _time(step, shape, device, shape["steps"], shape["warmup"])
+    tokens_per_s = shape["micro_batch"] * shape["seq_len"] / step_s
+    tflops = tokens_per_s * flops / 1e12
+    return BackendResult(name, "ok", None, described["layer_spec"], described["precision"], tokens_per_s, tflops,
+                         tflops / peak if peak else None, step_s, first, last)
+
+
+def trainer_recipe(shape: dict, name: str) -> dict:
+    """The substrate's recipe for this llama shape and megatron backend: the puzzle data (padded rows of
+    seq_len, the character tokenizer inside the shape's vocabulary), one row per micro-batch, a log line
+    at the end of the warmup and every `warmup` steps after, one checkpoint (model and AdamW) at the end."""
+    recipe = yaml.safe_load((SUBSTRATE / "recipe.yaml").read_text())
+    precision, fp8_recipe = megatron_precision(name)
+    total = shape["warmup"] + shape["steps"]
+    recipe["model"] = dict(arch="llama", hidden=shape["hidden"], layers=shape["layers"], heads=shape["heads"],
+                           kv_heads=shape["kv_heads"], ffn_hidden=shape["ffn"], vocab=shape["vocab"],
+                           seq_len=shape["seq_len"], tie_embeddings=False, precision=precision,
+                           **({"fp8_recipe": fp8_recipe} if fp8_recipe else {}))
+    recipe["data"]["train_examples"] = max(64, 4 * shape["micro_batch"])
+    recipe["optim"].update(steps=total, batch_size=shape["micro_batch"], warmup_steps=0)
+    recipe["logging"] = {"every": math.gcd(shape["warmup"], shape["steps"])}
+    recipe["checkpoints"].update(every=total, format="torch")
+    return recipe
+
+
+def run_trainer(name: str, shape: dict, flops: float, peak: float | None) -> BackendResult:
+    """train.py itself, as a candidate's job runs it; tokens/s over the steps after warmup, from its
+    log's cumulative loop time (each logged step waits for the device, so the figure is device time)."""
+    megatron = name.removeprefix("trainer/")
+    choice, reason = megatron_choice(megatron)
+    if reason:
+        return BackendResult(name, "unavailable", reason)
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe_path, out = Path(tmp) / "recipe.yaml", Path(tmp) / "out"
+        recipe_path.write_text(yaml.safe_dump(trainer_recipe(shape, megatron)))
+        proc = subprocess.run([sys.executable, "train.py", "--recipe", str(recipe_path), "--out", str(out)],
+                              cwd=SUBSTRATE, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return BackendResult(name, "failed", f"train.py exit {proc.returncode}: {tail}")
+        summary = json.loads((out / "train_summary.json").read_text())
+    logged = {entry["step"]: entry for entry in summary["history"]}
+    start, end = logged[shape["warmup"]], logged[shape["warmup"] + shape["steps"]]
+    step_s = (end["loop_s"] - start["loop_s"]) / shape["steps"]
+    tokens_per_s = shape["micro_batch"] * shape["seq_len"] / step_s
+    tflops = tokens_per_s * flops / 1e12
+    return BackendResult(name, "ok", None, choice.backend, choice.precision, tokens_per_s, tflops, tflops / peak if peak else None, step_s,
+                         summary["history"][0]["loss"], end["loss"], summary["checkpoint_s"])
+
+
+def _device_name() -> tuple[str, float | None]:
+    import torch
+
+    if not torch.cuda.is_available():
+        import platform
+
+        threads = os.environ.get("SUBSTRATE_THREADS", "1")
+        return f"cpu ({platform.machine()}, {os.cpu_count()} cores; each backend runs {threads} torch thread(s))", None
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in DENSE_BF16_PEAK_TFLOPS.items() if k in name.split()), None)
+    return name, peak
+
+
+def bench_train(shape: dict, backends: list[str], out: Path) -> TrainBench:
+    """Each backend in a fresh process (a megatron parallel state and CUDA memory per backend)."""
+    params, flops = flops_per_token(shape)
+    device, peak = _device_name()
+    results = []
+    for name in backends:
+        proc = subprocess.run([sys.executable, "-m", "hpc_aevo.bench", "_one", name, json.dumps(shape)],
+                              capture_output=True, text=True)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode == 0 and lines:
+            results.append(BackendResult(**json.loads(lines[-1])))
+        else:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            results.append(BackendResult(name, "failed", f"exit {proc.returncode}: {tail}"))
+        print(_row(results[-1]), flush=True)
+    ratios = throughput_ratios({r.backend: r.tokens_per_s for r in results if r.status == "ok"})
+    versions = {name: _version(name) for name in ("torch", "megatron-core", "transformers", "transformer-engine")}
+    positions = "learned_absolute for megatron on CPU, rope for HF" if device.startswith("cpu") else "rope"
+    record = TrainBench(device, versions, shape, params, flops, peak, positions, results, ratios)
+    record.save(out)
+    print(json.dumps({"ratios": ratios, "out": str(out)}), flush=True)
+    return record
+
+
+def throughput_ratios(tokens_per_s: dict[str, float]) -> dict[str, float]:
+    """The issue's targets as tokens/s ratios, for the backends measured: TE bf16 over HF+SDPA, TE FP8 over
+    TE bf16, for plain megatron and for the substrate's trainer, and the trainer over plain megatron."""
+    pairs = [("te-bf16", "hf-sdpa")] + [(f"te-fp8-{r}", "te-bf16") for r in ("delayed", "tensorwise")]
+    pairs += [(f"trainer/{a}", f"trainer/{b}" if b != "hf-sdpa" else b) for a, b in pairs]
+    pairs += [(f"trainer/{name}", name) for name in MEGATRON_BACKENDS]
+    key = lambda name: name.replace("trainer/", "trainer_").replace("-", "_")  # noqa: E731
+    return {f"{key(a)}_over_{key(b)}": tokens_per_s[a] / tokens_per_s[b]
+            for a, b in pairs if a in tokens_per_s and b in tokens_per_s}
+
+
+def _row(r: BackendResult) -> str:
+    if r.status != "ok":
+        return f"{r.backend:26s} {r.status}: {r.reason}"
+    mfu = f"{r.mfu:.3f}" if r.mfu is not None else "n/a"
+    saving = f", checkpoint {r.checkpoint_s:.1f}s" if r.checkpoint_s is not None else ""
+    return (f"{r.backend:26s} {r.tokens_per_s:12.1f} tok/s  {r.tflops:8.3f} TFLOP/s  MFU {mfu}  "
+            f"({r.layer_spec}, {r.precision}, {r.step_s * 1000:.1f} ms/step, loss {r.loss_first:.3f}->{r.loss_last:.3f}"
+            f"{saving})")
+
+
+def bench_pack(seq_len: int, steps: int, batch_size: int, out: Path) -> PackBench:
+    """train.py on the puzzle SFT data, padded then packed, the same steps and rows per step."""
+    recipe = yaml.safe_load((SUBSTRATE / "recipe.yaml").read_text())
+    recipe["model"]["seq_len"] = seq_len
+    recipe["optim"].update(steps=steps, batch_size=batch_size)
+    recipe["checkpoints"]["every"] = steps
+    measured = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for pack in (False, True):
+            recipe["data"]["pack"] = pack
+            path = Path(tmp) / f"recipe-{pack}.yaml"
+            path.write_text(yaml.safe_dump(recipe))
+            subprocess.run([sys.executable, "train.py", "--recipe", str(path), "--out", str(Path(tmp) / str(pack))],
+                           cwd=SUBSTRATE, check=True, capture_output=True)
+            summary = json.loads((Path(tmp) / str(pack) / "train_summary.json").read_text())
+            tokens = sum(r["tokens"] for r in summary["ranks"])
+            useful = sum(r["useful_tokens"] for r in summary["ranks"])
+            measured[pack] = {"tokens_per_s": tokens / summary["loop_s"], "useful_tokens_per_s": useful / summary["loop_s"],
+                              "useful_tokens_per_cpu_s": useful / summary["loop_cpu_s"],
+                              "useful_fraction": useful / tokens, "loop_s": summary["loop_s"],
+                              "loop_cpu_s": summary["loop_cpu_s"], "rows": summary["rows"],
+                              "examples": summary["examples"]}
+            print(json.dumps({"packed": pack, **measured[pack]}), flush=True)
+    ratio = lambda key: measured[True][key] / measured[False][key]  # noqa: E731
+    record = PackBench(seq_len, steps, batch_size, measured[False], measured[True],
+                       ratio("useful_tokens_per_s"), ratio("useful_tokens_per_cpu_s"))
+    record.save(out)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hpc_aevo.bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="tokens/s, TFLOP/s, MFU: TE bf16, TE FP8, HF+SDPA on synthetic tokens")
+    train.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                       help="shape preset (default: anchor-1.86b on CUDA, cpu-small on CPU)")
+    for key in PRESETS["cpu-small"]:
+        train.add_argument(f"--{key.replace('_', '-')}", type=int, default=None)
+    train.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {BACKENDS}")
+    train.add_argument("--out", type=Path, default=Path("bench-train.json"))
+    pack = sub.add_parser("pack", help="useful tokens/s of train.py with packed vs padded rows")
+    pack.add_argument("--seq-len", type=int, default=128)
+    pack.add_argument("--steps", type=int, default=60)
+    pack.add_argument("--batch-size", type=int, default=32)
+    pack.add_argument("--out", type=Path, default=Path("bench-pack.json"))
+    one = sub.add_parser("_one", help=argparse.SUPPRESS)
+    one.add_argument("backend")
+    one.add_argument("shape")
+    args = parser.parse_args(argv)
+    if args.command == "_one":
+        import warnings
+
+        import torch
+
+        warnings.filterwarnings("ignore")
+        torch.set_num_threads(int(os.environ.get("SUBSTRATE_THREADS", "1")))  # as the substrate's trainer runs
+        shape = json.loads(args.shape)
+        _, flops = flops_per_token(shape)
+        print(json.dumps(dataclasses.asdict(run_backend(args.backend, shape, flops, _device_name()[1]))), flush=True)
+    elif args.command == "train":
+        import torch
+
+        unknown = sorted(set(args.backends.split(",")) - set(BACKENDS))
+        if unknown:
+            parser.error(f"--backends: unknown {unknown}; expected some of {BACKENDS}")
+        preset = args.preset or ("anchor-1.86b" if torch.cuda.is_available() else "cpu-small")
+        shape = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in PRESETS[preset].items()}
+        bench_train(shape, args.backends.split(","), args.out)
+    else:
+        bench_pack(args.seq_len, args.steps, args.batch_size, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Calibrate a substrate: the seed-noise band of its recipe and how far one-axis variants move it.
+
+    python -m hpc_aevo.tools.calibrate [--substrate substrate] [--seeds 3] [--variant-seeds 1]
+                                 [--out logs/calibration.json] [--jobs 2]
+
+A campaign can only promote what beats seed noise, and it can only find gains if the recipe's axes
+move the score at all. So before a substrate is trusted, this trains and evaluates its recipe with
+several seeds (the band: 2 x the sample std of dev and of the held-out score) and a set of one-axis
+variants (pooling their replicates into a second noise estimate), and flags the variants whose dev
+moves beyond the wider band. It goes through the campaign's own path: the substrate is installed
+read-only into a scratch state tree, every candidate trains and is evaluated from that frozen copy,
+and the held-out score comes from the `heldout-puzzles` adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import yaml
+
+from hpc_aevo.loop.install import install_substrate
+from hpc_aevo.scoring.leaderboard import HeldoutPuzzles
+from hpc_aevo.scoring.results import EvalResult
+from hpc_aevo.search.decoupling import sample_std
+from hpc_aevo.state.records import atomic_write_text
+from hpc_aevo.state.tree import StateTree
+
+DEFAULT = "default"
+TRAP_DOMAIN = "sequence"  # the reference substrate's planted proxy trap (see substrate/README.md)
+
+
+def variants(recipe: dict) -> dict[str, dict[str, Any]]:
+    """One-axis variants of `recipe`, as dotted-key overrides, one per axis the campaign explores."""
+    lr, steps = float(recipe["optim"]["lr"]), int(recipe["optim"]["steps"])
+    return {
+        "lr x3": {"optim.lr": lr * 3},
+        "lr x0.3": {"optim.lr": lr * 0.3},
+        "steps x0.5": {"optim.steps": steps // 2},
+        "hidden 64": {"model.hidden": 64},
+        "layers 1": {"model.layers": 1},
+        f"{TRAP_DOMAIN} x6 (trap)": {f"data.mixture.{TRAP_DOMAIN}": 6 * float(recipe["data"]["mixture"][TRAP_DOMAIN])},
+        "dedupe": {"data.filter.dedupe": True},
+    }
+
+
+def apply_overrides(recipe: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of `recipe` with each dotted key ("optim.lr") set; every key must already exist."""
+    out = copy.deepcopy(recipe)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node[key]
+        if leaf not in node:
+            raise KeyError(f"recipe has no key {dotted!r}")
+        node[leaf] = value
+    return out
+
+
+def _run(cmd: list[str], cwd: Path, log: Path) -> float:
+    """Run one substrate command with its output in `log`; its wall seconds, or an error with the log's tail."""
+    started = time.time()
+    with open(log, "w") as handle:
+        proc = subprocess.run(cmd, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} exited {proc.returncode}:\n{log.read_text()[-2000:]}")
+    return time.time() - started
+
+
+def run_candidate(substrate: Path, recipe: dict, workdir: Path, leaderboard: HeldoutPuzzles, name: str) -> dict:
+    """Train and evaluate one recipe as a campaign candidate would be: dev scores and the held-out score."""
+    workdir.mkdir(parents=True)
+    recipe_file, ckpts, eval_file = workdir / "recipe.yaml", workdir / "checkpoints", workdir / "eval.json"
+    recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    python = sys.executable
+    train_s = _run([python, "train.py", "--recipe", str(recipe_file), "--out", str(ckpts)], substrate,
+                   workdir / "train.log")
+    eval_s = _run([python, "evaluate.py", "--checkpoints", str(ckpts), "--recipe", str(recipe_file),
+                   "--out", str(eval_file)], substrate, workdir / "evaluate.log")
+    result = EvalResult.load(eval_file)
+    chosen = result.selected()
+    started = time.time()
+    board = leaderboard.submit(name, ckpts / f"ckpt-{chosen.step:06d}.pt", workdir)
+    return {"selected_step": chosen.step, "dev": chosen.dev, "dev_per_domain": dict(chosen.per_domain),
+            "heldout": board.score, "heldout_per_domain": board.per_domain,
+            "train_s": train_s, "eval_s": eval_s, "heldout_s": time.time() - started,
+            "final_loss": json.loads((ckpts / "train_summary.json").read_text())["final_loss"]}
+
+
+def band(values: list[float]) -> dict:
+    """Mean, sample std and the noise band (2 x std) of seed replicates."""
+    std = sample_std(values)
+    return {"mean": fmean(values), "std": std, "band": None if std is None else 2 * std, "n": len(values)}
+
+
+def pooled_std(groups: list[list[float]]) -> float | None:
+    """The within-group std pooled over every group with replicates (more degrees of freedom than one group)."""
+    dof = sum(len(g) - 1 for g in groups if len(g) > 1)
+    if not dof:
+        return None
+    return (sum((len(g) - 1) * sample_std(g) ** 2 for g in groups if len(g) > 1) / dof) ** 0.5
+
+
+def summarize(runs: list[dict], default_recipe: dict) -> dict:
+    """The seed band of the default and, per variant, its mean scores, deltas and whether dev moved beyond the band.
+
+    A few default seeds can understate the noise, so replicated variants give a second estimate (the pooled
+    within-variant std); a variant is flagged only when its dev moves beyond the wider of the two bands.
+    """
+    by_variant: dict[str, list[dict]] = {}
+    for run in runs:
+        by_variant.setdefault(run["variant"], []).append(run)
+    defaults = by_variant[DEFAULT]
+    seed_band = {"dev": band([r["dev"] for r in defaults]), "heldout": band([r["heldout"] for r in defaults])}
+    for score in ("dev", "heldout"):
+        pooled = pooled_std([[r[score] for r in group] for group in by_variant.values()])
+        seed_band[score]["pooled_std"] = pooled
+        seed_band[score]["flag_band"] = max(seed_band[score]["band"] or 0.0, 2 * (pooled or 0.0))
+    dev_band = seed_band["dev"]["flag_band"]
+    rows = []
+    for name, group in by_variant.items():
+        dev, heldout = fmean(r["dev"] for r in group), fmean(r["heldout"] for r in group)
+        delta = dev - seed_band["dev"]["mean"]
+        rows.append({
+            "variant": name, "overrides": group[0]["overrides"], "seeds": [r["seed"] for r in group],
+            "dev": dev, "delta_dev": delta, "heldout": heldout,
+            "delta_heldout": heldout - seed_band["heldout"]["mean"],
+            "dev_trap_domain": fmean(r["dev_per_domain"][TRAP_DOMAIN] for r in group),
+            "heldout_trap_domain": fmean(r["heldout_per_domain"][TRAP_DOMAIN] for r in group),
+            "wall_s": fmean(r["train_s"] + r["eval_s"] + r["heldout_s"] for r in group),
+            "moves_dev": name != DEFAULT and abs(delta) > dev_band,
+        })
+    moved = [r["variant"] for r in rows if r["moves_dev"]]
+    return {"default_recipe": default_recipe, "seed_band": seed_band, "variants": rows, "moves_dev": moved}
+
+
+def render(summary: dict) -> str:
+    """The calibration table, in Markdown."""
+    lines = [
+        f"{name} over {b['n']} default seeds: {b['mean']:.3f} ± {b['std'] or 0:.3f} (band 2σ {b['band'] or 0:.3f}); "
+        f"pooled over replicated variants σ {b['pooled_std'] or 0:.3f}; flag band {b['flag_band']:.3f}"
+        for name, b in (("dev", summary["seed_band"]["dev"]), ("held-out", summary["seed_band"]["heldout"]))
+    ]
+    lines += [
+        "",
+        f"| variant | seeds | dev | Δdev | held-out | Δheld-out | dev {TRAP_DOMAIN} | held-out {TRAP_DOMAIN} | wall s "
+        "| dev beyond band |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["variants"]:
+        lines.append(
+            f"| {r['variant']} | {len(r['seeds'])} | {r['dev']:.3f} | {r['delta_dev']:+.3f} | {r['heldout']:.3f} | "
+            f"{r['delta_heldout']:+.3f} | {r['dev_trap_domain']:.2f} | {r['heldout_trap_domain']:.2f} | "
+            f"{r['wall_s']:.0f} | {'yes' if r['moves_dev'] else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def scratch_campaign(substrate: Path, scratch: Path, quota: int) -> tuple[StateTree, str, HeldoutPuzzles]:
+    """A scratch state tree as a campaign has it: the substrate installed read-only and hashed, the
+    held-out split written by the leaderboard adapter. Returns the tree, the substrate hash, the adapter."""
+    tree = StateTree(scratch / "state")
+    manifest = install_substrate(substrate, tree.default_dir, tree.substrate_manifest)
+    leaderboard = HeldoutPuzzles(tree, quota=quota, seed=0)
+    leaderboard.prepare()
+    return tree, manifest.tree_sha256, leaderboard
+
+
+def calibrate(substrate: Path, seeds: int, variant_seeds: int, jobs: int, scratch: Path) -> dict:
+    """Run the default recipe with `seeds` seeds and every variant with `variant_seeds`, `jobs` at a time."""
+    recipe = yaml.safe_load((substrate / "recipe.yaml").read_text())
+    base_seed = int(recipe["seed"])
+    plan = [(DEFAULT, {}, base_seed + i) for i in range(seeds)]
+    plan += [(name, o, base_seed + i) for name, o in variants(recipe).items() for i in range(variant_seeds)]
+    tree, substrate_sha256, leaderboard = scratch_campaign(substrate, scratch, quota=len(plan))
+
+    def one(index: int) -> dict:
+        name, overrides, seed = plan[index]
+        candidate = apply_overrides(recipe, {**overrides, "seed": seed})
+        result = run_candidate(tree.default_dir, candidate, scratch / "runs" / f"{index:03d}", leaderboard,
+                               f"{name}/seed-{seed}")
+        print(json.dumps({"variant": name, "seed": seed, "dev": result["dev"], "heldout": result["heldout"],
+                          "wall_s": round(result["train_s"] + result["eval_s"] + result["heldout_s"], 1)}), flush=True)
+        return {"variant": name, "seed": seed, "overrides": overrides, **result}
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        runs = list(pool.map(one, range(len(plan))))
+    return {"schema": "hpc_aevo.calibration", "version": 1, "substrate": str(substrate),
+            "substrate_sha256": substrate_sha256, **summarize(runs, recipe), "runs": runs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--substrate", type=Path, default=Path("substrate"))
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the default recipe (the noise band)")
+    parser.add_argument("--variant-seeds", type=int, default=1, help="seeds per one-axis variant")
+    parser.add_argument("--out", type=Path, default=Path("logs/calibration.json"))
+    parser.add_argument("--jobs", type=int, default=2, help="candidates trained at once (one core each)")
+    args = parser.parse_args(argv)
+    if args.seeds < 2:
+        parser.error("--seeds must be at least 2 to measure a noise band")
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="hpc-aevo-calibrate-") as scratch:
+        body = calibrate(args.substrate.resolve(), args.seeds, args.variant_seeds, args.jobs, Path(scratch))
+    body.update(command=shlex.join([sys.executable, "-m", "hpc_aevo.tools.calibrate", *(argv or sys.argv[1:])]),
+                machine=f"{platform.machine()}, {os.cpu_count()} cores, {args.jobs} candidates at once, "
+                        f"{os.environ.get('SUBSTRATE_THREADS', '1')} thread each",
+                date=date.today().isoformat(), wall_s=time.time() - started)
+    atomic_write_text(args.out, json.dumps(body, indent=2) + "\n")
+    print(render(body))
+    print(f"\nwrote {args.out} ({body['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
