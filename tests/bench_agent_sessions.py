@@ -47,7 +47,7 @@ def one_round(root: Path, stub: ModelStub) -> list[AgentSession]:
     stub.add("collect r002", collector())
     roles.prose(evidence)
     stub.add("meta r002", lawful_meta())
-    decide(previous, evidence, [], ctx, **roles.decide_args(previous, evidence, [], ctx,
+    decide(previous, evidence, [], ctx, roles.propose_policy(previous, evidence, [], ctx,
                                                             constitution_hash(daemon.campaign.paths.constitution)))
     return [AgentSession.load(p) for r in (0, 2) for p in sorted((daemon.tree.round_dir(r) / "agents").glob("*.json"))]
 

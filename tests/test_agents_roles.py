@@ -60,8 +60,8 @@ def test_a_lawless_meta_is_rejected_rule_by_rule_and_the_fallback_recorded(roles
         [text("I could not satisfy the constitution.")],
     ])
     before = constitution.read_bytes()
-    args = roles.decide_args(previous, evidence, [], ctx, constitution_hash(constitution))
-    policy, decision = decide(previous, evidence, [], ctx, **args)
+    meta = roles.propose_policy(previous, evidence, [], ctx, constitution_hash(constitution))
+    policy, decision = decide(previous, evidence, [], ctx, meta)
     assert constitution.read_bytes() == before
     assert decision.proposer == "claude-meta" and decision.accepted and decision.fallback_used
     assert policy == mandatory_update(previous, evidence, [])[0] and decision.promotion is None
@@ -82,7 +82,7 @@ def test_a_changed_constitution_is_not_given_to_the_meta(roles, stub):
     expected = constitution_hash(constitution)
     constitution.write_text(constitution.read_text() + "\nC7: promote whatever dev likes.\n")
     with pytest.raises(RuntimeError, match="differs from the constitution recorded"):
-        roles.decide_args(previous, evidence, [], ctx, expected)
+        roles.propose_policy(previous, evidence, [], ctx, expected)
     assert not stub.requests
 
 

@@ -10,7 +10,7 @@ from test_decoupling import EXAMPLES, TRAP, Effect, recipes_for, synthetic_polic
 from hpc_aevo.search.axes import AXES, categories_of
 from hpc_aevo.search.constitution import CheckContext, PolicyDecision, constitution_hash
 from hpc_aevo.search.evidence import collect_evidence
-from hpc_aevo.search.decide import decide, mandatory_update, propose_policy, rotate_axes
+from hpc_aevo.search.decide import MetaProposals, decide, mandatory_update, propose_policy, rotate_axes
 from hpc_aevo.search.policy import DeadEnd
 
 SUBSTRATE = "a" * 64
@@ -165,7 +165,7 @@ def test_a_malicious_proposal_is_rejected_and_the_fallback_recorded(mutate, rule
     for m in ctx.manifests[2:]:  # only the anchors are on the leaderboard: cand-02 is best on dev alone
         m.measured.leaderboard, m.measured.leaderboard_per_domain = None, {}
     evidence = collect_evidence(2, ctx.manifests, previous, EXAMPLES)
-    policy, decision = decide(previous, evidence, [], ctx, proposer=_malicious(mutate), proposer_name="claude")
+    policy, decision = decide(previous, evidence, [], ctx, MetaProposals(_malicious(mutate), "claude"))
     assert decision.accepted and decision.fallback_used and decision.proposer == "claude"
     assert policy == mandatory_update(previous, evidence, [])[0] and decision.promotion is None
     assert [r.attempt for r in decision.rejected_proposals] == [1]  # the same proposal again is not retried
@@ -185,7 +185,7 @@ def test_a_proposer_gets_its_violations_back_and_may_correct_itself():
 
     previous = synthetic_policy(1, dead_ends=[DeadEnd("capacity", "model.layers:up", 0, "r000: lost")])
     evidence, ctx = _measure(previous, effects={3: uniform(-0.05, -0.1)})
-    policy, decision = decide(previous, evidence, [], ctx, proposer=learner, proposer_name="claude")
+    policy, decision = decide(previous, evidence, [], ctx, MetaProposals(learner, "claude"))
     assert seen == [[], ["C3"]]
     assert decision.accepted and not decision.fallback_used and len(policy.dead_ends) == 2
     assert [(r.attempt, [v.rule for v in r.violations]) for r in decision.rejected_proposals] == [(1, ["C3"])]

@@ -13,7 +13,8 @@ from hpc_aevo.loop.fork import load_recipe, recipe_diff
 from hpc_aevo.search.policy import DeadEnd, EvidenceRule, Policy
 from hpc_aevo.state.trace import Trace
 from hpc_aevo.roles.scripted.worker import ANCHOR_HYPOTHESIS, ScriptedWorker, operators
-from hpc_aevo.roles.factory import BACKENDS, make_worker
+from hpc_aevo.roles.factory import BACKENDS, make_roles
+from hpc_aevo.roles.scripted.roles import ScriptedRoles
 from hpc_aevo.roles.interface import WorkerTask
 from hpc_aevo.search.policy import assign_axes
 
@@ -192,8 +193,8 @@ def test_assign_axes_covers_every_axis_over_rounds():
 
 
 def test_backends():
-    assert set(BACKENDS) == {"scripted", "claude"} and isinstance(make_worker("scripted"), ScriptedWorker)
+    assert set(BACKENDS) == {"scripted", "claude"} and isinstance(make_roles("scripted"), ScriptedRoles)
     with pytest.raises(ValueError, match="the claude backend needs the campaign"):
-        make_worker("claude")
+        make_roles("claude")
     with pytest.raises(ValueError, match="unknown agents.backend"):
-        make_worker("gpt")
+        make_roles("gpt")

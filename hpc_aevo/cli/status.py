@@ -47,7 +47,7 @@ def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
     evidence = RoundEvidence.load_or_none(tree.evidence_json(rnd))
     decision = PolicyDecision.load_or_none(tree.decision(rnd))
     candidates = []
-    for path in sorted(tree.round_dir(rnd).glob("cand-*/manifest.json")):
+    for path in tree.candidate_manifests(rnd):
         m = CandidateManifest.load(path)
         candidates.append({
             "name": m.name, "role": m.role, "axis": m.axis, "mutation": m.mutation, "status": m.status,
@@ -84,7 +84,7 @@ def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
 def status_document(campaign_path: str) -> dict[str, Any]:
     campaign = load_campaign(campaign_path)
     tree = StateTree(campaign.paths.state_root)
-    ledger = LeaderboardLedger.load_or_none(tree.leaderboard_dir / "ledger.json")
+    ledger = LeaderboardLedger.load_or_none(tree.leaderboard_ledger)
     compute = load_ledger(tree).summary()
     return {
         "schema": SCHEMA, "version": VERSION, "campaign": campaign.name, "state_root": str(tree.root),

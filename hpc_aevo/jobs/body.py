@@ -31,6 +31,7 @@ from hpc_aevo.jobs.spec import EXIT_PREEMPTED, Claim, JobOutcome, JobSpec, Stage
 from hpc_aevo.sandbox import bwrap
 from hpc_aevo.sandbox.jobs import ConfinementUnavailable, confine, eval_out_dir
 from hpc_aevo.state.records import now_iso
+from hpc_aevo.state.tree import EVAL_RESULT
 
 
 def process_start_time(pid: int) -> str | None:
@@ -91,7 +92,7 @@ def _command(spec: JobSpec, stage: str) -> tuple[list[str], str]:
     out = eval_out_dir(spec)
     out.mkdir(parents=True, exist_ok=True)
     return [sys.executable, evaluator, "--checkpoints", spec.checkpoints, "--recipe", recipe,
-            "--out", str(out / "eval.json")], str(out)
+            "--out", str(out / EVAL_RESULT)], str(out)
 
 
 def _start(spec: JobSpec, stage: str, log) -> tuple[subprocess.Popen, bool]:
@@ -139,7 +140,7 @@ def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None
                 on_process(process)
             code = process.wait()
         outcome.stages.append(StageRun(stage, code, time.time() - began, str(log), confined))
-        staged = eval_out_dir(spec) / "eval.json"
+        staged = eval_out_dir(spec) / EVAL_RESULT
         if code == 0 and stage == "eval" and staged.exists():  # a missing eval.json fails the candidate later
             os.replace(staged, spec.eval_result)
         if code != 0:
@@ -165,7 +166,7 @@ def run_rank(spec: JobSpec, rank: int, on_process: Callable[[subprocess.Popen], 
         if time.time() > deadline:
             raise RuntimeError(f"rank {rank}: rank 0 never prepared {spec.checkpoints} for this recipe")
         time.sleep(0.5)
-    with open(Path(spec.jobs_dir) / f"attempt-{spec.attempt}.train.rank{rank}.log", "ab") as handle:
+    with open(spec.files.rank_log(rank), "ab") as handle:
         process, _ = _start(spec, "train", handle)
         if on_process is not None:
             on_process(process)

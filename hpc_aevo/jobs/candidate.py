@@ -8,7 +8,7 @@ from pathlib import Path
 from hpc_aevo.jobs.spec import JobSpec
 from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.state.trace import Trace
-from hpc_aevo.state.tree import StateTree
+from hpc_aevo.state.tree import CandidateRef, StateTree
 
 
 @dataclass
@@ -22,8 +22,12 @@ class Candidate:
     hidden: tuple[str, ...] = ()  # the campaign's files its jobs must not see, besides the state tree
 
     @property
+    def ref(self) -> CandidateRef:
+        return CandidateRef(self.round, self.index)
+
+    @property
     def key(self) -> str:
-        return f"r{self.round:03d}/cand-{self.index:02d}"
+        return self.ref.key
 
     def manifest(self) -> CandidateManifest:
         return CandidateManifest.load(self.tree.manifest(self.round, self.index))
@@ -41,4 +45,4 @@ class Candidate:
                        jobs_dir=str(t.jobs(r, c)), hidden=(str(t.root), *self.hidden), confine=self.confine)
 
     def submission_path(self, attempt: int) -> Path:
-        return self.tree.jobs(self.round, self.index) / f"attempt-{attempt}.json"
+        return self.tree.attempt(self.round, self.index, attempt).submission

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from hpc_aevo.state.records import Record
+from hpc_aevo.state.tree import AttemptFiles
 
 EXIT_PREEMPTED = 3  # the substrate trainer's "checkpointed, requeue me" code
 
@@ -33,21 +34,28 @@ class JobSpec:
     hidden: tuple[str, ...] = ()  # what no stage may see: the state root, the campaign's own files
     confine: str = "auto"  # scheduler.confine_jobs: auto | required | off
 
+    @property
+    def files(self) -> AttemptFiles:
+        return AttemptFiles(Path(self.jobs_dir), self.attempt)
+
+    @property
+    def _only(self) -> str | None:
+        """The stage this spec runs alone (one task of SLURM's train or eval array), or None for both."""
+        return self.stages[0] if len(self.stages) == 1 else None
+
     def claim_path(self) -> Path:
-        part = ".eval" if self.stages == ("eval",) else ""
-        return Path(self.jobs_dir) / f"attempt-{self.attempt}{part}.claim"
+        return self.files.claim(self._only)
 
     def outcome_path(self) -> Path:
         """The attempt's outcome; a train-only task (SLURM's train array) writes its own stage outcome."""
-        part = ".train" if self.stages == ("train",) else ""
-        return Path(self.jobs_dir) / f"attempt-{self.attempt}{part}.outcome.json"
+        return self.files.outcome(self._only)
 
     def stage(self, stage: str) -> "JobSpec":
         """The spec of one stage alone (one task of the train or the eval array)."""
         return dataclasses.replace(self, stages=(stage,))
 
     def log_path(self, stage: str) -> Path:
-        return Path(self.jobs_dir) / f"attempt-{self.attempt}.{stage}.log"
+        return self.files.log(stage)
 
 
 @dataclass

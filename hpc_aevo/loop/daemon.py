@@ -25,11 +25,11 @@ from hpc_aevo.loop.install import (
     remove_tree,
     verify_substrate,
 )
-from hpc_aevo.roles.factory import make_worker
+from hpc_aevo.roles.factory import make_roles
 from hpc_aevo.roles.interface import WorkerFailed, WorkerTask
 from hpc_aevo.scoring.leaderboard import ADAPTERS
 from hpc_aevo.scoring.results import EvalResult, leaderboard_order, record_evaluation, submit_to_leaderboard
-from hpc_aevo.search.constitution import CheckContext, constitution_hash, without_seed
+from hpc_aevo.search.constitution import CheckContext, ConstitutionChanged, constitution_hash, without_seed
 from hpc_aevo.search.decide import decide
 from hpc_aevo.search.evidence import RoundEvidence, collect_evidence, render_markdown
 from hpc_aevo.search.policy import Policy, assign_axes
@@ -75,15 +75,10 @@ class Daemon:
         self.print_line = print_line
         self.leaderboard = ADAPTERS[campaign.leaderboard.adapter](self.tree, campaign.leaderboard.quota, campaign.seed)
         try:
-            self.worker = make_worker(campaign.agents.backend, campaign, self.tree)
+            self.roles = make_roles(campaign.agents.backend, campaign, self.tree)
             self.scheduler = make_scheduler(campaign)
         except ConfigError as exc:
             raise (exc if exc.source else ConfigError.of(exc, campaign.source)) from None
-        self.agent_roles = None  # the claude backend's collector and meta; None: rule-based
-        if campaign.agents.backend == "claude":
-            from hpc_aevo.roles.claude.backend import ClaudeRoles
-
-            self.agent_roles = ClaudeRoles(campaign, self.tree)
 
     # ---- campaign setup -------------------------------------------------------------------
     def prepare(self) -> CampaignRecord:
@@ -138,7 +133,7 @@ class Daemon:
             fork_candidate(self.tree.default_dir, substrate, self.tree.sandbox(rnd, cand.index), policy.standing_recipe)
             anchor = cand.index < self.campaign.anchors
             manifest = CandidateManifest(
-                round=rnd, candidate=cand.index, name=f"cand-{cand.index:02d}", role="anchor" if anchor else "worker",
+                round=rnd, candidate=cand.index, name=cand.ref.name, role="anchor" if anchor else "worker",
                 seed=candidate_seed(self.campaign.seed, rnd, cand.index),
                 axis=None if anchor else axes[cand.index - self.campaign.anchors])
             cand.save(manifest)
@@ -156,7 +151,7 @@ class Daemon:
                 remove_tree(sandbox)  # a proposal interrupted mid-way starts again from a clean fork
                 fork_candidate(self.tree.default_dir, substrate, sandbox, policy.standing_recipe)
                 try:
-                    result = self.worker.propose(self._task(cand, manifest, policy))
+                    result = self.roles.propose(self._task(cand, manifest, policy))
                 except WorkerFailed as exc:  # a worker that cannot propose fails its candidate, not the round
                     crashpoint(f"r{rnd}:propose:mid")
                     manifest.status, manifest.failure = "failed", f"worker: {exc}"
@@ -192,7 +187,7 @@ class Daemon:
         cand.trace().log("daemon", "debug-turn", reason=reason, backend=self.campaign.agents.backend,
                          logs=failure.logs, log_tail=failure.log_tail)
         policy = Policy.load(self.tree.policy(cand.round))
-        revised = self.worker.debug(self._task(cand, manifest, policy), reason)
+        revised = self.roles.debug(self._task(cand, manifest, policy), reason)
         if revised is not None:
             manifest.mutation, manifest.proposal = revised.mutation, revised.proposal
         manifest.proposal.observed_failure_modes.append(reason)
@@ -212,7 +207,7 @@ class Daemon:
                 continue
             cand = self.candidate(rnd, manifest.candidate)
             submit_to_leaderboard(self.leaderboard, cand.key, manifest, self.tree.checkpoints(rnd, manifest.candidate),
-                                  self.tree.jobs(rnd, manifest.candidate), cand.trace())
+                                  self.tree.leaderboard_score(rnd, manifest.candidate), cand.trace())
             cand.save(manifest)
             crashpoint(f"r{rnd}:eval:mid")
         scored = [m for m in self.manifests(rnd) if m.measured.leaderboard is not None]
@@ -228,8 +223,7 @@ class Daemon:
 
     def phase_collect(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
         evidence = collect_evidence(rnd, self.manifests(rnd), policy, self._examples_per_domain(rnd))
-        if self.agent_roles is not None:
-            evidence.prose = self.agent_roles.prose(evidence)
+        evidence.prose = self.roles.prose(evidence)
         crashpoint(f"r{rnd}:collect:mid")
         evidence.save(self.tree.evidence_json(rnd))
         atomic_write_text(self.tree.evidence_md(rnd), render_markdown(evidence))
@@ -248,8 +242,11 @@ class Daemon:
             current_substrate_hash=hash_tree(self.tree.default_dir)[1],
             expected_constitution_hash=record.constitution_sha256,
             current_constitution_hash=constitution_hash(self.campaign.paths.constitution))
-        proposer = {} if self.agent_roles is None else self._agent_proposer(policy, evidence, history, ctx, record)
-        accepted, decision = decide(policy, evidence, history, ctx, **proposer)
+        try:
+            meta = self.roles.propose_policy(policy, evidence, history, ctx, record.constitution_sha256)
+        except ConstitutionChanged as exc:
+            raise CampaignStopped(str(exc)) from None
+        accepted, decision = decide(policy, evidence, history, ctx, meta)
         crashpoint(f"r{rnd}:meta:mid")
         decision.save(self.tree.decision(rnd))
         if accepted is None:
@@ -260,15 +257,6 @@ class Daemon:
         what = f"promoted {promo.candidate} (+{promo.leaderboard_gain:.3f} > {promo.band:.3f})" if promo else "no promotion"
         rejected = f", {len(decision.rejected_proposals)} proposal(s) rejected" if decision.rejected_proposals else ""
         return f"{what}; axes {', '.join(accepted.active_axes)}; {len(accepted.dead_ends)} dead ends{rejected}"
-
-    def _agent_proposer(self, policy: Policy, evidence: RoundEvidence, history: list[RoundEvidence],
-                        ctx: CheckContext, record: CampaignRecord) -> dict:
-        from hpc_aevo.roles.claude.meta import ConstitutionChanged
-
-        try:
-            return self.agent_roles.decide_args(policy, evidence, history, ctx, record.constitution_sha256)
-        except ConstitutionChanged as exc:
-            raise CampaignStopped(str(exc)) from None
 
     def run_round(self, rnd: int, record: CampaignRecord) -> None:
         state_path = self.tree.round_state(rnd)

@@ -36,7 +36,7 @@ class ConfinementUnavailable(RuntimeError):
 
 def eval_out_dir(spec: JobSpec) -> Path:
     """The eval stage's one writable directory (the candidate's directory holds its manifest)."""
-    return Path(spec.jobs_dir) / f"attempt-{spec.attempt}.eval-out"
+    return spec.files.eval_out
 
 
 def views(spec: JobSpec, stage: str) -> list[tuple[Path, bool]]:

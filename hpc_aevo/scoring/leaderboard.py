@@ -42,7 +42,7 @@ class LeaderboardError(RuntimeError):
 
 
 @dataclass
-class Submission:
+class LeaderboardEntry:
     candidate: str  # "r001/cand-02"
     checkpoint: str
     step: int
@@ -58,9 +58,9 @@ class LeaderboardLedger(Record):
 
     quota: int
     examples_per_domain: dict[str, int] = field(default_factory=dict)
-    submissions: list[Submission] = field(default_factory=list)
+    submissions: list[LeaderboardEntry] = field(default_factory=list)
 
-    def find(self, candidate: str) -> Submission | None:
+    def find(self, candidate: str) -> LeaderboardEntry | None:
         return next((s for s in self.submissions if s.candidate == candidate), None)
 
 
@@ -76,8 +76,8 @@ class HeldoutPuzzles:
 
     def __init__(self, tree: StateTree, quota: int, seed: int):
         self.tree, self.quota, self.seed = tree, quota, seed
-        self.split_file = tree.leaderboard_dir / "heldout.jsonl"
-        self.ledger_file = tree.leaderboard_dir / "ledger.json"
+        self.split_file = tree.heldout_split
+        self.ledger_file = tree.leaderboard_ledger
 
     def prepare(self) -> None:
         """Write the held-out split once (idempotent), outside every sandbox."""
@@ -94,14 +94,14 @@ class HeldoutPuzzles:
     def ledger(self) -> LeaderboardLedger:
         return LeaderboardLedger.load(self.ledger_file)
 
-    def submit(self, candidate: str, checkpoint: Path, workdir: Path) -> Submission:
-        """Score `checkpoint` for `candidate`, charged to the quota; a repeat returns the recorded score."""
+    def submit(self, candidate: str, checkpoint: Path, out: Path) -> LeaderboardEntry:
+        """Score `checkpoint` for `candidate` (the evaluator writes `out`), charged to the quota; a repeat
+        returns the recorded score."""
         done = self.ledger().find(candidate)
         if done is not None:
             return done
         if len(self.ledger().submissions) >= self.quota:
             raise LeaderboardError(f"leaderboard quota of {self.quota} submissions is spent; {candidate} not scored")
-        out = workdir / "leaderboard-score.json"
         proc = subprocess.run(
             [sys.executable, "evaluate.py", "--checkpoint", str(checkpoint), "--split-file", str(self.split_file),
              "--out", str(out)],
@@ -114,7 +114,7 @@ class HeldoutPuzzles:
             existing = ledger.find(candidate)
             if existing is not None:
                 return existing
-            submission = Submission(candidate, str(checkpoint), body["step"], body["score"], body["per_domain"],
+            submission = LeaderboardEntry(candidate, str(checkpoint), body["step"], body["score"], body["per_domain"],
                                     now_iso())
             ledger.submissions.append(submission)
         return submission

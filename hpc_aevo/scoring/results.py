@@ -14,6 +14,7 @@ from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardError
 from hpc_aevo.state.manifest import CandidateManifest, CheckpointScore
 from hpc_aevo.state.records import Record, RecordError
 from hpc_aevo.state.trace import Trace
+from hpc_aevo.state.tree import TRAIN_SUMMARY
 
 
 @dataclass
@@ -43,7 +44,7 @@ def record_evaluation(manifest: CandidateManifest, eval_path: Path, checkpoints_
         manifest.status, manifest.failure = "failed", f"evaluation record unusable: {exc}"
         trace.log("daemon", "evaluation-invalid", error=str(exc))
         return None
-    summary_path = checkpoints_dir / "train_summary.json"
+    summary_path = checkpoints_dir / TRAIN_SUMMARY
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     m = manifest.measured
     m.train_steps = int(summary.get("steps", 0))
@@ -71,10 +72,10 @@ def checkpoint_of_step(checkpoints_dir: Path, step: int) -> Path:
 
 
 def submit_to_leaderboard(adapter: HeldoutPuzzles, ref: str, manifest: CandidateManifest, checkpoints_dir: Path,
-                          workdir: Path, trace: Trace) -> None:
+                          out: Path, trace: Trace) -> None:
     checkpoint = checkpoint_of_step(checkpoints_dir, manifest.measured.selected_step)
     try:
-        submission = adapter.submit(ref, checkpoint, workdir)
+        submission = adapter.submit(ref, checkpoint, out)
     except LeaderboardError as exc:
         trace.log("daemon", "leaderboard-refused", reason=str(exc))
         return

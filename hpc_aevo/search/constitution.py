@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpc_aevo.search.axes import categories_of
 from hpc_aevo.search.decoupling import AnchorStats, anchor_stats, evaluated
-from hpc_aevo.search.evidence import RoundEvidence, candidate_ref
+from hpc_aevo.search.evidence import RoundEvidence
 from hpc_aevo.search.policy import Policy
 from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.state.records import Record
+from hpc_aevo.state.tree import CandidateRef
 from hpc_aevo.state.typed import SchemaError
 
 CONSTITUTION_PATH = Path(__file__).resolve().parents[2] / "policy" / "constitution.md"
@@ -35,7 +35,6 @@ RULES: dict[str, str] = {
 }
 
 SEED_KEY = "seed"  # the recipe key that differs between candidates of one recipe
-_REF = re.compile(r"r(\d+)/(cand-\d+)")
 _EPS = 1e-12  # float slack for comparing bands computed along different paths
 
 
@@ -119,11 +118,15 @@ def check_promotion(
     if (proposed.standing_recipe, proposed.standing_source) == (previous.standing_recipe, previous.standing_source):
         return None, []
     source = proposed.standing_source
-    ref = _REF.fullmatch(source)
-    if ref is None or int(ref.group(1)) != latest_round:
+    try:
+        ref = CandidateRef.parse(source)
+    except ValueError:
+        ref = None
+    if ref is None or ref.round != latest_round:
         return None, [Violation("C1", f"the standing recipe changed but standing_source {source!r} does not name a "
-                                      f"candidate of round {latest_round} ({candidate_ref(latest_round, 'cand-XX')})")]
-    name = ref.group(2)
+                                      f"candidate of round {latest_round} (a key like "
+                                      f"{CandidateRef(latest_round, 1).key})")]
+    name = ref.name
     manifest = next((m for m in ctx.manifests if m.name == name and m.round == latest_round), None)
     if manifest is None or name not in ctx.recipes:
         return None, [Violation("C1", f"{source}: no such candidate with a recipe in round {latest_round}")]
@@ -249,3 +252,7 @@ class PolicyDecision(Record):
     promotion: Promotion | None
     changes: list[str] = field(default_factory=list)
     rejected_proposals: list[RejectedProposal] = field(default_factory=list)
+
+
+class ConstitutionChanged(RuntimeError):
+    """The constitution's bytes differ from those hashed when the campaign started."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from statistics import fmean
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from hpc_aevo.search.axes import AXES, CATEGORIES, categories_of, category_of, mixture_key, signature
@@ -28,8 +29,9 @@ from hpc_aevo.search.constitution import (
     without_seed,
 )
 from hpc_aevo.search.decoupling import DecouplingFlag, sample_std
-from hpc_aevo.search.evidence import RoundEvidence, candidate_ref
+from hpc_aevo.search.evidence import RoundEvidence
 from hpc_aevo.search.policy import DeadEnd, Policy
+from hpc_aevo.state.tree import CandidateRef
 from hpc_aevo.state.typed import SchemaError
 
 # proposer(previous, evidence, history, recipes, violations of its previous attempt) -> (policy, changes);
@@ -38,6 +40,16 @@ Proposer = Callable[
     [Policy, RoundEvidence, list[RoundEvidence], dict[str, dict[str, Any]], list[Violation]],
     tuple["Policy | dict[str, Any]", list[str]],
 ]
+
+
+@dataclass(frozen=True)
+class MetaProposals:
+    """What a meta role offers `decide`: its proposer, the name the decision records, and how many
+    proposals it may make before the mandatory update is the fallback."""
+
+    proposer: Proposer
+    name: str
+    max_attempts: int = 3
 
 
 def _full_history(history: list[RoundEvidence], evidence: RoundEvidence) -> list[RoundEvidence]:
@@ -206,7 +218,7 @@ def _promote(policy: Policy, previous: Policy, evidence: RoundEvidence, recipes:
     if SEED_KEY in previous.standing_recipe:
         recipe[SEED_KEY] = previous.standing_recipe[SEED_KEY]
     policy.standing_recipe = recipe
-    policy.standing_source = candidate_ref(evidence.round, best.name)
+    policy.standing_source = CandidateRef.named(evidence.round, best.name).key
     changes.append(f"promoted {policy.standing_source} ({best.mutation}): leaderboard {best.leaderboard_gain:+.4f} "
                    f"> bar {bar:.4f}")
 
@@ -230,9 +242,11 @@ def as_policy(proposed: Policy | dict[str, Any]) -> tuple[Policy | None, list[Vi
         return None, [Violation("C5", f"not a valid policy record: {exc}")]
 
 
+RULE_BASED = MetaProposals(propose_policy, "rule-based")
+
+
 def decide(previous: Policy, evidence: RoundEvidence, history: list[RoundEvidence], ctx: CheckContext,
-           proposer: Proposer = propose_policy, proposer_name: str = "rule-based",
-           max_attempts: int = 3) -> tuple[Policy | None, PolicyDecision]:
+           meta: MetaProposals = RULE_BASED) -> tuple[Policy | None, PolicyDecision]:
     """The policy of the next round and the record of how it was decided.
 
     `history` is the evidence of the rounds before `evidence`, oldest first. Returns (None, decision)
@@ -240,10 +254,11 @@ def decide(previous: Policy, evidence: RoundEvidence, history: list[RoundEvidenc
     the caller must stop the campaign and keep the decision as the record of why.
     """
     full = _full_history(history, evidence)
+    proposer, proposer_name = meta.proposer, meta.name
     rejected: list[RejectedProposal] = []
     feedback: list[Violation] = []
     last: Policy | dict[str, Any] | None = None
-    for attempt in range(1, max_attempts + 1):
+    for attempt in range(1, meta.max_attempts + 1):
         proposed, changes = proposer(previous, evidence, history, ctx.recipes, feedback)
         if proposed == last:
             break  # the proposer repeats itself: retrying cannot help

@@ -35,11 +35,6 @@ _UP_WORDS = re.compile(r"\b(up|raises?|raising|higher|increases?|improves?)\b", 
 _DOWN_WORDS = re.compile(r"\b(down|lowers?|lowering|decreases?|reduces?|drops?|worse)\b", re.I)
 
 
-def candidate_ref(rnd: int, name: str) -> str:
-    """How a candidate is named across rounds, e.g. "r003/cand-02" (the state tree's layout)."""
-    return f"r{rnd:03d}/{name}"
-
-
 @dataclass
 class CandidateSummary:
     name: str

@@ -69,17 +69,13 @@ class Ledger(Record):
 
 
 
-def ledger_path(tree: StateTree):
-    return tree.root / "ledger.json"
-
-
 def record_charges(tree: StateTree, charges: list[TaskCharge]) -> None:
     """Add charges to the campaign's ledger in one locked, atomic rewrite."""
     if charges:
-        with Ledger.locked_update(ledger_path(tree), Ledger()) as ledger:
+        with Ledger.locked_update(tree.compute_ledger, Ledger()) as ledger:
             for charge in charges:
                 ledger.add(charge)
 
 
 def load_ledger(tree: StateTree) -> Ledger:
-    return Ledger.load_or_none(ledger_path(tree)) or Ledger()
+    return Ledger.load_or_none(tree.compute_ledger) or Ledger()

@@ -94,7 +94,7 @@ def run_candidate(substrate: Path, recipe: dict, workdir: Path, leaderboard: Hel
     result = EvalResult.load(eval_file)
     chosen = result.selected()
     started = time.time()
-    board = leaderboard.submit(name, ckpts / f"ckpt-{chosen.step:06d}.pt", workdir)
+    board = leaderboard.submit(name, ckpts / f"ckpt-{chosen.step:06d}.pt", workdir / "leaderboard-score.json")
     return {"selected_step": chosen.step, "dev": chosen.dev, "dev_per_domain": dict(chosen.per_domain),
             "heldout": board.score, "heldout_per_domain": board.per_domain,
             "train_s": train_s, "eval_s": eval_s, "heldout_s": time.time() - started,

@@ -9,7 +9,6 @@ and a job is alive only if a process with that pid *and* that start time exists.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import submitit
 
@@ -38,7 +37,7 @@ class LocalScheduler(Scheduler):
     def submit(self, specs: list[JobSpec], batch: str) -> list[Submitted]:
         out = []
         for spec in specs:
-            executor = submitit.AutoExecutor(folder=Path(spec.jobs_dir) / "submitit", cluster="local")
+            executor = submitit.AutoExecutor(folder=spec.files.submitit_dir, cluster="local")
             executor.update_parameters(timeout_min=self.timeout_min, name=spec.key)
             job = executor.submit(run_job, spec)
             job._cancel_at_deletion = False

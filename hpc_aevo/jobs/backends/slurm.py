@@ -42,6 +42,7 @@ from hpc_aevo.jobs.scheduler import JobStatus, Scheduler, SchedulerUnavailable, 
 from hpc_aevo.jobs.spec import EXIT_PREEMPTED, JobOutcome, JobSpec
 from hpc_aevo.state.crashpoints import crashpoint
 from hpc_aevo.state.records import now_iso
+from hpc_aevo.state.tree import CandidateRef, StateTree
 
 # sacct states of a job that is still queued or running (anything else is an end state).
 LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
@@ -188,11 +189,11 @@ def _tres(alloc: str, name: str) -> int:
 
 
 def _candidate(spec: JobSpec) -> int:
-    return int(spec.key.rsplit("-", 1)[1])
+    return CandidateRef.parse(spec.key).index
 
 
 def _round(spec: JobSpec) -> int:
-    return int(spec.key.split("/")[0][1:])
+    return CandidateRef.parse(spec.key).round
 
 
 def _age_s(iso: str) -> float:
@@ -224,6 +225,7 @@ class SlurmScheduler(Scheduler):
         self.max_parallel, self.profile, self.campaign = max_parallel, profile, campaign
         self.resources = {name: task_resources(getattr(stages, name), getattr(profile.stages, name))
                           for name in ("train", "eval")}
+        self.tree = StateTree(state_root)
         self.campaign_id = f"{campaign}-{hashlib.sha256(str(state_root).encode()).hexdigest()[:10]}"
         self.min_query_interval_s = max(poll_interval_s, 1.0)
         self.calls: Counter[str] = Counter()  # scheduler commands run, by name (sacct, sbatch, ...), for the benchmark
@@ -262,7 +264,7 @@ class SlurmScheduler(Scheduler):
         return executor
 
     def _submit_stage(self, specs: list[JobSpec], stage: str, batch: str, dependency: str | None) -> str:
-        folder = Path(specs[0].jobs_dir).parents[1] / "slurm"
+        folder = self.tree.slurm_dir(_round(specs[0]))
         executor = self._executor(folder, self._parameters(stage, _round(specs[0]), batch, dependency))
         self.calls["sbatch"] += 1
         return executor.submit_array([StageTask(s.stage(stage)) for s in specs], [_candidate(s) for s in specs],
@@ -283,7 +285,7 @@ class SlurmScheduler(Scheduler):
         for stage, dependency in (("train", None), ("eval", "aftercorr:<train array job id>")):
             params = self._parameters(stage, _round(specs[0]), "<batch>", dependency)
             params["additional_parameters"] = {**params["additional_parameters"], "array": array}
-            folder = Path(specs[0].jobs_dir).parents[1] / "slurm"
+            folder = self.tree.slurm_dir(_round(specs[0]))
             # submitit's own command line; its executor refuses to exist where srun is missing (a dry run need not)
             command = " ".join([sys.executable, "-u -m submitit.core._submit", shlex.quote(str(folder))])
             script = _make_sbatch_string(command=command, folder=folder, map_count=len(specs), **params)

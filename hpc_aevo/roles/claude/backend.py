@@ -1,20 +1,27 @@
-"""The `claude` agent backend: workers, collector and meta as Claude Code sessions (claude-agent-sdk).
+"""The `claude` roles: the worker, the collector and the meta step as Claude Code sessions.
 
-Each role is a session of the real Claude Code CLI bundled in the SDK wheel (session.py), confined
-by the tools, permission rules and OS sandbox it is given (confine.py), with in-process MCP tools
-for what the role may do. Costs and tokens of every session are records under the round
-(spend.py). Nothing here is imported unless a campaign sets `agents.backend: claude`.
+Checked before anything runs: the campaign and its tree are given, the host can run a session
+(the CLI, its OS sandbox), and the API key moves out of the daemon's environment into the key helper.
 """
 
 from __future__ import annotations
 
 from hpc_aevo.campaign.config import Campaign
 from hpc_aevo.campaign.reader import ConfigError
+from hpc_aevo.roles.claude.collector import ClaudeCollector
+from hpc_aevo.roles.claude.meta import PROPOSER, ClaudeMeta
 from hpc_aevo.roles.claude.session import session_env_ok, take_api_key
+from hpc_aevo.roles.claude.worker import ClaudeWorker
+from hpc_aevo.roles.interface import Roles, WorkerResult, WorkerTask
+from hpc_aevo.search.constitution import CheckContext
+from hpc_aevo.search.decide import MetaProposals
+from hpc_aevo.search.evidence import RoundEvidence
+from hpc_aevo.search.policy import Policy
+from hpc_aevo.state.trace import Trace
 from hpc_aevo.state.tree import StateTree
 
 
-def _check(campaign: Campaign | None, tree: StateTree | None) -> None:
+def claude_roles(campaign: Campaign | None, tree: StateTree | None) -> ClaudeRoles:
     if campaign is None or tree is None:
         raise ConfigError("agents.backend", "scripted, or claude with a campaign: the claude backend needs the "
                                             "campaign and its state tree", "claude")
@@ -23,39 +30,32 @@ def _check(campaign: Campaign | None, tree: StateTree | None) -> None:
         raise ConfigError("agents.backend", f"scripted, or claude on a host where it can run ({why})", "claude",
                           str(campaign.source))
     take_api_key()
+    return ClaudeRoles(campaign, tree)
 
 
-def claude_worker(campaign: Campaign | None, tree: StateTree | None):
-    _check(campaign, tree)
-    from hpc_aevo.roles.claude.worker import ClaudeWorker
-
-    return ClaudeWorker(campaign, tree)
-
-
-class ClaudeRoles:
-    """The round-level agent roles of the claude backend, as the daemon calls them."""
-
+class ClaudeRoles(Roles):
     def __init__(self, campaign: Campaign, tree: StateTree):
-        from hpc_aevo.roles.claude.collector import ClaudeCollector
-        from hpc_aevo.roles.claude.meta import ClaudeMeta
-
         self.tree = tree
+        self.worker = ClaudeWorker(campaign, tree)
         self.collector = ClaudeCollector(campaign, tree)
         self.meta = ClaudeMeta(campaign, tree)
 
-    def trace(self, rnd: int):
-        """The round's agent trace (collector and meta sessions): rounds/rNNN/agents/trace.jsonl."""
-        from hpc_aevo.state.trace import Trace
+    def trace(self, rnd: int) -> Trace:
+        """The round's agent trace (collector and meta sessions)."""
+        return Trace(self.tree.agents_trace(rnd))
 
-        return Trace(self.tree.round_dir(rnd) / "agents" / "trace.jsonl")
+    def propose(self, task: WorkerTask) -> WorkerResult:
+        return self.worker.propose(task)
 
-    def prose(self, evidence) -> dict[str, str]:
+    def debug(self, task: WorkerTask, reason: str) -> WorkerResult | None:
+        return self.worker.debug(task, reason)
+
+    def prose(self, evidence: RoundEvidence) -> dict[str, str]:
         return self.collector.prose(evidence, self.trace(evidence.round))[0]
 
-    def decide_args(self, previous, evidence, history, ctx, constitution_sha256: str) -> dict:
-        """`meta.decide`'s proposer arguments: the Claude meta's proposals, replayed."""
-        from hpc_aevo.roles.claude.meta import PROPOSER
-
+    def propose_policy(self, previous: Policy, evidence: RoundEvidence, history: list[RoundEvidence],
+                       ctx: CheckContext, constitution_sha256: str) -> MetaProposals:
+        """The Claude meta's session runs now; its proposals are replayed to `search.decide`."""
         proposer, count, _session = self.meta.proposer(previous, evidence, history, ctx, self.trace(evidence.round),
                                                        constitution_sha256)
-        return {"proposer": proposer, "proposer_name": PROPOSER, "max_attempts": count}
+        return MetaProposals(proposer, PROPOSER, count)

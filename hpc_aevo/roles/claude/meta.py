@@ -19,7 +19,7 @@ from typing import Any
 from hpc_aevo.campaign.config import Campaign
 from hpc_aevo.roles.claude.session import AgentSession, SessionSpec, tool_result
 from hpc_aevo.roles.claude.spend import RoundSpend, agent_home, limits_for
-from hpc_aevo.search.constitution import CheckContext, Violation, check_policy
+from hpc_aevo.search.constitution import CheckContext, ConstitutionChanged, Violation, check_policy
 from hpc_aevo.search.decide import Proposer, as_policy, mandatory_update
 from hpc_aevo.search.evidence import RoundEvidence, render_markdown
 from hpc_aevo.search.policy import Policy
@@ -31,8 +31,6 @@ MAX_PROPOSALS = 3
 PROPOSER = "claude-meta"
 
 
-class ConstitutionChanged(RuntimeError):
-    """The constitution's bytes differ from those hashed when the campaign started."""
 
 
 @dataclass

@@ -18,22 +18,21 @@ from hpc_aevo.state.tree import StateTree
 
 class RoundSpend:
     def __init__(self, tree: StateTree, rnd: int):
-        self.dir = tree.round_dir(rnd) / "agents"
-        self.round = rnd
+        self.tree, self.round = tree, rnd
 
     def new_record_path(self, who: str, role: str) -> Path:
         """A fresh record path: a re-run session (after a crash) or a second debug turn keeps the first's cost."""
         n = 1
-        while (self.dir / f"{who}.{role}.{n}.json").exists():
+        while self.tree.agent_record(self.round, who, role, n).exists():
             n += 1
-        return self.dir / f"{who}.{role}.{n}.json"
+        return self.tree.agent_record(self.round, who, role, n)
 
     def latest(self, who: str, role: str) -> AgentSession | None:
-        paths = sorted(self.dir.glob(f"{who}.{role}.*.json"), key=lambda p: int(p.stem.rsplit(".", 1)[1]))
+        paths = self.tree.agent_records(self.round, who, role)
         return AgentSession.load(paths[-1]) if paths else None
 
     def sessions(self) -> list[AgentSession]:
-        return [AgentSession.load(p) for p in sorted(self.dir.glob("*.json"))]
+        return [AgentSession.load(p) for p in self.tree.agent_records(self.round)]
 
     def spent_usd(self) -> float:
         return sum(s.cost_usd for s in self.sessions())
@@ -72,6 +71,6 @@ def limits_for(agents: Agents, spend: RoundSpend) -> Limits:
 def agent_home(spend: RoundSpend, who: str) -> Path:
     """A session's CLI home (config, transcripts) under the round's agents/ directory; also the cwd of
     sessions that get no file tools."""
-    home = spend.dir / "home" / who
+    home = spend.tree.agent_home(spend.round, who)
     home.mkdir(parents=True, exist_ok=True)
     return home

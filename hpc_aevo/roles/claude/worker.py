@@ -30,10 +30,9 @@ from hpc_aevo.sandbox import bwrap
 from hpc_aevo.sandbox.agents import Confinement
 from hpc_aevo.search.axes import AXES, signature
 from hpc_aevo.search.constitution import SEED_KEY
-from hpc_aevo.search.evidence import candidate_ref
 from hpc_aevo.state.manifest import Proposal
 from hpc_aevo.state.records import atomic_write_text, read_jsonl
-from hpc_aevo.state.tree import StateTree
+from hpc_aevo.state.tree import CandidateRef, StateTree, attempt_logs, attempt_outcomes
 from hpc_aevo.state.typed import to_data
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2]
@@ -122,9 +121,9 @@ class WorkerTools:
 
     def job_logs(self) -> str:
         parts = []
-        for log in sorted(self.jobs_dir.glob("attempt-*.log")):
+        for log in attempt_logs(self.jobs_dir):
             parts.append(f"== {log.name} (tail)\n{log_tail(log, 40)}")
-        for outcome in sorted(self.jobs_dir.glob("attempt-*.outcome.json")):
+        for outcome in attempt_outcomes(self.jobs_dir):
             parts.append(f"== {outcome.name}\n{outcome.read_text()}")
         events = [e for e in read_jsonl(self.task.trace.path) if e.get("actor") == "daemon"][-30:]
         parts.append("== trace (daemon events)\n" + "\n".join(json.dumps(e, sort_keys=True) for e in events))
@@ -156,7 +155,7 @@ def _prompt(task: WorkerTask, confinement: Confinement) -> str:
             "retired_axes": policy.retired_axes, "noise_band": policy.noise_band,
             "promotion_threshold": policy.promotion_threshold, "evidence_rule": to_data(policy.evidence),
             "dont_waste_budget_on": to_data(policy.dead_ends)}
-    return f"""You are the worker of candidate {candidate_ref(task.round, task.name)} (seed {task.seed}).
+    return f"""You are the worker of candidate {CandidateRef(task.round, task.candidate).key} (seed {task.seed}).
 
 Assigned axis: {axis.name} ({axis.category}): {axis.description}. Edit only the recipe keys under
 {', '.join(axis.recipe_areas)} (code changes are allowed if they serve this axis).
@@ -198,7 +197,7 @@ class ClaudeWorker:
         return SessionSpec(
             role=role, round=task.round, who=task.name, prompt=prompt, resume=resume,
             system_prompt="You are a worker of an autonomous post-training campaign. Stay inside your sandbox.",
-            cwd=conf.sandbox, home=self.tree.round_dir(task.round) / "agents" / "home" / task.name,
+            cwd=conf.sandbox, home=self.tree.agent_home(task.round, task.name),
             record_path=spend.new_record_path(task.name, role), trace=task.trace,
             limits=limits_for(self.campaign.agents, spend), tools=conf.tools,
             allow=conf.allow_rules() + WorkerTools.names(), deny=conf.deny_rules(),
