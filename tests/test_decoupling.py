@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from hpc_aevo.search.axes import AXES
-from hpc_aevo.search.decoupling import calibrate, domain_band, rank_p_value, spearman
+from hpc_aevo.search.decoupling import calibration_report, domain_band, rank_p_value, spearman
 from hpc_aevo.state.manifest import CandidateManifest, Measured, Proposal
 from hpc_aevo.search.policy import Policy
 
@@ -116,7 +116,7 @@ def test_domain_band_is_floored_at_the_policy_band():
 
 def test_planted_trap_without_noise_is_flagged_on_its_domain():
     manifests = synthetic_round(noise=0.0, effects={2: TRAP})
-    report = calibrate(manifests, synthetic_policy(dev_noise_band=0.02, noise_band=0.02), EXAMPLES)
+    report = calibration_report(manifests, synthetic_policy(dev_noise_band=0.02, noise_band=0.02), EXAMPLES)
     kinds = {(f.kind, f.candidate, f.domain) for f in report.flags}
     assert ("dev-gain-without-transfer", "cand-02", None) in kinds
     assert ("domain-gain-without-transfer", "cand-02", "equation") in kinds
@@ -132,7 +132,7 @@ def test_planted_trap_without_noise_is_flagged_on_its_domain():
 def test_planted_trap_is_found_through_seed_noise(anchors):
     hits = 0
     for seed in range(100):
-        report = calibrate(synthetic_round(seed=seed, anchors=anchors, effects={anchors: TRAP}),
+        report = calibration_report(synthetic_round(seed=seed, anchors=anchors, effects={anchors: TRAP}),
                            synthetic_policy(), EXAMPLES)
         hits += report.decoupled and "equation" in report.suspect_domains
     assert hits >= 90
@@ -141,7 +141,7 @@ def test_planted_trap_is_found_through_seed_noise(anchors):
 @pytest.mark.parametrize("anchors,rho", [(1, 0.8), (2, 0.8), (2, 0.3)])
 def test_pure_seed_noise_rarely_raises_a_flag(anchors, rho):
     false_alarms = sum(
-        bool(calibrate(synthetic_round(seed=seed, anchors=anchors, rho=rho), synthetic_policy(), EXAMPLES).flags)
+        bool(calibration_report(synthetic_round(seed=seed, anchors=anchors, rho=rho), synthetic_policy(), EXAMPLES).flags)
         for seed in range(200)
     )
     assert false_alarms <= 10  # <= 5% of 200 rounds
@@ -149,13 +149,13 @@ def test_pure_seed_noise_rarely_raises_a_flag(anchors, rho):
 
 def test_a_real_gain_that_transfers_is_not_flagged():
     manifests = synthetic_round(noise=0.0, effects={3: uniform(0.06, 0.06)})
-    report = calibrate(manifests, synthetic_policy(), EXAMPLES)
+    report = calibration_report(manifests, synthetic_policy(), EXAMPLES)
     assert not report.flags and report.spearman == pytest.approx(1.0)
 
 
 def test_dev_ranking_candidates_against_the_leaderboard_is_rank_decoupling():
     effects = {i: uniform(0.02 * i, -0.02 * i) for i in range(2, 8)}
-    report = calibrate(synthetic_round(noise=0.0, effects=effects), synthetic_policy(), EXAMPLES)
+    report = calibration_report(synthetic_round(noise=0.0, effects=effects), synthetic_policy(), EXAMPLES)
     assert report.spearman < -0.9 and report.n == 8
     assert any(f.kind == "rank-decoupling" for f in report.flags)
 
@@ -164,7 +164,7 @@ def test_failed_and_unsubmitted_candidates_are_left_out_of_the_statistics():
     manifests = synthetic_round(noise=0.0, effects={2: TRAP})
     manifests[2].status, manifests[2].failure = "failed", "OOM"
     manifests[3].measured.leaderboard, manifests[3].measured.leaderboard_per_domain = None, {}
-    report = calibrate(manifests, synthetic_policy(), EXAMPLES)
+    report = calibration_report(manifests, synthetic_policy(), EXAMPLES)
     assert report.n == 6 and not report.flags
     assert "cand-02" not in {g.candidate for g in report.candidates}
     assert next(g for g in report.candidates if g.candidate == "cand-03").leaderboard_gain is None
@@ -172,14 +172,14 @@ def test_failed_and_unsubmitted_candidates_are_left_out_of_the_statistics():
 
 def test_without_anchors_there_are_no_gains_and_no_flags():
     manifests = synthetic_round(anchors=0, noise=0.0, effects={0: TRAP})
-    report = calibrate(manifests, synthetic_policy(), EXAMPLES)
+    report = calibration_report(manifests, synthetic_policy(), EXAMPLES)
     assert not report.flags and report.domains == []
     assert all(g.dev_gain is None for g in report.candidates)
 
 
 def test_domains_come_from_the_data_and_unknown_example_counts_are_not_tested():
     manifests = synthetic_round(noise=0.0, effects={2: TRAP})
-    report = calibrate(manifests, synthetic_policy(), {d: n for d, n in EXAMPLES.items() if d != "equation"})
+    report = calibration_report(manifests, synthetic_policy(), {d: n for d, n in EXAMPLES.items() if d != "equation"})
     assert {d.domain for d in report.domains} == set(DOMAINS)
     equation = next(d for d in report.domains if d.domain == "equation")
     assert equation.dev_threshold is None and report.suspect_domains == []

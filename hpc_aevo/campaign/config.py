@@ -71,7 +71,7 @@ class Stages:
 
 
 @dataclass
-class Scheduler:
+class SchedulerConfig:
     backend: Literal["local", "slurm"]  # "local": submitit's local executor; "slurm": the cluster
     max_parallel: int  # most tasks running at once (local: concurrent processes)
     stages: Stages  # per-stage task resources
@@ -145,7 +145,7 @@ class Campaign:
     substrate: str  # the reference substrate: a directory with recipe.yaml, train.py, evaluate.py
     rounds: int  # rounds to run
     workers_per_round: int  # mutating workers per round
-    scheduler: Scheduler
+    scheduler: SchedulerConfig
     leaderboard: Leaderboard
     policy: PolicyFiles
     anchors: int = 1  # pure-baseline candidates per round; cand-00.. are the anchors

@@ -286,7 +286,7 @@ def _rank_flag(rho: float | None, p: float | None, n: int) -> list[DecouplingFla
     )]
 
 
-def calibrate(
+def calibration_report(
     manifests: list[CandidateManifest], policy: Policy, examples_per_domain: dict[str, int]
 ) -> CalibrationReport:
     """The calibration report of one round; `policy` is the round's policy (its bands)."""

@@ -15,7 +15,7 @@ from statistics import fmean
 from typing import Literal
 
 from hpc_aevo.search.axes import axis_allows
-from hpc_aevo.search.decoupling import AnchorStats, CalibrationReport, anchor_stats, calibrate, evaluated, gain
+from hpc_aevo.search.decoupling import AnchorStats, CalibrationReport, anchor_stats, calibration_report, evaluated, gain
 from hpc_aevo.search.policy import Policy
 from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.state.records import Record
@@ -238,7 +238,7 @@ def collect_evidence(
         noise_band=policy.noise_band, dev_noise_band=policy.dev_noise_band, anchors=anchors,
         candidates=summaries,
         patterns=_patterns(summaries, policy.noise_band),
-        calibration=calibrate(manifests, policy, examples_per_domain),
+        calibration=calibration_report(manifests, policy, examples_per_domain),
         surprises=_surprises(summaries, policy.noise_band, policy.dev_noise_band),
         rationale_audit=_audit(manifests, policy),
     )
