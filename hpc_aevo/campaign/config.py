@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 from hpc_aevo.campaign.reader import ConfigError, parse_mapping, read_bytes, read_yaml_mapping
-from hpc_aevo.loop.install import RECIPE_FILE, REQUIRED_FILES
 from hpc_aevo.search.policy import Policy
+from hpc_aevo.state.contract import RECIPE_FILE, REQUIRED_FILES
 from hpc_aevo.state.typed import SchemaError, from_data
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")

@@ -30,8 +30,9 @@ from typing import Callable
 from hpc_aevo.jobs.spec import EXIT_PREEMPTED, Claim, JobOutcome, JobSpec, StageRun
 from hpc_aevo.sandbox import bwrap
 from hpc_aevo.sandbox.jobs import ConfinementUnavailable, confine, eval_out_dir
+from hpc_aevo.state.contract import EVAL_RESULT, EVALUATOR, RECIPE_FILE, TRAIN_SCRIPT
 from hpc_aevo.state.records import now_iso
-from hpc_aevo.state.tree import EVAL_RESULT
+from hpc_aevo.state.tree import RECIPE_MARKER
 
 
 def process_start_time(pid: int) -> str | None:
@@ -75,9 +76,9 @@ def _claim(spec: JobSpec) -> bool:
 
 def _recipe_guard(spec: JobSpec) -> None:
     """Resume only checkpoints of the same recipe: a retry with an edited recipe starts afresh."""
-    recipe_hash = hashlib.sha256((Path(spec.sandbox) / "recipe.yaml").read_bytes()).hexdigest()
+    recipe_hash = hashlib.sha256((Path(spec.sandbox) / RECIPE_FILE).read_bytes()).hexdigest()
     checkpoints = Path(spec.checkpoints)
-    marker = checkpoints / "recipe.sha256"
+    marker = checkpoints / RECIPE_MARKER
     if checkpoints.exists() and (not marker.exists() or marker.read_text() != recipe_hash):
         shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -86,9 +87,9 @@ def _recipe_guard(spec: JobSpec) -> None:
 
 def _command(spec: JobSpec, stage: str) -> tuple[list[str], str]:
     if stage == "train":
-        return [sys.executable, "train.py", "--recipe", "recipe.yaml", "--out", spec.checkpoints], spec.sandbox
-    evaluator = str(Path(spec.evaluator_dir) / "evaluate.py")
-    recipe = str(Path(spec.sandbox) / "recipe.yaml")
+        return [sys.executable, TRAIN_SCRIPT, "--recipe", RECIPE_FILE, "--out", spec.checkpoints], spec.sandbox
+    evaluator = str(Path(spec.evaluator_dir) / EVALUATOR)
+    recipe = str(Path(spec.sandbox) / RECIPE_FILE)
     out = eval_out_dir(spec)
     out.mkdir(parents=True, exist_ok=True)
     return [sys.executable, evaluator, "--checkpoints", spec.checkpoints, "--recipe", recipe,
@@ -159,8 +160,8 @@ def run_rank(spec: JobSpec, rank: int, on_process: Callable[[subprocess.Popen], 
     torch.distributed rendezvous from the SLURM environment. Rank 0 alone claims the attempt and
     records its outcome; this rank waits until rank 0 has checked the checkpoints' recipe, so it
     never resumes checkpoints that rank 0 is about to delete."""
-    recipe_hash = hashlib.sha256((Path(spec.sandbox) / "recipe.yaml").read_bytes()).hexdigest()
-    marker = Path(spec.checkpoints) / "recipe.sha256"
+    recipe_hash = hashlib.sha256((Path(spec.sandbox) / RECIPE_FILE).read_bytes()).hexdigest()
+    marker = Path(spec.checkpoints) / RECIPE_MARKER
     deadline = time.time() + 120
     while not (marker.exists() and marker.read_text() == recipe_hash):
         if time.time() > deadline:

@@ -16,14 +16,8 @@ from typing import Any
 import yaml
 
 from hpc_aevo.campaign.reader import read_yaml_mapping
-from hpc_aevo.loop.install import (
-    RECIPE_FILE,
-    SubstrateManifest,
-    ignore_debris,
-    make_writable,
-    remove_tree,
-    verify_substrate,
-)
+from hpc_aevo.loop.install import SubstrateManifest, ignore_debris, make_writable, remove_tree, verify_substrate
+from hpc_aevo.state.contract import RECIPE_FILE
 
 
 def fork_candidate(default_dir: Path, manifest: SubstrateManifest, sandbox: Path, recipe: dict[str, Any]) -> None:

@@ -17,8 +17,6 @@ from pathlib import Path
 
 from hpc_aevo.state.records import Record
 
-RECIPE_FILE = "recipe.yaml"
-REQUIRED_FILES = (RECIPE_FILE, "train.py", "evaluate.py")
 # Build and tool debris that may appear in a tree without changing what it does.
 SKIP_PATTERNS = ("__pycache__", "*.pyc", ".git", ".pytest_cache")
 ignore_debris = shutil.ignore_patterns(*SKIP_PATTERNS)

@@ -8,9 +8,9 @@ So the round loop never knows which: `factory.make_roles` is the one place that 
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
-import abc
 from typing import Literal, Protocol
 
 from hpc_aevo.search.constitution import CheckContext

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from hpc_aevo.jobs.spec import JobSpec
 from hpc_aevo.sandbox import bwrap
+from hpc_aevo.state.contract import RECIPE_FILE
 
 HOST_SECRETS = ("/etc/munge", "/run/munge", "~/.claude", "~/.claude.json")  # scheduler auth, Claude logins
 
@@ -47,7 +48,7 @@ def views(spec: JobSpec, stage: str) -> list[tuple[Path, bool]]:
         if os.path.isfile(conf):  # a multi-node trainer finds its master with `scontrol show hostnames`
             seen.append((conf, False))  # the file alone: slurmdbd.conf may lie beside it
     else:
-        seen = [(spec.evaluator_dir, False), (spec.checkpoints, False), (Path(spec.sandbox) / "recipe.yaml", False),
+        seen = [(spec.evaluator_dir, False), (spec.checkpoints, False), (Path(spec.sandbox) / RECIPE_FILE, False),
                 (eval_out_dir(spec), True)]
     return [(Path(os.path.realpath(p)), writable) for p, writable in seen]
 

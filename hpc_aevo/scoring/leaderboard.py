@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpc_aevo.state.contract import EVALUATOR
 from hpc_aevo.state.records import Record, atomic_write_text, now_iso
 from hpc_aevo.state.tree import StateTree
 
@@ -103,7 +104,7 @@ class HeldoutPuzzles:
         if len(self.ledger().submissions) >= self.quota:
             raise LeaderboardError(f"leaderboard quota of {self.quota} submissions is spent; {candidate} not scored")
         proc = subprocess.run(
-            [sys.executable, "evaluate.py", "--checkpoint", str(checkpoint), "--split-file", str(self.split_file),
+            [sys.executable, EVALUATOR, "--checkpoint", str(checkpoint), "--split-file", str(self.split_file),
              "--out", str(out)],
             cwd=self.tree.default_dir, capture_output=True, text=True,
         )

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardError
+from hpc_aevo.state.contract import TRAIN_SUMMARY
 from hpc_aevo.state.manifest import CandidateManifest, CheckpointScore
 from hpc_aevo.state.records import Record, RecordError
 from hpc_aevo.state.trace import Trace
-from hpc_aevo.state.tree import TRAIN_SUMMARY
 
 
 @dataclass

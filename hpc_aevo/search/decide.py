@@ -10,8 +10,8 @@ mandatory updates (the ones the evidence forces, never a promotion) governs the 
 from __future__ import annotations
 
 import copy
-from statistics import fmean
 from dataclasses import dataclass
+from statistics import fmean
 from typing import Any, Callable
 
 from hpc_aevo.search.axes import AXES, CATEGORIES, categories_of, category_of, mixture_key, signature

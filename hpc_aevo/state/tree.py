@@ -13,13 +13,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpc_aevo.state.contract import EVAL_RESULT, TRAIN_SUMMARY
 from hpc_aevo.state.records import Record
 
 _ROUND_DIR = re.compile(r"r(\d{3,})")
 _CANDIDATE_KEY = re.compile(r"r(\d{3,})/cand-(\d{2,})")
 
-TRAIN_SUMMARY = "train_summary.json"  # what the substrate's trainer writes beside its checkpoints (its contract)
-EVAL_RESULT = "eval.json"  # what the frozen evaluator writes for the dev split
+RECIPE_MARKER = "recipe.sha256"  # in checkpoints/: the recipe they were trained from, so a changed recipe restarts
 
 
 @dataclass(frozen=True, order=True)

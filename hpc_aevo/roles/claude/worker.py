@@ -30,6 +30,7 @@ from hpc_aevo.sandbox import bwrap
 from hpc_aevo.sandbox.agents import Confinement
 from hpc_aevo.search.axes import AXES, signature
 from hpc_aevo.search.constitution import SEED_KEY
+from hpc_aevo.state.contract import RECIPE_FILE, TRAIN_SCRIPT
 from hpc_aevo.state.manifest import Proposal
 from hpc_aevo.state.records import atomic_write_text, read_jsonl
 from hpc_aevo.state.tree import CandidateRef, StateTree, attempt_logs, attempt_outcomes
@@ -104,7 +105,7 @@ class WorkerTools:
             return tool_result("refused: smoke test unavailable, no OS sandbox (bubblewrap) on this host to run sandbox code in",
                            error=True)
         out = self.confinement.sandbox / ".smoke"
-        argv = self.confinement.bwrap_argv([sys.executable, "train.py", "--recipe", "recipe.yaml", "--out", str(out),
+        argv = self.confinement.bwrap_argv([sys.executable, TRAIN_SCRIPT, "--recipe", RECIPE_FILE, "--out", str(out),
                                             "--max-steps", str(min(max(steps, 1), 10))])
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S,
@@ -248,7 +249,7 @@ def _set_seed(task: WorkerTask) -> None:
     recipe = load_recipe(task.sandbox)
     if recipe.get(SEED_KEY) != task.seed:
         recipe[SEED_KEY] = task.seed
-        atomic_write_text(task.sandbox / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
+        atomic_write_text(task.sandbox / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
 
 
 def _proposal(fields: dict[str, Any]) -> Proposal:

@@ -15,11 +15,11 @@ from typing import Any, Callable
 import yaml
 
 from hpc_aevo.loop.fork import load_recipe, recipe_diff
-from hpc_aevo.loop.install import RECIPE_FILE
 from hpc_aevo.roles.interface import WorkerResult, WorkerTask
 from hpc_aevo.search.axes import AXES, mixture_key, signature
 from hpc_aevo.search.constitution import SEED_KEY
 from hpc_aevo.search.policy import Policy
+from hpc_aevo.state.contract import RECIPE_FILE
 from hpc_aevo.state.manifest import Proposal
 from hpc_aevo.state.records import atomic_write_text
 

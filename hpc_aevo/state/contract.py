@@ -1,0 +1,13 @@
+"""The file names a substrate promises the toolkit (substrate/README.md is the contract in prose).
+
+A substrate directory holds its recipe, its trainer and its evaluator; the trainer writes a summary
+beside its checkpoints and the evaluator one record of dev scores. These names are fixed for every
+substrate, the reference one and a user's, so the toolkit names them here once.
+"""
+
+RECIPE_FILE = "recipe.yaml"  # the one file a worker's mutation is recorded against
+TRAIN_SCRIPT = "train.py"  # run in the sandbox: python train.py --recipe recipe.yaml --out CHECKPOINTS
+EVALUATOR = "evaluate.py"  # run from the frozen default/ only, never a sandbox's copy
+REQUIRED_FILES = (RECIPE_FILE, TRAIN_SCRIPT, EVALUATOR)
+TRAIN_SUMMARY = "train_summary.json"  # the trainer's summary, beside its checkpoints
+EVAL_RESULT = "eval.json"  # the evaluator's record of the dev split
