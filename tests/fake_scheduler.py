@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hpc_aevo.jobs.scheduler import JobStatus, Scheduler, SchedulerUnavailable, Submission, Submitted, TaskUsage
 from hpc_aevo.jobs.spec import Claim, JobOutcome, JobSpec, StageRun
@@ -154,7 +155,7 @@ class FakeScheduler(Scheduler):
     # ---- the cluster -----------------------------------------------------------------------
     def _answer_or_raise(self, command: str) -> None:
         if self.tick in self._down:
-            raise SchedulerUnavailable(f"{command} failed (1): slurm_load_jobs error: Unable to contact slurm controller")
+            raise SchedulerUnavailable(f"{command} failed (1): Unable to contact slurm controller")
 
     def _launch(self, spec: JobSpec, batch: str) -> FakeJob:
         plans = self._plans.get((spec.key, spec.attempt), [])
@@ -218,16 +219,20 @@ class FakeScheduler(Scheduler):
         self._end(job)
 
     def _claim(self, job: FakeJob) -> bool:
-        """The job's O_EXCL claim of its attempt (the train task's, on SLURM)."""
+        """The job's O_EXCL claim of its attempt (the train task's, on SLURM); False: another launch holds it."""
         spec = job.spec.stage("train") if self.arrays else job.spec
-        held = Claim.load_or_none(spec.claim_path())
-        if held is not None:
+        if Claim.load_or_none(spec.claim_path()) is not None:
             return False
-        Claim(spec.key, spec.attempt, int(job.job_id.split("_")[0]), job.identity, "fake-node", now_iso(),
-              job.job_id if self.arrays else None).save(spec.claim_path())
+        self._save_claim(spec, job.job_id, job.identity)
         return True
 
+    def _save_claim(self, spec: JobSpec, job_id: str, identity: str | None) -> None:
+        Claim(spec.key, spec.attempt, int(job_id.split("_")[0]), identity, "fake-node", now_iso(),
+              job_id if self.arrays else None).save(spec.claim_path())
+
     def _end(self, job: FakeJob) -> None:
+        """The last run ends as planned. On SLURM the train task records its own outcome and the chained
+        eval task the attempt's; a local job records the attempt's once, after its last stage."""
         plan, spec = job.plan, job.spec
         if plan.end == "LOST":
             job.gone = True
@@ -235,50 +240,50 @@ class FakeScheduler(Scheduler):
         if plan.end == "CANCELLED":
             self._cancel(job)
             return
-        train_fails = plan.end == "TIMEOUT" or (plan.end == "FAILED" and plan.stage == "train")
-        train = self._run_stage(spec, "train", plan.train_s, failed=train_fails)
-        if plan.end == "TIMEOUT":  # StageTask: submitit raises on the last time limit, the task ends FAILED
-            self._write(spec, "TIMEOUT", [], "train reached its time limit with no requeue left; "
-                                              "its last checkpoint is kept for a retry", only_train=True)
+        if plan.end == "TIMEOUT":  # StageTask: submitit raises on the last time limit, so the task ends FAILED
+            self._log(spec, "train", "submitit: Job not requeued because: timed-out too many times.")
+            self._outcome(spec.stage("train"), "TIMEOUT", [], "train reached its time limit with no requeue left; "
+                                                             "its last checkpoint is kept for a retry")
             job.states = {"train": "FAILED", "eval": "CANCELLED"}
             return
-        if train_fails:
-            self._write(spec, "FAILED", [train], f"train exited with code 1; log: {train.log}", only_train=True)
-            job.states = {"train": "FAILED", "eval": "CANCELLED"}  # kill-on-invalid-dep cancels the eval task
-            return
-        self._write(spec, "COMPLETED", [train], "", only_train=True)
-        job.states["train"] = "COMPLETED"
-        job.elapsed["eval"] = plan.eval_s
-        if self.arrays:
-            Claim(spec.key, spec.attempt, int(job.eval_job_id.split("_")[0]), None, "fake-node", now_iso(),
-                  job.eval_job_id).save(spec.stage("eval").claim_path())
-        evaluation = self._run_stage(spec, "eval", plan.eval_s, failed=plan.end == "FAILED")
-        if plan.end == "FAILED":
-            self._write(spec, "FAILED", [train, evaluation], f"eval exited with code 1; log: {evaluation.log}")
-            job.states["eval"] = "FAILED"
-            return
-        self._write(spec, "COMPLETED", [train, evaluation], "")
-        job.states["eval"] = "COMPLETED"
+        runs: list[StageRun] = []
+        for stage in ("train", "eval"):
+            failed = plan.end == "FAILED" and plan.stage == stage
+            if stage == "eval":
+                job.elapsed["eval"] = plan.eval_s
+                if self.arrays:
+                    self._save_claim(spec.stage("eval"), job.eval_job_id, None)
+            log = self._log(spec, stage, f"Traceback (most recent call last):\nRuntimeError: {stage} diverged: "
+                                         "loss is nan" if failed else f"{stage} done")
+            runs.append(StageRun(stage, 1 if failed else 0, plan.train_s if stage == "train" else plan.eval_s,
+                                 str(log), confined=True))
+            job.states[stage] = "FAILED" if failed else "COMPLETED"
+            state, message = ("FAILED", f"{stage} exited with code 1; log: {log}") if failed else ("COMPLETED", "")
+            if self.arrays and stage == "train":
+                self._outcome(spec.stage("train"), state, runs, message)
+            if failed:
+                if stage == "train":
+                    job.states["eval"] = "CANCELLED"  # kill-on-invalid-dep: the chained task never starts
+                if stage == "eval" or not self.arrays:
+                    self._outcome(spec, state, runs, message)
+                return
+        self._outcome(spec, "COMPLETED", runs, "")
 
     def _cancel(self, job: FakeJob) -> None:
         job.states = {stage: "CANCELLED" if state in ("PENDING", "RUNNING", "REQUEUED") else state
                       for stage, state in job.states.items()}
 
     @staticmethod
-    def _run_stage(spec: JobSpec, stage: str, seconds: float, failed: bool) -> StageRun:
+    def _log(spec: JobSpec, stage: str, text: str) -> Path:
         log = spec.log_path(stage)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as handle:
-            handle.write(f"hpc_aevo: {spec.key} attempt {spec.attempt} {stage} on fake-node: confined by bubblewrap\n")
-            if failed:
-                handle.write(f"Traceback (most recent call last):\nRuntimeError: {stage} diverged: loss is nan\n")
-        return StageRun(stage, 1 if failed else 0, seconds, str(log), confined=True)
+            handle.write(f"hpc_aevo: {spec.key} attempt {spec.attempt} {stage} on fake-node: confined by bubblewrap\n"
+                         f"{text}\n")
+        return log
 
-    def _write(self, spec: JobSpec, state: str, stages: list[StageRun], message: str, only_train: bool = False) -> None:
-        """The outcome record a job writes: on SLURM the train task writes its own (only_train) and the
-        eval task the attempt's; a local job writes the attempt's once, after its last stage."""
-        if only_train and not self.arrays and state == "COMPLETED":
-            return  # a local job goes on to evaluate in the same process
-        target = spec.stage("train") if only_train and self.arrays else spec
-        JobOutcome(spec.key, spec.attempt, state, stages, cpu_s=sum(s.wall_s for s in stages), finished_at=now_iso(),
-                   message=message).save(target.outcome_path())
+    @staticmethod
+    def _outcome(target: JobSpec, state: str, runs: list[StageRun], message: str) -> None:
+        """The outcome record at `target`'s path (the train task's own, or the attempt's)."""
+        JobOutcome(target.key, target.attempt, state, list(runs), cpu_s=sum(r.wall_s for r in runs),
+                   finished_at=now_iso(), message=message).save(target.outcome_path())

@@ -37,6 +37,7 @@ FIXED_STATE_ROOT = Path("/pinned-by-tests/hpc_aevo/state")  # never created: a d
 REPIN = os.environ.get("HPC_AEVO_REPIN") == "1"
 SECTION = re.compile(r"^# ---- (train|eval) array: candidates (.*) ----\n", re.MULTILINE)
 PROFILES = ["devcluster", "h200"]
+BATCH = "r000-0123456789"  # a batch token as the launcher makes them
 
 
 def shipped_campaign(profile: str, state_root: Path) -> Campaign:
@@ -53,7 +54,8 @@ def stage_scripts(text: str) -> dict[str, str]:
     assert re.fullmatch(r"# dry run of [a-z0-9-]+ round 0: nothing is submitted\n", preamble), preamble
     stages = sections[0::3]
     assert stages == ["train", "eval"], stages
-    return {stage: script.rstrip("\n") + "\n" for stage, script in zip(stages, sections[2::3])}  # less the joining newline
+    scripts = sections[2::3]  # all but the last end with the newline that joins them
+    return {stage: script.rstrip("\n") + "\n" for stage, script in zip(stages, scripts)}
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -81,10 +83,11 @@ def test_dry_run_is_what_submit_hands_to_sbatch(tmp_path, profile):
     specs = [Candidate(0, c, tree).spec(1) for c in range(campaign.candidates)]
     rendered = stage_scripts(dry_run(campaign))
     with mocked_slurm():
-        submitted = scheduler.submit(specs, "r000-0123456789")
+        submitted = scheduler.submit(specs, BATCH)
     train_array, eval_array = (submitted[0].job_id.split("_")[0], submitted[0].eval_job_id.split("_")[0])
     folder = tmp_path / "state" / "rounds" / "r000" / "slurm"
     for stage, array in (("train", train_array), ("eval", eval_array)):
-        expected = (rendered[stage].replace("'hpc_aevo:", "hpc_aevo:").replace(f":<batch>:{stage}'", f":r000-0123456789:{stage}")
+        expected = (rendered[stage].replace("'hpc_aevo:", "hpc_aevo:")
+                    .replace(f":<batch>:{stage}'", f":{BATCH}:{stage}")
                     .replace("'aftercorr:<train array job id>'", f"aftercorr:{train_array}"))
         assert (folder / f"{array}_submission.sh").read_text() == expected
