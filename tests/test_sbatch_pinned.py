@@ -43,7 +43,7 @@ BATCH = "r000-0123456789"  # a batch token as the launcher makes them
 def shipped_campaign(profile: str, state_root: Path) -> Campaign:
     """campaigns/<profile>.yaml, whose cluster profile is sbatch/<profile>.yaml, with its state tree at `state_root`."""
     campaign = load_campaign(REPO / "campaigns" / f"{profile}.yaml")
-    assert campaign.paths.profile == REPO / "sbatch" / f"{profile}.yaml"
+    assert campaign.paths.profile.resolve() == (REPO / "sbatch" / f"{profile}.yaml").resolve()
     campaign.paths = dataclasses.replace(campaign.paths, state_root=state_root)
     return campaign
 
