@@ -45,9 +45,10 @@ class TrainPhase:
     """One round's proposed candidates, handed to a Launcher as the daemon's train phase does;
     each `run()` is one life of the daemon."""
 
-    def __init__(self, root: Path, scheduler: FakeScheduler, n: int, max_attempts: int = 2, budget: Budget = Budget()):
+    def __init__(self, root: Path, scheduler: FakeScheduler, n: int, max_attempts: int = 2,
+                 budget: Budget | None = None):
         self.tree, self.scheduler = StateTree(root / "state"), scheduler
-        self.max_attempts, self.budget = max_attempts, budget
+        self.max_attempts, self.budget = max_attempts, budget or Budget()
         self.candidates = [Candidate(0, c, self.tree) for c in range(n)]
         for c in range(n):
             CandidateManifest(round=0, candidate=c, name=f"cand-{c:02d}", role="anchor" if c == 0 else "worker",
