@@ -60,7 +60,7 @@ def test_trained_checkpoint_exports_through_the_cli(tmp_path):
     cfg = {"init_from": str(hf_dir), "seq_len": 32}
     model = build_model(cfg)
     torch.save({"step": 7, "model": model.state_dict(), "model_config": cfg}, tmp_path / "ckpt-000007.pt")
-    proc = subprocess.run([sys.executable, "hf_checkpoint.py", "export", "--checkpoint",
+    proc = subprocess.run([sys.executable, "export_hf.py", "--checkpoint",
                            str(tmp_path / "ckpt-000007.pt"), "--out", str(tmp_path / "hf-out")],
                           cwd=SUBSTRATE, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
