@@ -42,7 +42,7 @@ def sessions(daemon: Daemon) -> list[AgentSession]:
     return [AgentSession.load(p) for p in sorted((daemon.tree.round_dir(0) / "agents").glob("*.json"))]
 
 
-def test_worker_edits_smoke_tests_and_records(tmp_path, stub):
+def test_worker_edits_smoke_tests_and_records(tmp_path, stub, os_sandbox):
     daemon = claude_daemon(tmp_path)
     sandbox = daemon.tree.sandbox(0, 1)
     stub.add("r000/cand-01", good_worker(sandbox))

