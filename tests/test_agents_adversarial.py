@@ -95,6 +95,7 @@ ALLOWED = {"make a symlink out of the sandbox"}
 EMPTY = {"read the API key from the environment"}
 
 
+@pytest.mark.slow
 def test_adversarial_worker_is_contained(tmp_path, stub, os_sandbox):
     constitution = tmp_path / "constitution.md"
     shutil.copy(REPO / "policy" / "constitution.md", constitution)

@@ -31,6 +31,7 @@ def _hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "model.safetensors")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tied", [True, False])
 def test_logits_match_hf_and_export_is_identity(tmp_path, tied):
     hf_dir = random_llama(tmp_path / "hf", tied)
@@ -53,6 +54,7 @@ def test_logits_match_hf_and_export_is_identity(tmp_path, tied):
     torch.testing.assert_close(hf_logits(out, IDS), theirs, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_trained_checkpoint_exports_through_the_cli(tmp_path):
     """A checkpoint as train.py writes it (recipe model config, megatron state) -> HF directory."""
     hf_dir = random_llama(tmp_path / "hf", tied=False, seed=1)
@@ -85,6 +87,7 @@ def test_bad_init_from_and_contradicting_recipe_are_one_line_errors(tmp_path):
         resolve_config({"init_from": str(hf_dir), "hidden": 128, "seq_len": 32})
 
 
+@pytest.mark.slow
 def test_tensor_parallel_2_under_torchrun(tmp_path):
     hf_dir = random_llama(tmp_path / "hf", tied=False, seed=2)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
@@ -120,6 +123,7 @@ print(json.dumps([str(hf_checkpoint.resolve_init_from("pypi:fake_gguf_model/tiny
 """
 
 
+@pytest.mark.slow
 def test_a_read_only_model_cache_gets_a_private_copy(tmp_path, job_sandbox):
     """A confined job sees the model cache read-only: a missing entry is dequantized into a private
     directory of that process, and the cache is left as it was; where it is writable, it is filled once."""

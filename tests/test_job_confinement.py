@@ -155,6 +155,7 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_the_evaluator_refuses_a_checkpoint_with_a_pickled_payload(tree, tmp_path):
     marker, checkpoint = tmp_path / "payload-ran", tmp_path / "ckpt-000012.pt"
     torch.save({"step": 12, "model": {}, "model_config": tiny_recipe()["model"], "payload": Payload(marker)}, checkpoint,
