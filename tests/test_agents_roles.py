@@ -43,6 +43,7 @@ def dev_only_round():
     return previous, collect_evidence(2, ctx.manifests, previous, EXAMPLES), ctx
 
 
+@pytest.mark.slow
 def test_a_lawless_meta_is_rejected_rule_by_rule_and_the_fallback_recorded(roles, stub):
     roles, constitution = roles
     previous, evidence, ctx = dev_only_round()
@@ -86,6 +87,7 @@ def test_a_changed_constitution_is_not_given_to_the_meta(roles, stub):
     assert not stub.requests
 
 
+@pytest.mark.slow
 def test_the_collector_writes_prose_but_no_number(roles, stub):
     roles, _ = roles
     _, evidence, _ = dev_only_round()

@@ -42,7 +42,8 @@ def sessions(daemon: Daemon) -> list[AgentSession]:
     return [AgentSession.load(p) for p in sorted((daemon.tree.round_dir(0) / "agents").glob("*.json"))]
 
 
-def test_worker_edits_smoke_tests_and_records(tmp_path, stub):
+@pytest.mark.slow
+def test_worker_edits_smoke_tests_and_records(tmp_path, stub, os_sandbox):
     daemon = claude_daemon(tmp_path)
     sandbox = daemon.tree.sandbox(0, 1)
     stub.add("r000/cand-01", good_worker(sandbox))
@@ -63,6 +64,7 @@ def test_worker_edits_smoke_tests_and_records(tmp_path, stub):
     assert not (sandbox / ".smoke").exists()
 
 
+@pytest.mark.slow
 def test_worker_cannot_write_measured_fields_or_skip_its_axis(tmp_path, stub):
     daemon = claude_daemon(tmp_path)
     stub.add("r000/cand-01", [
@@ -81,6 +83,7 @@ def test_worker_cannot_write_measured_fields_or_skip_its_axis(tmp_path, stub):
     assert [e["layer"] for e in denied] == ["tool", "tool"] and "assigned axis" in denied[1]["reason"]
 
 
+@pytest.mark.slow
 def test_session_error_fails_the_candidate_not_the_round(tmp_path, stub):
     daemon = claude_daemon(tmp_path, max_turns=2)
     stub.add("r000/cand-01", [[mcp("hpc", "job_logs")], [mcp("hpc", "job_logs")], [mcp("hpc", "job_logs")]])
@@ -91,6 +94,7 @@ def test_session_error_fails_the_candidate_not_the_round(tmp_path, stub):
     assert session.outcome == "error_max_turns" and session.is_error
 
 
+@pytest.mark.slow
 def test_the_round_budget_stops_sessions_and_fails_their_candidates_cleanly(tmp_path, stub):
     daemon = claude_daemon(tmp_path, workers=2, max_budget_usd_per_round=0.01)
     stub.add("r000/cand-01", good_worker(daemon.tree.sandbox(0, 1)))
@@ -136,6 +140,7 @@ def test_credentials_leave_the_environment_and_an_oauth_token_is_refused(tmp_pat
     assert str(err.value).count("\n") == 0 and "CLAUDE_CODE_OAUTH_TOKEN is not used" in str(err.value)
 
 
+@pytest.mark.slow
 def test_without_an_os_sandbox_no_shell_is_offered(tmp_path, stub, monkeypatch):
     monkeypatch.setattr("hpc_aevo.sandbox.agents.os_sandbox_available", lambda: False)
     daemon = claude_daemon(tmp_path)

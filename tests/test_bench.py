@@ -62,6 +62,7 @@ def test_throughput_ratios_are_the_issue_targets():
         "trainer_te_bf16_over_te_bf16": 0.97, "trainer_te_fp8_delayed_over_te_fp8_delayed": 170.2 / 175.5})
 
 
+@pytest.mark.slow
 def test_the_trainer_row_trains_the_benchmarked_shape():
     """trainer/<backend> runs train.py on a recipe of the same llama shape: its model has the parameters
     the FLOPs count is made of."""

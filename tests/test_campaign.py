@@ -17,10 +17,12 @@ from tiny_campaign import REPO, run_daemon, status, write_campaign
 
 pytestmark = pytest.mark.slow
 
-CRASH_POINTS = [
-    "r0:fork:mid", "r0:propose:mid", "r0:train:start", "r0:train:intent", "r0:train:submitted",
-    "r0:eval:mid", "r0:collect:mid", "r0:meta:mid",
-]
+# A round's crash points in the order a round reaches them, but r0:train:submitted: after the kill at
+# r0:train:intent the restarted daemon adopts the still-running local jobs through their claims (then
+# polls them by pid and start time, as after a kill at r0:train:submitted) and never submits again, so
+# it cannot pass that point. tests/test_launcher.py takes each launcher point from a fresh start.
+CRASH_POINTS = ["r0:fork:mid", "r0:propose:mid", "r0:train:start", "r0:train:intent", "r0:eval:mid",
+                "r0:collect:mid", "r0:meta:mid"]
 
 
 def comparable(state_root: Path) -> dict:
@@ -66,27 +68,24 @@ def test_two_round_campaign_end_to_end(tmp_path):
     assert again.returncode == 0 and "] fork" not in again.stdout
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("reference")
-    campaign = write_campaign(root)
-    done = run_daemon(campaign)
+def test_killed_at_each_crash_point_in_turn_the_campaign_ends_as_if_uninterrupted(tmp_path):
+    """kill -9 at every crash point of a round, one after the other (each restart arms the next point and
+    resumes what the last one left), then a plain restart: every candidate trained once, from step 0,
+    and the outcome is the uninterrupted campaign's. One round of training for all the points."""
+    reference = write_campaign(tmp_path / "reference")
+    done = run_daemon(reference)
     assert done.returncode == 0, done.stderr
-    return comparable(root / "state")
-
-
-@pytest.mark.parametrize("point", CRASH_POINTS)
-def test_resume_after_kill_9(tmp_path, point, reference):
-    campaign = write_campaign(tmp_path)
-    crashed = run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": point})
-    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    campaign = write_campaign(tmp_path / "crashed")
+    for point in CRASH_POINTS:
+        crashed = run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": point})
+        assert crashed.returncode == -signal.SIGKILL, (point, crashed.stdout + crashed.stderr)
     resumed = run_daemon(campaign)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    state = tmp_path / "state"
+    state = tmp_path / "crashed" / "state"
     assert set(launches(state).values()) == {1}, launches(state)
     for train_log in state.glob("rounds/r*/cand-*/jobs/attempt-1.train.log"):
         assert "resumed" not in train_log.read_text()  # trained once, from step 0 to the end
-    assert comparable(state) == reference
+    assert comparable(state) == comparable(tmp_path / "reference" / "state")
 
 
 def test_second_daemon_is_refused(tmp_path):

@@ -31,6 +31,7 @@ def _hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "model.safetensors")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tied", [True, False])
 def test_logits_match_hf_and_export_is_identity(tmp_path, tied):
     hf_dir = random_llama(tmp_path / "hf", tied)
@@ -53,6 +54,7 @@ def test_logits_match_hf_and_export_is_identity(tmp_path, tied):
     torch.testing.assert_close(hf_logits(out, IDS), theirs, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_trained_checkpoint_exports_through_the_cli(tmp_path):
     """A checkpoint as train.py writes it (recipe model config, megatron state) -> HF directory."""
     hf_dir = random_llama(tmp_path / "hf", tied=False, seed=1)
@@ -60,7 +62,7 @@ def test_trained_checkpoint_exports_through_the_cli(tmp_path):
     cfg = {"init_from": str(hf_dir), "seq_len": 32}
     model = build_model(cfg)
     torch.save({"step": 7, "model": model.state_dict(), "model_config": cfg}, tmp_path / "ckpt-000007.pt")
-    proc = subprocess.run([sys.executable, "hf_checkpoint.py", "export", "--checkpoint",
+    proc = subprocess.run([sys.executable, "export_hf.py", "--checkpoint",
                            str(tmp_path / "ckpt-000007.pt"), "--out", str(tmp_path / "hf-out")],
                           cwd=SUBSTRATE, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -85,6 +87,7 @@ def test_bad_init_from_and_contradicting_recipe_are_one_line_errors(tmp_path):
         resolve_config({"init_from": str(hf_dir), "hidden": 128, "seq_len": 32})
 
 
+@pytest.mark.slow
 def test_tensor_parallel_2_under_torchrun(tmp_path):
     hf_dir = random_llama(tmp_path / "hf", tied=False, seed=2)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
@@ -120,8 +123,8 @@ print(json.dumps([str(hf_checkpoint.resolve_init_from("pypi:fake_gguf_model/tiny
 """
 
 
-@pytest.mark.skipif(not bwrap.available(), reason="needs bubblewrap (apt) for a read-only mount")
-def test_a_read_only_model_cache_gets_a_private_copy(tmp_path):
+@pytest.mark.slow
+def test_a_read_only_model_cache_gets_a_private_copy(tmp_path, job_sandbox):
     """A confined job sees the model cache read-only: a missing entry is dequantized into a private
     directory of that process, and the cache is left as it was; where it is writable, it is filled once."""
     site = tmp_path / "site"

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from test_substrate_training import SUBSTRATE, short_recipe
 
 from hpc_aevo.tools.calibrate import apply_overrides, run_candidate, scratch_campaign
+
+pytestmark = pytest.mark.slow
 
 
 def test_upweighting_sequence_raises_dev_but_not_the_leaderboard(tmp_path):

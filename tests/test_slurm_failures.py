@@ -79,16 +79,16 @@ def test_failed_and_cancelled_tasks_are_retried_alone(tmp_path, devcluster):  # 
     assert any("CANCELLED" in t for t in ledger["cand-02"]["tasks"]) and len(ledger["cand-00"]["tasks"]) == 2
 
 
-@pytest.mark.parametrize("point", ["r0:train:between-arrays", "r0:train:intent", "r0:train:submitted"])
-def test_kill_9_while_jobs_run_submits_nothing_twice(tmp_path, devcluster, point):  # noqa: F811
-    """Killed between the train and the eval sbatch (the eval array is submitted on restart), right
-    after both (job ids not recorded: found again by --comment), or after recording them."""
+def test_kill_9_between_the_two_sbatch_calls_submits_nothing_twice(tmp_path, devcluster):  # noqa: F811
+    """Killed between the train and the eval sbatch: the intents have no job id, the train array is found
+    again by its --comment and the eval array is submitted on restart, chained to it. The launcher's own
+    crash points are taken against the fake scheduler (tests/test_launcher.py) and, with a real daemon
+    killed, on the local backend (tests/test_campaign.py)."""
     campaign = slurm_campaign(tmp_path, "kill", workers=1)
     name = yaml.safe_load(campaign.read_text())["name"]
-    assert run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": point}).returncode == -signal.SIGKILL
+    assert run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": "r0:train:between-arrays"}).returncode == -signal.SIGKILL
     live = {n for _, n, _ in squeue_rows()}
-    assert f"{name}.r000.train" in live  # jobs live on without their daemon
-    assert (f"{name}.r000.eval" in live) == (point != "r0:train:between-arrays")
+    assert f"{name}.r000.train" in live and f"{name}.r000.eval" not in live  # the train array lives on alone
     done = run_daemon(campaign, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     tasks = sacct_tasks(name)
@@ -99,8 +99,7 @@ def test_kill_9_while_jobs_run_submits_nothing_twice(tmp_path, devcluster, point
         assert manifest(state, cand)["attempts"] == 1 and manifest(state, cand)["status"] == "evaluated"
         submission = json.loads((state / "rounds/r000" / cand / "jobs/attempt-1.json").read_text())
         assert submission["job_id"] in tasks and submission["eval_job_id"] in tasks
-    if point != "r0:train:submitted":
-        assert all(any(e["event"] == "adopted" for e in events(state, c)) for c in ("cand-00", "cand-01"))
+        assert any(e["event"] == "adopted" for e in events(state, cand))
     assert all(r["complete"] for r in status(campaign)["rounds"][:1])
 
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from host import require
 from slurm_cluster import devcluster, slurm, slurm_campaign  # noqa: F401
 from tiny_campaign import run_daemon
 
@@ -19,11 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 @pytest.fixture
 def two_nodes(devcluster):  # noqa: F811
     nodes = slurm("sinfo", "-h", "-N", "-o", "%N").split()
-    if len(set(nodes)) < 2:
-        message = f"the devcluster has {len(set(nodes))} node(s); start it with sbatch/devcluster/start --nodes 2"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require(len(set(nodes)) >= 2,
+            f"needs two devcluster nodes (it has {len(set(nodes))}); start it with sbatch/devcluster/start --nodes 2")
     return devcluster
 
 

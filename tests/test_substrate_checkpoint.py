@@ -81,6 +81,7 @@ def test_requeued_two_rank_run_matches_uninterrupted(tmp_path):
     assert [c["step"] for c in scores["checkpoints"]] == list(range(EVERY, STEPS + 1, EVERY))
 
 
+@pytest.mark.slow
 def test_dist_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
     """In process: save after a few AdamW steps, load into a fresh model and optimizer, same tensors."""
     import torch

@@ -62,6 +62,7 @@ def mixture_recipe(**changes) -> dict:
     return recipe
 
 
+@pytest.mark.slow
 def test_mixture_weights_are_respected():
     mixture = {"bits": 1.0, "equation": 1.0, "cipher": 1.0, "base": 0.0, "sequence": 6.0}
     ds = data.mixture_dataset(mixture_recipe(mixture=mixture), seed=0)
@@ -117,6 +118,7 @@ def test_dev_split_is_fixed():
     assert digest == DEV_SHA256
 
 
+@pytest.mark.slow
 def test_the_planted_proxy_trap():
     """`sequence`: dev is answerable by memorising the training pool; the held-out split needs the rule."""
     pool = set(data.TRAIN_PARAMS["sequence"]["templates"])

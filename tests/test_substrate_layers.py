@@ -73,6 +73,7 @@ def test_precision_kwargs_make_valid_megatron_configs():
         assert config.fp8 == ("hybrid" if choice.precision == "fp8" else None)
 
 
+@pytest.mark.slow
 def test_this_machine_trains_on_cpu_without_importing_te(tmp_path):
     """The real trainer on the detected hardware: local spec, and no transformer_engine module loaded;
     an FP8 recipe stops at once with one line naming the recipe file and the key."""

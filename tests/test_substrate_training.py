@@ -75,6 +75,7 @@ def summary(directory: Path) -> dict:
     return json.loads((directory / "train_summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_training_learns(runs):
     history = summary(runs["a"])["history"]
     assert [h["step"] for h in history] == list(range(25, STEPS + 1, 25))
@@ -84,6 +85,7 @@ def test_training_learns(runs):
     assert scores[-1]["dev"] >= scores[0]["dev"] + 0.02, scores
 
 
+@pytest.mark.slow
 def test_preempted_run_resumes_exactly(runs):
     stop = runs["preempted"][-1]
     assert stop["event"] == "preempted" and stop["step"] >= EVERY
@@ -99,6 +101,7 @@ def test_preempted_run_resumes_exactly(runs):
     assert names(runs["b"]) == names(runs["a"]) == [f"ckpt-{s:06d}.pt" for s in (EVERY, 2 * EVERY, STEPS)]
 
 
+@pytest.mark.slow
 def test_eval_json_is_what_the_toolkit_reads(runs):
     import evaluate
 

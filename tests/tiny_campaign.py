@@ -14,11 +14,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_recipe() -> dict:
+    """24 steps of a one-layer model, one checkpoint at the end: the evaluator's dev pass (500 greedy
+    answers per checkpoint, fixed by the frozen evaluator) costs more than the training itself."""
     recipe = yaml.safe_load((REPO / "substrate" / "recipe.yaml").read_text())
     recipe["data"]["train_examples"] = 1000
     recipe["model"].update(hidden=64, layers=1, heads=4)
     recipe["optim"].update(steps=24, batch_size=16, warmup_steps=4)
-    recipe["checkpoints"]["every"] = 12
+    recipe["checkpoints"]["every"] = 24
     return recipe
 
 
