@@ -113,6 +113,24 @@ def test_locked_update_under_concurrency(tmp_path):
     assert Counter.load(path).count == 200
 
 
+def test_locked_update_sees_another_writer_and_forgets_a_failed_update(tmp_path):
+    """locked_update reuses the record this process saved last, but never past a file another
+    process replaced, and never one a failed update left half-changed."""
+    path = tmp_path / "counter.json"
+    with Counter.locked_update(path, Counter()) as counter:
+        counter.count = 1
+    Counter(count=10).save(path)  # another writer's atomic rename
+    with Counter.locked_update(path, Counter()) as counter:
+        assert counter.count == 10
+        counter.count = 11
+    with pytest.raises(RuntimeError), Counter.locked_update(path, Counter()) as counter:
+        counter.count = 99
+        raise RuntimeError("the caller fails before the save")
+    with Counter.locked_update(path, Counter()) as counter:
+        assert counter.count == 11
+    assert Counter.load(path).count == 11
+
+
 def test_record_load_error_names_file_and_key(tmp_path):
     path = tmp_path / "campaign.json"
     good = CampaignRecord(name="demo", campaign_file="/c.yaml", config_sha256="a", substrate_sha256="b",

@@ -11,6 +11,11 @@ end state the scheduler reports (SLURM: CANCELLED, TIMEOUT, ...; local: LOST).
 On SLURM the intent also carries a batch token that the jobs' `--comment` repeats, so an intent
 without job id is found again with squeue/sacct instead of waiting for a claim. Every finished
 attempt is charged to the ledger, and the budget is checked against the ledger before submitting.
+
+A poll's disk reads do not grow with the number of candidates: the manifests and submission records
+are the launcher's own, read once per `run` and kept in memory (every change is written through),
+so a poll reads only what a job writes (its outcome, its claim), and only for attempts the scheduler
+no longer lists as alive; candidates that are done drop out of the loop.
 """
 
 from __future__ import annotations
@@ -51,7 +56,26 @@ class JobFailure:
     trace: str  # the candidate's trace.jsonl
 
 
+@dataclass
+class InFlight:
+    """A candidate being launched, as the launcher last wrote it: its manifest and the submission record
+    of its current attempt (None: not submitted yet). Both are written only by the launcher."""
 
+    cand: Candidate
+    manifest: CandidateManifest
+    submission: Submission | None
+
+    @classmethod
+    def load(cls, cand: Candidate) -> "InFlight":
+        manifest = cand.manifest()
+        attempt = manifest.attempts
+        submission = Submission.load_or_none(cand.submission_path(attempt)) if attempt and manifest.status in \
+            ("proposed", "submitted") else None
+        return cls(cand, manifest, submission)
+
+    @property
+    def active(self) -> bool:
+        return self.manifest.status in ("proposed", "submitted")
 
 def _age_s(iso: str) -> float:
     return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
@@ -79,62 +103,66 @@ class Launcher:
                     f"{in_flight} running + {wanted:.3f} for {', '.join(keys)} (time limit x allocation, requeues "
                     f"included); not submitting. Raise budget.{name} in the campaign YAML to continue.")
 
-    def _submit(self, candidates: list[tuple[Candidate, CandidateManifest]], in_flight: int = 0) -> None:
-        if not candidates:
+    def _submit(self, flights: list[InFlight], in_flight: int = 0) -> None:
+        if not flights:
             return
-        self._check_budget([cand.key for cand, _ in candidates], in_flight)
-        batch = f"r{candidates[0][0].round:03d}-{uuid.uuid4().hex[:10]}"
-        specs = []
-        for cand, manifest in candidates:
-            attempt = manifest.attempts
-            Submission(cand.key, attempt, self.scheduler.backend, now_iso(), batch=batch).save(cand.submission_path(attempt))
-            specs.append(cand.spec(attempt))
-        submitted = self.scheduler.submit(specs, batch)
-        crashpoint(f"r{candidates[0][0].round}:train:intent")
-        for (cand, manifest), job in zip(candidates, submitted):
-            self._record(cand, manifest.attempts, Submission.load(cand.submission_path(manifest.attempts)), job)
-        crashpoint(f"r{candidates[0][0].round}:train:submitted")
+        self._check_budget([f.cand.key for f in flights], in_flight)
+        rnd = flights[0].cand.round
+        batch = f"r{rnd:03d}-{uuid.uuid4().hex[:10]}"
+        for f in flights:
+            attempt = f.manifest.attempts
+            f.submission = Submission(f.cand.key, attempt, self.scheduler.backend, now_iso(), batch=batch)
+            f.submission.save(f.cand.submission_path(attempt))
+        submitted = self.scheduler.submit([f.cand.spec(f.manifest.attempts) for f in flights], batch)
+        crashpoint(f"r{rnd}:train:intent")
+        for f, job in zip(flights, submitted):
+            self._record(f, job)
+        crashpoint(f"r{rnd}:train:submitted")
 
-    def _record(self, cand: Candidate, attempt: int, intent: Submission, job: Submitted, event: str = "submitted") -> Submission:
-        submission = Submission(cand.key, attempt, intent.backend, intent.submitted_at, job.job_id, job.identity,
-                                job.eval_job_id, intent.batch)
-        submission.save(cand.submission_path(attempt))
-        cand.trace().log("daemon", event, attempt=attempt, job_id=job.job_id, eval_job_id=job.eval_job_id,
-                         backend=self.scheduler.backend)
-        return submission
+    def _record(self, flight: InFlight, job: Submitted, event: str = "submitted") -> None:
+        """Write the job id into the attempt's submission record (its intent until now)."""
+        intent, attempt = flight.submission, flight.manifest.attempts
+        flight.submission = Submission(flight.cand.key, attempt, intent.backend, intent.submitted_at, job.job_id,
+                                       job.identity, job.eval_job_id, intent.batch)
+        flight.submission.save(flight.cand.submission_path(attempt))
+        flight.cand.trace().log("daemon", event, attempt=attempt, job_id=job.job_id, eval_job_id=job.eval_job_id,
+                                backend=self.scheduler.backend)
 
-    def _recover(self, unconfirmed: list[tuple[Candidate, CandidateManifest, Submission]]) -> list[tuple]:
+    def _recover(self, unconfirmed: list[InFlight]) -> list[InFlight]:
         """Intents without job id: found by the scheduler (SLURM, by comment), adopted through the job's
         claim (local), resubmitted when certainly never submitted or after the grace period."""
         if not unconfirmed:
             return []
-        found = self.scheduler.find([i for _, _, i in unconfirmed], [c.spec(m.attempts) for c, m, _ in unconfirmed])
+        found = self.scheduler.find([f.submission for f in unconfirmed],
+                                    [f.cand.spec(f.manifest.attempts) for f in unconfirmed])
         watched, resubmit = [], []
-        for (cand, manifest, intent), job in zip(unconfirmed, found):
+        for f, job in zip(unconfirmed, found):
             if job is not None:
-                watched.append((cand, manifest, self._record(cand, manifest.attempts, intent, job, "adopted")))
+                self._record(f, job, "adopted")
+                watched.append(f)
                 continue
             if not self.scheduler.finds_by_comment:
-                adopted = self._adopt_through_claim(cand, manifest.attempts, intent)
-                if adopted is not None:
-                    watched.append((cand, manifest, adopted))
+                if self._adopt_through_claim(f):
+                    watched.append(f)
                     continue
-                if _age_s(intent.submitted_at) < CLAIM_GRACE_S:
+                if _age_s(f.submission.submitted_at) < CLAIM_GRACE_S:
                     continue
-            cand.trace().log("daemon", "resubmitting-unconfirmed", attempt=manifest.attempts)
-            resubmit.append((cand, manifest))
+            f.cand.trace().log("daemon", "resubmitting-unconfirmed", attempt=f.manifest.attempts)
+            resubmit.append(f)
         self._submit(resubmit, len(watched))
         return watched
 
-    def _adopt_through_claim(self, cand: Candidate, attempt: int, intent: Submission) -> Submission | None:
-        claim = Claim.load_or_none(cand.spec(attempt).claim_path())
+    def _adopt_through_claim(self, flight: InFlight) -> bool:
+        claim = Claim.load_or_none(flight.cand.spec(flight.manifest.attempts).claim_path())
         if claim is None:
-            return None
-        return self._record(cand, attempt, intent, Submitted(str(claim.pid), claim.identity), "adopted")
+            return False
+        self._record(flight, Submitted(str(claim.pid), claim.identity), "adopted")
+        return True
 
-    def _adopt_claim(self, cand: Candidate, attempt: int, submission: Submission) -> bool:
+    def _adopt_claim(self, flight: InFlight) -> bool:
         """A watched local launch ended without an outcome, but another launch of the attempt holds the
         claim and is alive (the resubmission raced a slow first launch): watch that one instead."""
+        cand, attempt, submission = flight.cand, flight.manifest.attempts, flight.submission
         claim = Claim.load_or_none(cand.spec(attempt).claim_path())
         if self.scheduler.finds_by_comment or claim is None or \
                 (str(claim.pid), claim.identity) == (submission.job_id, submission.identity):
@@ -143,43 +171,37 @@ class Launcher:
         if not self.scheduler.poll([holder])[0].alive:
             return False
         holder.save(cand.submission_path(attempt))
+        flight.submission = holder
         cand.trace().log("daemon", "adopted", attempt=attempt, pid=claim.pid)
         return True
 
     def run(self, candidates: list[Candidate], progress: Callable[[str], None]) -> None:
         """Drive every candidate to trained (or failed); returns when none is in flight."""
+        flights = [f for f in map(InFlight.load, candidates) if f.active]
         while True:
             self.polls += 1
-            watched: list[tuple[Candidate, CandidateManifest, Submission]] = []
-            unconfirmed: list[tuple[Candidate, CandidateManifest, Submission]] = []
-            to_submit: list[tuple[Candidate, CandidateManifest]] = []
-            for cand in candidates:
-                manifest = cand.manifest()
-                if manifest.status not in ("proposed", "submitted"):
-                    continue
-                submission = None if manifest.attempts == 0 else Submission.load_or_none(cand.submission_path(manifest.attempts))
-                if submission is None:
-                    to_submit.append((cand, manifest))
-                elif submission.job_id is None:
-                    unconfirmed.append((cand, manifest, submission))
-                else:
-                    watched.append((cand, manifest, submission))
-            if not watched and not to_submit and not unconfirmed:
+            flights = [f for f in flights if f.active]
+            if not flights:
                 return
+            to_submit = [f for f in flights if f.submission is None]
+            unconfirmed = [f for f in flights if f.submission is not None and f.submission.job_id is None]
+            watched = [f for f in flights if f.submission is not None and f.submission.job_id is not None]
             watched += self._recover(unconfirmed)
-            statuses = self.scheduler.poll([s for _, _, s in watched])
+            statuses = self.scheduler.poll([f.submission for f in watched])
             running, ended, charges = 0, [], []
-            for (cand, manifest, submission), status in zip(watched, statuses):
-                state, outcome = attempt_state(cand.spec(manifest.attempts), submission, status)
-                if state == "LOST" and self._adopt_claim(cand, manifest.attempts, submission):
-                    state = "RUNNING"
-                if state == "RUNNING" or (outcome is not None and status.alive):  # let the task end, then charge it
+            for f, status in zip(watched, statuses):
+                if status.alive:  # whatever its files say, a live attempt is let end before it is judged and charged
                     running += 1
                     continue
-                ended.append((cand, manifest, state, outcome, status))
-                charges += self._charges(cand.key, manifest.attempts, submission, status, outcome, state)
+                state, outcome = attempt_state(f.cand.spec(f.manifest.attempts), f.submission, status)
+                if state == "LOST" and self._adopt_claim(f):
+                    running += 1
+                    continue
+                ended.append((f, state, outcome, status))
+                charges += self._charges(f.cand.key, f.manifest.attempts, f.submission, status, outcome, state)
             record_charges(self.tree, charges)  # before the manifests move on, so no finished attempt goes uncharged
-            for cand, manifest, state, outcome, status in ended:
+            for f, state, outcome, status in ended:
+                cand, manifest = f.cand, f.manifest
                 if state == "COMPLETED":
                     manifest.status = "trained"
                     cand.save(manifest)
@@ -188,14 +210,13 @@ class Launcher:
                     progress(f"{cand.key} trained and evaluated (attempt {manifest.attempts})")
                 else:
                     message = outcome.message if outcome else f"the scheduler reports {state} and the job left no outcome record"
-                    self._failed(cand, manifest, state, message, status, progress)
-            batch = []
-            for cand, manifest in to_submit[: self.scheduler.free_slots(running)]:
-                if manifest.attempts == 0:
-                    manifest.attempts = 1
-                manifest.status = "submitted"
-                cand.save(manifest)
-                batch.append((cand, manifest))
+                    self._failed(f, state, message, status, progress)
+            batch = to_submit[: self.scheduler.free_slots(running)]
+            for f in batch:
+                if f.manifest.attempts == 0:
+                    f.manifest.attempts = 1
+                f.manifest.status = "submitted"
+                f.cand.save(f.manifest)
             self._submit(batch, running)
             time.sleep(self.poll_interval_s)
 
@@ -206,8 +227,9 @@ class Launcher:
             return [charge_from_usage(key, attempt, usage) for usage in status.tasks]
         return [charge_from_outcome(key, attempt, submission.job_id, outcome, state)]
 
-    def _failed(self, cand: Candidate, manifest: CandidateManifest, state: str, message: str, status: JobStatus,
+    def _failed(self, flight: InFlight, state: str, message: str, status: JobStatus,
                 progress: Callable[[str], None]) -> None:
+        cand, manifest = flight.cand, flight.manifest
         spec = cand.spec(manifest.attempts)
         logs = [str(spec.log_path(stage)) for stage in ("train", "eval") if spec.log_path(stage).exists()]
         tail = log_tail(spec.log_path("eval")) if spec.log_path("eval").exists() else log_tail(spec.log_path("train"))
@@ -224,6 +246,7 @@ class Launcher:
         manifest.attempts += 1
         manifest.status = "submitted"
         cand.save(manifest)
+        flight.submission = None  # the next attempt is not submitted yet
 
 
 def charge_from_usage(key: str, attempt: int, usage: TaskUsage) -> TaskCharge:

@@ -110,12 +110,33 @@ class Record:
     @classmethod
     @contextlib.contextmanager
     def locked_update(cls: type[R], path: Path, default: R) -> Iterator[R]:
-        """Load (or start from `default`), let the caller mutate, save atomically, all under the lock."""
+        """Load (or start from `default`), let the caller mutate, save atomically, all under the lock.
+
+        The record this process saved last is reused, not reparsed, while the file is the one it wrote
+        (same inode, size and mtime; another writer's atomic rename brings a new inode): the daemon
+        charges the campaign's ledger on most polls, and parsing it whole grows with every charge.
+        So the caller must not keep the record past the block."""
         path = Path(path)
         with lock_for(path):
-            record = cls.load_or_none(path) or default
+            key = (cls, path)
+            written, record = _last_saved.pop(key, (None, None))
+            if written is None or written != _file_identity(path):
+                record = cls.load_or_none(path) or default
             yield record
             record.save(path)
+            _last_saved[key] = (_file_identity(path), record)
+
+
+# (record class, path) -> (the file's identity right after this process saved it, the record saved)
+_last_saved: dict[tuple[type, Path], tuple[tuple[int, int, int, int], Record]] = {}
+
+
+def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def append_jsonl(path: Path, entry: dict) -> None:
