@@ -106,10 +106,14 @@ class Launcher:
     def _submit(self, flights: list[InFlight], in_flight: int = 0) -> None:
         if not flights:
             return
-        self._check_budget([f.cand.key for f in flights], in_flight)
+        self._check_budget([f.cand.key for f in flights], in_flight)  # before any file says "submitted"
         rnd = flights[0].cand.round
         batch = f"r{rnd:03d}-{uuid.uuid4().hex[:10]}"
         for f in flights:
+            if f.manifest.status != "submitted" or f.manifest.attempts == 0:
+                f.manifest.attempts = max(f.manifest.attempts, 1)
+                f.manifest.status = "submitted"
+                f.cand.save(f.manifest)
             attempt = f.manifest.attempts
             f.submission = Submission(f.cand.key, attempt, self.scheduler.backend, now_iso(), batch=batch)
             f.submission.save(f.cand.submission_path(attempt))
@@ -186,9 +190,12 @@ class Launcher:
             to_submit = [f for f in flights if f.submission is None]
             unconfirmed = [f for f in flights if f.submission is not None and f.submission.job_id is None]
             watched = [f for f in flights if f.submission is not None and f.submission.job_id is not None]
-            watched += self._recover(unconfirmed)
+            recovered = self._recover(unconfirmed)
+            watched += recovered
+            # an intent still waiting for its job's claim, or resubmitted this poll, holds its slot too
+            running = len(unconfirmed) - len(recovered)
             statuses = self.scheduler.poll([f.submission for f in watched])
-            running, ended, charges = 0, [], []
+            ended, charges = [], []
             for f, status in zip(watched, statuses):
                 if status.alive:  # whatever its files say, a live attempt is let end before it is judged and charged
                     running += 1
@@ -211,13 +218,7 @@ class Launcher:
                 else:
                     message = outcome.message if outcome else f"the scheduler reports {state} and the job left no outcome record"
                     self._failed(f, state, message, status, progress)
-            batch = to_submit[: self.scheduler.free_slots(running)]
-            for f in batch:
-                if f.manifest.attempts == 0:
-                    f.manifest.attempts = 1
-                f.manifest.status = "submitted"
-                f.cand.save(f.manifest)
-            self._submit(batch, running)
+            self._submit(to_submit[: self.scheduler.free_slots(running)], running)
             time.sleep(self.poll_interval_s)
 
     @staticmethod
