@@ -11,7 +11,7 @@ import yaml
 from slurm_cluster import devcluster, sacct_tasks, slurm_campaign, squeue_rows, wait_for  # noqa: F401
 from tiny_campaign import REPO, status
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("devcluster")]  # one at a time on the cluster
 
 
 def test_two_rounds_through_the_devcluster(tmp_path, devcluster):  # noqa: F811

@@ -16,7 +16,7 @@ import yaml
 from slurm_cluster import devcluster, sacct_tasks, slurm, slurm_campaign, squeue_rows, wait_for  # noqa: F401
 from tiny_campaign import REPO, run_daemon, status
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("devcluster")]  # one at a time on the cluster
 
 # Each marks its first attempt in its checkpoints directory: the one place a confined trainer may write.
 FAIL_ONCE = '''import os, sys

@@ -12,12 +12,12 @@ import yaml
 from slurm_cluster import devcluster, slurm, slurm_campaign  # noqa: F401
 from tiny_campaign import run_daemon, status
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("devcluster")]  # one at a time on the cluster
 
 THROTTLE = """import time as _time, torch as _torch
 _adamw_step = _torch.optim.AdamW.step
 def _throttled_step(self, *args, **kwargs):
-    _time.sleep(0.08)
+    _time.sleep(0.2)
     return _adamw_step(self, *args, **kwargs)
 _torch.optim.AdamW.step = _throttled_step
 """
@@ -25,7 +25,8 @@ _torch.optim.AdamW.step = _throttled_step
 
 def outlasting_campaign(tmp_path: Path, name: str, max_requeues: int, steps: int, **campaign) -> Path:
     """A 1-minute train limit (SIGUSR2 15 s before it) and a cand-01 whose sandbox trainer (the worker's
-    code) takes at least 80 ms a step for `steps` steps: it outlasts any one run, however idle the machine."""
+    code) takes at least 200 ms a step for `steps` steps: it outlasts any one run, however idle the machine
+    (300 steps: 60 s of steps against 45 s a run), with a checkpoint half-way and one at the end."""
     path = slurm_campaign(tmp_path, name, workers=1, profile={"signal_delay_s": 15, "max_requeues": max_requeues})
     data = yaml.safe_load(path.read_text())
     data["scheduler"]["stages"]["train"]["timeout_min"] = 1
@@ -34,7 +35,7 @@ def outlasting_campaign(tmp_path: Path, name: str, max_requeues: int, steps: int
     assert run_daemon(path, env={"HPC_AEVO_CRASH_AT": "r0:train:start"}).returncode == -signal.SIGKILL
     recipe_path = tmp_path / "state/rounds/r000/cand-01/sandbox/recipe.yaml"
     recipe = yaml.safe_load(recipe_path.read_text())
-    recipe["optim"]["steps"], recipe["checkpoints"]["every"] = steps, 100
+    recipe["optim"]["steps"], recipe["checkpoints"]["every"] = steps, steps // 2
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     train = recipe_path.with_name("train.py")
     head, future, rest = train.read_text().partition("from __future__ import annotations\n")
@@ -43,7 +44,7 @@ def outlasting_campaign(tmp_path: Path, name: str, max_requeues: int, steps: int
 
 
 def test_timeout_requeues_and_resumes_from_the_last_checkpoint(tmp_path, devcluster):  # noqa: F811
-    campaign = outlasting_campaign(tmp_path, "requeue", max_requeues=8, steps=800)  # 8 requeues: room for a busy machine
+    campaign = outlasting_campaign(tmp_path, "requeue", max_requeues=8, steps=300)  # 8 requeues: room for a busy machine
     done = run_daemon(campaign, timeout=1100)
     assert done.returncode == 0, done.stdout + done.stderr
     state = tmp_path / "state" / "rounds" / "r000"
@@ -60,7 +61,7 @@ def test_timeout_requeues_and_resumes_from_the_last_checkpoint(tmp_path, devclus
     # The ledger charges every run of the requeued task, not only the last one.
     charge = json.loads((tmp_path / "state" / "ledger.json").read_text())["charges"]["r000/cand-01#1/train"]
     assert charge["elapsed_s"] == sum(int(line.split("|")[2]) for line in runs.splitlines()), (charge, runs)
-    assert json.loads((cand / "checkpoints" / "train_summary.json").read_text())["steps"] == 800
+    assert json.loads((cand / "checkpoints" / "train_summary.json").read_text())["steps"] == 300
     assert "r000/cand-01 trained and evaluated (attempt 1)" in done.stdout
     assert status(campaign)["rounds"][0]["complete"]
 
