@@ -177,15 +177,20 @@ def test_restart_after_kill_at_a_launcher_crash_point_submits_nothing_twice(root
     assert fake.count("find") == (1 if adopted else 0)
 
 
-def test_intent_without_job_id_waits_for_the_claim_of_a_slow_start(root, crash_at):
-    fake = FakeScheduler(arrays=False)
-    fake.script(key(0), 1, Plan(starts_after=3))
-    phase = TrainPhase(root, fake, n=2)
+def killed_at_intent_then_restarted(phase, crash_at) -> None:
+    """The daemon dies between submitting and recording the job ids; a new one runs the phase to its end."""
     crash_at("r0:train:intent")
     with pytest.raises(Killed):
         phase.run()
     crash_at(None)
     phase.run()
+
+
+def test_intent_without_job_id_waits_for_the_claim_of_a_slow_start(root, crash_at):
+    fake = FakeScheduler(arrays=False)
+    fake.script(key(0), 1, Plan(starts_after=3))
+    phase = TrainPhase(root, fake, n=2)
+    killed_at_intent_then_restarted(phase, crash_at)
     assert len(fake.batches()) == 1 and phase.submission(0).job_id == fake.jobs[0].job_id
     assert "adopted" in phase.events(0) and "resubmitting-unconfirmed" not in phase.events(0)
     assert phase.states() == all_trained(2)
@@ -195,11 +200,7 @@ def test_unclaimed_intent_is_resubmitted_after_the_grace_period(root, crash_at, 
     fake = FakeScheduler(arrays=False)
     fake.script(key(0), 1, Plan(starts_after=10**6))  # the first launch never starts while the test runs
     phase = TrainPhase(root, fake, n=2)
-    crash_at("r0:train:intent")
-    with pytest.raises(Killed):
-        phase.run()
-    crash_at(None)
-    phase.run()
+    killed_at_intent_then_restarted(phase, crash_at)
     assert fake.batches() == [[(key(0), 1), (key(1), 1)], [(key(0), 1)]]  # the same attempt, once more
     assert phase.submission(0).job_id == fake.jobs[2].job_id and "resubmitting-unconfirmed" in phase.events(0)
     assert phase.states() == all_trained(2) and not phase.debug_turns
@@ -211,11 +212,7 @@ def test_resubmission_racing_a_slow_first_launch_watches_the_claim_holder(root, 
     fake = FakeScheduler(arrays=False)
     fake.script(key(0), 1, Plan(starts_after=3, polls=5), Plan(starts_after=5))
     phase = TrainPhase(root, fake, n=1)
-    crash_at("r0:train:intent")
-    with pytest.raises(Killed):
-        phase.run()
-    crash_at(None)
-    phase.run()
+    killed_at_intent_then_restarted(phase, crash_at)
     first, second = fake.jobs
     assert len(fake.batches()) == 2 and first.runs == 1 and second.runs == 0  # ran once, by the first launch
     assert phase.submission(0).job_id == first.job_id
@@ -227,11 +224,7 @@ def test_an_intent_waiting_for_its_claim_keeps_its_slot(root, crash_at):
     fake = FakeScheduler(arrays=False, max_parallel=1)
     fake.script(key(0), 1, Plan(starts_after=3))
     phase = TrainPhase(root, fake, n=2)
-    crash_at("r0:train:intent")
-    with pytest.raises(Killed):
-        phase.run()
-    crash_at(None)
-    phase.run()
+    killed_at_intent_then_restarted(phase, crash_at)
     assert phase.states() == all_trained(2)
     assert fake.peak == 1  # cand-01 starts only once cand-00's slow launch has ended
 
