@@ -19,7 +19,7 @@ import yaml
 from host import require
 from tiny_campaign import REPO, write_campaign
 
-from hpc_aevo.jobs.backends.slurm import SACCT_STATES as ALL_STATES  # every state, as the daemon asks for them
+from hpc_aevo.jobs.backends.slurm import SACCT_STATES as ALL_STATES, array_record_tasks  # every state, as the daemon asks for them
 CLUSTER_DIR = Path(os.environ.get("HPC_AEVO_DEVCLUSTER", "/tmp/hpc_aevo-devcluster"))
 
 
@@ -47,15 +47,23 @@ def slurm(*command: str) -> str:
 
 
 def sacct_tasks(name_prefix: str) -> dict[str, tuple[str, str]]:
-    """{job id: (job name, state)} of every array task whose job name starts with `name_prefix`."""
-    out = {}
+    """{job id: (job name, state)} of every array task whose job name starts with `name_prefix`; a task
+    cancelled before it was split out of its array has no line of its own: the array's record stands for
+    it, as the daemon reads it (`array_record_tasks`)."""
+    out, records = {}, []
     # With explicit states and -E, sacct also lists tasks cancelled before they were ever eligible.
     listing = slurm("sacct", "-X", "-n", "-P", "-S", "now-1days", "-E", "now", "-s", ALL_STATES,
                     "--format=JobID,JobName,State")
     for line in listing.splitlines():
         job, name, state = line.split("|")[:3]
         if name.startswith(name_prefix):
-            out[job] = (name, state.split()[0])
+            records.append((job, name, state.split()[0]))
+    for job, name, state in records:
+        if array_record_tasks(job) is None:
+            out[job] = (name, state)
+    for job, name, state in records:
+        for task in array_record_tasks(job) or []:
+            out.setdefault(task, (name, state))
     return out
 
 

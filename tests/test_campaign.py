@@ -44,21 +44,31 @@ def launches(state_root: Path) -> dict[str, int]:
             for p in state_root.glob("rounds/r*/cand-*/jobs")}
 
 
-def test_two_round_campaign_end_to_end(tmp_path):
-    campaign = write_campaign(tmp_path, rounds=2, workers=2)
-    done = run_daemon(campaign)
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One uninterrupted two-round campaign, shared: the end-to-end test reads it, and its round 0 is
+    the reference the crashed campaign must end as (a round does not depend on how many follow)."""
+    root = tmp_path_factory.mktemp("two_rounds")
+    campaign = write_campaign(root, rounds=2, workers=1)
+    return campaign, run_daemon(campaign)
+
+
+# The two tests share one campaign: under pytest-xdist, in one worker.
+@pytest.mark.xdist_group("two_rounds")
+def test_two_round_campaign_end_to_end(two_rounds):
+    campaign, done = two_rounds
     assert done.returncode == 0, done.stderr
     for phase in ("fork", "propose", "train", "eval", "collect", "meta"):
         assert f"r001] {phase}" in done.stdout
     doc = status(campaign)
     assert doc["schema"] == "hpc_aevo.status" and [r["round"] for r in doc["rounds"]][:2] == [0, 1]
     for rnd in doc["rounds"][:2]:
-        assert rnd["complete"] and len(rnd["candidates"]) == 3
+        assert rnd["complete"] and len(rnd["candidates"]) == 2
         assert all(c["status"] == "evaluated" and c["dev"] is not None and c["leaderboard"] is not None
                    for c in rnd["candidates"])
         assert rnd["decision"]["accepted"] and rnd["calibration"] is not None
     assert doc["rounds"][2]["policy"]["active_axes"]  # the policy for the next round was written
-    state = tmp_path / "state"
+    state = campaign.parent / "state"
     evidence = (state / "rounds/r001/evidence.md").read_text()
     assert evidence.count("\n## ") == 5
     default = state / "default" / "train.py"
@@ -68,12 +78,12 @@ def test_two_round_campaign_end_to_end(tmp_path):
     assert again.returncode == 0 and "] fork" not in again.stdout
 
 
-def test_killed_at_each_crash_point_in_turn_the_campaign_ends_as_if_uninterrupted(tmp_path):
+@pytest.mark.xdist_group("two_rounds")
+def test_killed_at_each_crash_point_in_turn_the_campaign_ends_as_if_uninterrupted(tmp_path, two_rounds):
     """kill -9 at every crash point of a round, one after the other (each restart arms the next point and
     resumes what the last one left), then a plain restart: every candidate trained once, from step 0,
-    and the outcome is the uninterrupted campaign's. One round of training for all the points."""
-    reference = write_campaign(tmp_path / "reference")
-    done = run_daemon(reference)
+    and the outcome is round 0 of the uninterrupted campaign. One round of training for all the points."""
+    reference, done = two_rounds
     assert done.returncode == 0, done.stderr
     campaign = write_campaign(tmp_path / "crashed")
     for point in CRASH_POINTS:
@@ -85,7 +95,9 @@ def test_killed_at_each_crash_point_in_turn_the_campaign_ends_as_if_uninterrupte
     assert set(launches(state).values()) == {1}, launches(state)
     for train_log in state.glob("rounds/r*/cand-*/jobs/attempt-1.train.log"):
         assert "resumed" not in train_log.read_text()  # trained once, from step 0 to the end
-    assert comparable(state) == comparable(tmp_path / "reference" / "state")
+    expected = {key: value for key, value in comparable(reference.parent / "state").items()
+                if key.startswith("rounds/r000/") or key == "rounds/r001/policy.json"}
+    assert comparable(state) == expected
 
 
 def test_second_daemon_is_refused(tmp_path):

@@ -42,6 +42,10 @@ def run(*args: str) -> str:
     return proc.stdout
 
 
+# The tests that share this module's trained model run in one pytest-xdist worker: the model is trained once.
+pytestmark = pytest.mark.xdist_group("test_eval_engines")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("llama")

@@ -14,19 +14,23 @@ from tiny_campaign import run_daemon, status
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("devcluster")]  # one at a time on the cluster
 
-THROTTLE = """import time as _time, torch as _torch
+THROTTLE = """import sys as _sys, time as _time, pathlib as _pathlib, torch as _torch
 _adamw_step = _torch.optim.AdamW.step
 def _throttled_step(self, *args, **kwargs):
     _time.sleep(0.2)
     return _adamw_step(self, *args, **kwargs)
-_torch.optim.AdamW.step = _throttled_step
+_resumed = any(_pathlib.Path(_sys.argv[_sys.argv.index("--out") + 1]).glob("ckpt-*"))
+if not (_resumed and {full_speed_once_resumed}):
+    _torch.optim.AdamW.step = _throttled_step
 """
 
 
-def outlasting_campaign(tmp_path: Path, name: str, max_requeues: int, steps: int, **campaign) -> Path:
+def outlasting_campaign(tmp_path: Path, name: str, max_requeues: int, steps: int, full_speed_once_resumed: bool,
+                        **campaign) -> Path:
     """A 1-minute train limit (SIGUSR2 15 s before it) and a cand-01 whose sandbox trainer (the worker's
     code) takes at least 200 ms a step for `steps` steps: it outlasts any one run, however idle the machine
-    (300 steps: 60 s of steps against 45 s a run), with a checkpoint half-way and one at the end."""
+    (300 steps: 60 s of steps against 45 s a run), with a checkpoint half-way and one at the end. With
+    `full_speed_once_resumed` a run that resumes from a checkpoint is not slowed: one requeue is enough."""
     path = slurm_campaign(tmp_path, name, workers=1, profile={"signal_delay_s": 15, "max_requeues": max_requeues})
     data = yaml.safe_load(path.read_text())
     data["scheduler"]["stages"]["train"]["timeout_min"] = 1
@@ -39,12 +43,12 @@ def outlasting_campaign(tmp_path: Path, name: str, max_requeues: int, steps: int
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     train = recipe_path.with_name("train.py")
     head, future, rest = train.read_text().partition("from __future__ import annotations\n")
-    train.write_text(head + future + THROTTLE + rest)
+    train.write_text(head + future + THROTTLE.format(full_speed_once_resumed=full_speed_once_resumed) + rest)
     return path
 
 
 def test_timeout_requeues_and_resumes_from_the_last_checkpoint(tmp_path, devcluster):  # noqa: F811
-    campaign = outlasting_campaign(tmp_path, "requeue", max_requeues=8, steps=300)  # 8 requeues: room for a busy machine
+    campaign = outlasting_campaign(tmp_path, "requeue", max_requeues=8, steps=300, full_speed_once_resumed=True)  # 8 requeues: room for a busy machine
     done = run_daemon(campaign, timeout=1100)
     assert done.returncode == 0, done.stdout + done.stderr
     state = tmp_path / "state" / "rounds" / "r000"
@@ -70,7 +74,8 @@ def test_timeout_requeues_and_resumes_from_the_last_checkpoint(tmp_path, devclus
 def test_a_timeout_with_no_requeue_left_is_recorded_and_retried(tmp_path, devcluster):  # noqa: F811
     """max_requeues 0: the first time limit ends the task. Its outcome says TIMEOUT (not a silent loss),
     its chained eval task is cancelled, and the retry policy resubmits it, resuming from its checkpoint."""
-    campaign = outlasting_campaign(tmp_path, "timeout", max_requeues=0, steps=2000, retries={"max_attempts": 2})
+    campaign = outlasting_campaign(tmp_path, "timeout", max_requeues=0, steps=2000, full_speed_once_resumed=False,
+                                   retries={"max_attempts": 2})
     done = run_daemon(campaign, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     cand = tmp_path / "state" / "rounds" / "r000" / "cand-01"

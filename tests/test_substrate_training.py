@@ -49,6 +49,10 @@ def events(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
+# The tests that share this module's trained model run in one pytest-xdist worker: the model is trained once.
+pytestmark = pytest.mark.xdist_group("test_substrate_training")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     """Run A straight through; run B preempted (SIGTERM) after its first checkpoint, then restarted."""

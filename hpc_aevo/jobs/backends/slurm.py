@@ -144,6 +144,13 @@ def index_ranges(indices: list[int]) -> str:
     return ",".join(parts)
 
 
+def array_record_tasks(job_id: str) -> list[str] | None:
+    """The tasks an array's own record "A_[0-2%3]" stands for (those not split out of it yet, where
+    sacct has no line of their own), or None for a task's own id "A_2"."""
+    record = _PENDING_SET.fullmatch(job_id)
+    return None if record is None else [f"{record.group(1)}_{i}" for i in _expand(record.group(2))]
+
+
 def _expand(text: str) -> list[int]:
     """"0-2,5%4" -> [0, 1, 2, 5]"""
     out = []
@@ -168,9 +175,9 @@ def parse_sacct(text: str) -> dict[str, tuple[str, float, str]]:
             continue
         job, state, elapsed, alloc = fields[:4]
         state = state.split()[0] if state else "UNKNOWN"
-        pending = _PENDING_SET.fullmatch(job)
-        if pending:
-            sets.append(([f"{pending.group(1)}_{i}" for i in _expand(pending.group(2))], state))
+        pending = array_record_tasks(job)
+        if pending is not None:
+            sets.append((pending, state))
             continue
         earlier = rows.get(job, ("", 0.0, ""))
         rows[job] = (state, earlier[1] + float(elapsed or 0), alloc or earlier[2])
