@@ -1,4 +1,5 @@
-"""Failures on the real devcluster: a failed training task, a human's scancel, the daemon killed -9."""
+"""Failures on the real devcluster: a failed training task, a human's scancel, the daemon killed -9, an
+accounting outage."""
 
 from __future__ import annotations
 
@@ -79,42 +80,25 @@ def test_failed_and_cancelled_tasks_are_retried_alone(tmp_path, devcluster):  # 
     assert any("CANCELLED" in t for t in ledger["cand-02"]["tasks"]) and len(ledger["cand-00"]["tasks"]) == 2
 
 
-def test_kill_9_between_the_two_sbatch_calls_submits_nothing_twice(tmp_path, devcluster):  # noqa: F811
-    """Killed between the train and the eval sbatch: the intents have no job id, the train array is found
-    again by its --comment and the eval array is submitted on restart, chained to it. The launcher's own
-    crash points are taken against the fake scheduler (tests/test_launcher.py) and, with a real daemon
-    killed, on the local backend (tests/test_campaign.py)."""
+def test_killed_between_the_sbatch_calls_then_an_accounting_outage(tmp_path, devcluster):  # noqa: F811
+    """Two crash classes in one campaign. Killed -9 between the train and the eval sbatch: the intents
+    have no job id, the train array is found again by its --comment and the eval array is submitted on
+    restart, chained to it; nothing is submitted twice. Then slurmdbd stops while the round is in
+    flight: sacct fails, and the daemon waits (each job counts as queued while the scheduler gives no
+    answer) instead of crashing or taking running jobs for lost. Started again, accounting answers and
+    the round finishes with one attempt per candidate. The launcher's own crash points are taken against
+    the fake scheduler (tests/test_launcher.py) and, with a real daemon killed, on the local backend
+    (tests/test_campaign.py)."""
     campaign = slurm_campaign(tmp_path, "kill", workers=1)
     name = yaml.safe_load(campaign.read_text())["name"]
+    cluster = Path(devcluster["SLURM_CONF"]).parents[1]  # $HPC_AEVO_DEVCLUSTER/etc/slurm.conf
     assert run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": "r0:train:between-arrays"}).returncode == -signal.SIGKILL
     live = {n for _, n, _ in squeue_rows()}
     assert f"{name}.r000.train" in live and f"{name}.r000.eval" not in live  # the train array lives on alone
-    done = run_daemon(campaign, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
-    tasks = sacct_tasks(name)
-    for stage in ("train", "eval"):
-        assert sorted(job.split("_")[1] for job, (n, _) in tasks.items() if n == f"{name}.r000.{stage}") == ["0", "1"]
-    state = tmp_path / "state"
-    for cand in ("cand-00", "cand-01"):
-        assert manifest(state, cand)["attempts"] == 1 and manifest(state, cand)["status"] == "evaluated"
-        submission = json.loads((state / "rounds/r000" / cand / "jobs/attempt-1.json").read_text())
-        assert submission["job_id"] in tasks and submission["eval_job_id"] in tasks
-        assert any(e["event"] == "adopted" for e in events(state, cand))
-    assert all(r["complete"] for r in status(campaign)["rounds"][:1])
-
-
-def test_an_accounting_outage_makes_the_daemon_wait_not_retry(tmp_path, devcluster):  # noqa: F811
-    """slurmdbd stops while a round trains: sacct fails, and the daemon waits (each job counts as queued
-    while the scheduler gives no answer) instead of crashing or taking running jobs for lost. Started
-    again, accounting answers and the round finishes with one attempt per candidate."""
-    campaign = slurm_campaign(tmp_path, "outage", workers=1)
-    name = yaml.safe_load(campaign.read_text())["name"]
-    cluster = Path(devcluster["SLURM_CONF"]).parents[1]  # $HPC_AEVO_DEVCLUSTER/etc/slurm.conf
     daemon = subprocess.Popen([sys.executable, "-m", "hpc_aevo.round", str(campaign)], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: [r for r in squeue_rows() if r[1] == f"{name}.r000.train" and r[2] == "RUNNING"], 180,
-                 "training to run")
+        wait_for(lambda: f"{name}.r000.eval" in {n for _, n, _ in squeue_rows()}, 120, "the eval array, chained")
         pid = int((cluster / "run" / "slurmdbd.pid").read_text())
         subprocess.run(["kill", str(pid)], check=True)
         wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "slurmdbd to stop")
@@ -129,6 +113,13 @@ def test_an_accounting_outage_makes_the_daemon_wait_not_retry(tmp_path, devclust
         daemon.kill()
     assert daemon.returncode == 0, out
     assert "slurm: no answer this poll (sacct" in out, out
+    tasks = sacct_tasks(name)
+    for stage in ("train", "eval"):
+        assert sorted(job.split("_")[1] for job, (n, _) in tasks.items() if n == f"{name}.r000.{stage}") == ["0", "1"]
     state = tmp_path / "state"
     for cand in ("cand-00", "cand-01"):
         assert manifest(state, cand)["attempts"] == 1 and manifest(state, cand)["status"] == "evaluated"
+        submission = json.loads((state / "rounds/r000" / cand / "jobs/attempt-1.json").read_text())
+        assert submission["job_id"] in tasks and submission["eval_job_id"] in tasks
+        assert any(e["event"] == "adopted" for e in events(state, cand))
+    assert all(r["complete"] for r in status(campaign)["rounds"][:1])
