@@ -94,6 +94,24 @@ def test_session_error_fails_the_candidate_not_the_round(tmp_path, stub):
     assert session.outcome == "error_max_turns" and session.is_error
 
 
+def test_a_recipe_left_as_a_link_to_the_held_out_split_fails_the_candidate(tmp_path, stub, os_sandbox):
+    """The daemon reads what the worker left as untrusted: the link is not followed, not written through
+    and nothing behind it reaches the manifest, the sandbox or a debug turn."""
+    daemon = claude_daemon(tmp_path)
+    sandbox, heldout = daemon.tree.sandbox(0, 1), daemon.tree.heldout_split
+    stub.add("r000/cand-01", [
+        [tool_use("Bash", command="ln -sf ../../../../leader''board/heldout.jsonl recipe.yaml && ls -l recipe.yaml")],
+        [mcp("hpc", "record_proposal", hypothesis="h", axis="mixture", rationale="r", expected_effect="e",
+             failure_modes=[])],
+        [text("done")]])
+    split = heldout.read_bytes()
+    anchor, worker = propose(daemon)
+    assert anchor.status == "proposed" and worker.status == "failed", worker
+    assert "no readable recipe" in worker.failure and "symbolic link" in worker.failure
+    assert (sandbox / "recipe.yaml").is_symlink() and heldout.read_bytes() == split
+    assert "answer" not in (daemon.tree.manifest(0, 1)).read_text()
+
+
 @pytest.mark.slow
 def test_the_round_budget_stops_sessions_and_fails_their_candidates_cleanly(tmp_path, stub):
     daemon = claude_daemon(tmp_path, workers=2, max_budget_usd_per_round=0.01)

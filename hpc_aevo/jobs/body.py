@@ -30,9 +30,10 @@ from typing import Callable
 from hpc_aevo.jobs.spec import EXIT_PREEMPTED, Claim, JobOutcome, JobSpec, StageRun
 from hpc_aevo.sandbox import bwrap
 from hpc_aevo.sandbox.jobs import ConfinementUnavailable, confine, eval_out_dir
-from hpc_aevo.state.contract import EVAL_RESULT, EVALUATOR, RECIPE_FILE, TRAIN_SCRIPT
-from hpc_aevo.state.records import now_iso
+from hpc_aevo.state.contract import EVAL_RESULT, EVALUATOR, MAX_RECIPE_BYTES, RECIPE_FILE, TRAIN_SCRIPT
+from hpc_aevo.state.records import atomic_write_text, now_iso
 from hpc_aevo.state.tree import RECIPE_MARKER
+from hpc_aevo.state.untrusted import KIB, UntrustedFile, read_bytes
 
 
 def process_start_time(pid: int) -> str | None:
@@ -74,15 +75,28 @@ def _claim(spec: JobSpec) -> bool:
     return True
 
 
+def _recipe_hash(spec: JobSpec) -> str:
+    """The hash of the sandbox's recipe, read as untrusted (the worker wrote it): `UntrustedFile` when it
+    is a link, a FIFO, a device or too big."""
+    return hashlib.sha256(read_bytes(Path(spec.sandbox) / RECIPE_FILE, Path(spec.sandbox), MAX_RECIPE_BYTES)).hexdigest()
+
+
+def _marker_matches(spec: JobSpec, recipe_hash: str) -> bool:
+    """The checkpoints were written under this recipe (the trainer can write the marker's directory)."""
+    try:
+        return read_bytes(Path(spec.checkpoints) / RECIPE_MARKER, Path(spec.checkpoints), KIB) == recipe_hash.encode()
+    except (FileNotFoundError, UntrustedFile):
+        return False
+
+
 def _recipe_guard(spec: JobSpec) -> None:
     """Resume only checkpoints of the same recipe: a retry with an edited recipe starts afresh."""
-    recipe_hash = hashlib.sha256((Path(spec.sandbox) / RECIPE_FILE).read_bytes()).hexdigest()
+    recipe_hash = _recipe_hash(spec)
     checkpoints = Path(spec.checkpoints)
-    marker = checkpoints / RECIPE_MARKER
-    if checkpoints.exists() and (not marker.exists() or marker.read_text() != recipe_hash):
+    if checkpoints.exists() and not _marker_matches(spec, recipe_hash):
         shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
-    marker.write_text(recipe_hash)
+    atomic_write_text(checkpoints / RECIPE_MARKER, recipe_hash)  # replaces a planted link, never writes through it
 
 
 def _command(spec: JobSpec, stage: str) -> tuple[list[str], str]:
@@ -127,8 +141,14 @@ def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None
         outcome.stages, outcome.cpu_s = list(trained.stages), trained.cpu_s
     started = os.times()
     for stage in spec.stages:
-        if stage == "train":
-            _recipe_guard(spec)
+        try:
+            if stage == "train":
+                _recipe_guard(spec)
+            else:  # the eval stage is shown the recipe: a plain file inside the sandbox, never a link out of it
+                _recipe_hash(spec)
+        except UntrustedFile as exc:
+            outcome.state, outcome.message = "FAILED", f"{stage} not started: {exc}"
+            break
         log = spec.log_path(stage)
         began = time.time()
         with open(log, "ab") as handle:
@@ -160,10 +180,9 @@ def run_rank(spec: JobSpec, rank: int, on_process: Callable[[subprocess.Popen], 
     torch.distributed rendezvous from the SLURM environment. Rank 0 alone claims the attempt and
     records its outcome; this rank waits until rank 0 has checked the checkpoints' recipe, so it
     never resumes checkpoints that rank 0 is about to delete."""
-    recipe_hash = hashlib.sha256((Path(spec.sandbox) / RECIPE_FILE).read_bytes()).hexdigest()
-    marker = Path(spec.checkpoints) / RECIPE_MARKER
+    recipe_hash = _recipe_hash(spec)
     deadline = time.time() + 120
-    while not (marker.exists() and marker.read_text() == recipe_hash):
+    while not _marker_matches(spec, recipe_hash):
         if time.time() > deadline:
             raise RuntimeError(f"rank {rank}: rank 0 never prepared {spec.checkpoints} for this recipe")
         time.sleep(0.5)

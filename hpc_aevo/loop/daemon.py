@@ -28,7 +28,7 @@ from hpc_aevo.loop.install import (
 from hpc_aevo.roles.factory import make_roles
 from hpc_aevo.roles.interface import WorkerFailed, WorkerTask
 from hpc_aevo.scoring.leaderboard import ADAPTERS
-from hpc_aevo.scoring.results import EvalResult, leaderboard_order, record_evaluation, submit_to_leaderboard
+from hpc_aevo.scoring.results import leaderboard_order, read_eval_result, record_evaluation, submit_to_leaderboard
 from hpc_aevo.search.constitution import CheckContext, ConstitutionChanged, constitution_hash, without_seed
 from hpc_aevo.search.decide import decide
 from hpc_aevo.search.evidence import RoundEvidence, collect_evidence, render_markdown
@@ -37,6 +37,7 @@ from hpc_aevo.state.crashpoints import crashpoint
 from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.state.records import Record, atomic_write_text, now_iso
 from hpc_aevo.state.tree import CampaignRecord, StateTree
+from hpc_aevo.state.untrusted import UntrustedFile
 
 PHASES = ("fork", "propose", "train", "eval", "collect", "meta")
 
@@ -152,7 +153,8 @@ class Daemon:
                 fork_candidate(self.tree.default_dir, substrate, sandbox, policy.standing_recipe)
                 try:
                     result = self.roles.propose(self._task(cand, manifest, policy))
-                except WorkerFailed as exc:  # a worker that cannot propose fails its candidate, not the round
+                    diff = recipe_diff(without_seed(policy.standing_recipe), without_seed(load_recipe(sandbox)))
+                except (WorkerFailed, UntrustedFile) as exc:  # it fails its candidate, not the round
                     crashpoint(f"r{rnd}:propose:mid")
                     manifest.status, manifest.failure = "failed", f"worker: {exc}"
                     cand.save(manifest)
@@ -160,8 +162,7 @@ class Daemon:
                     mutations.append("failed")
                     continue
                 crashpoint(f"r{rnd}:propose:mid")
-                manifest.mutation, manifest.proposal = result.mutation, result.proposal
-                manifest.recipe_diff = recipe_diff(without_seed(policy.standing_recipe), without_seed(load_recipe(sandbox)))
+                manifest.mutation, manifest.proposal, manifest.recipe_diff = result.mutation, result.proposal, diff
                 manifest.status = "proposed"
                 cand.save(manifest)
             mutations.append(manifest.mutation or "anchor")
@@ -192,7 +193,10 @@ class Daemon:
             manifest.mutation, manifest.proposal = revised.mutation, revised.proposal
         manifest.proposal.observed_failure_modes.append(reason)
         sandbox = self.tree.sandbox(cand.round, cand.index)
-        manifest.recipe_diff = recipe_diff(without_seed(policy.standing_recipe), without_seed(load_recipe(sandbox)))
+        try:
+            manifest.recipe_diff = recipe_diff(without_seed(policy.standing_recipe), without_seed(load_recipe(sandbox)))
+        except UntrustedFile as exc:  # the retry's recipe guard reads it the same way and fails the job
+            cand.trace().log("daemon", "recipe-unreadable", reason=str(exc))
 
     def phase_eval(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
         for cand in self.candidates(rnd):
@@ -216,9 +220,10 @@ class Daemon:
 
     def _examples_per_domain(self, rnd: int) -> dict[str, int]:
         for c in range(self.campaign.candidates):
-            result = EvalResult.load_or_none(self.tree.eval_result(rnd, c))
-            if result is not None:
-                return dict(result.examples_per_domain)
+            try:
+                return dict(read_eval_result(self.tree.eval_result(rnd, c)).examples_per_domain)
+            except (FileNotFoundError, UntrustedFile):
+                continue
         return {}
 
     def phase_collect(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
@@ -231,13 +236,23 @@ class Daemon:
         return (f"5 sections; rank corr {cal.spearman if cal.spearman is None else round(cal.spearman, 2)}, "
                 f"decoupled: {cal.decoupled}" + (f" (suspect: {', '.join(cal.suspect_domains)})" if cal.suspect_domains else ""))
 
+    def _readable_recipes(self, rnd: int, manifests: list[CandidateManifest]) -> dict[str, dict]:
+        """Each candidate's recipe, by name; one its worker left unreadable is left out (never promoted)."""
+        recipes = {}
+        for m in manifests:
+            try:
+                recipes[m.name] = load_recipe(self.tree.sandbox(rnd, m.candidate))
+            except (FileNotFoundError, UntrustedFile):
+                continue
+        return recipes
+
     def phase_meta(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
         evidence = RoundEvidence.load(self.tree.evidence_json(rnd))
         history = [RoundEvidence.load(self.tree.evidence_json(r)) for r in range(rnd)]
         manifests = self.manifests(rnd)
         ctx = CheckContext(
             manifests=manifests,
-            recipes={m.name: load_recipe(self.tree.sandbox(rnd, m.candidate)) for m in manifests},
+            recipes=self._readable_recipes(rnd, manifests),
             expected_substrate_hash=record.substrate_sha256,
             current_substrate_hash=hash_tree(self.tree.default_dir)[1],
             expected_constitution_hash=record.constitution_sha256,

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from hpc_aevo.campaign.reader import read_yaml_mapping
 from hpc_aevo.loop.install import SubstrateManifest, ignore_debris, make_writable, remove_tree, verify_substrate
-from hpc_aevo.state.contract import RECIPE_FILE
+from hpc_aevo.state.contract import MAX_RECIPE_BYTES, RECIPE_FILE
+from hpc_aevo.state.untrusted import read_yaml_mapping
 
 
 def fork_candidate(default_dir: Path, manifest: SubstrateManifest, sandbox: Path, recipe: dict[str, Any]) -> None:
@@ -36,7 +36,9 @@ def fork_candidate(default_dir: Path, manifest: SubstrateManifest, sandbox: Path
 
 
 def load_recipe(sandbox: Path) -> dict[str, Any]:
-    return read_yaml_mapping(Path(sandbox) / RECIPE_FILE)
+    """The sandbox's recipe, which its worker wrote: read as untrusted (`UntrustedFile` when it is not a
+    plain, small YAML mapping inside the sandbox)."""
+    return read_yaml_mapping(Path(sandbox) / RECIPE_FILE, sandbox, MAX_RECIPE_BYTES)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

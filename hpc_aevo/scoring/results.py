@@ -6,15 +6,15 @@ trainer's train_summary.json and the leaderboard adapter's scores, never an agen
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardError
 from hpc_aevo.state.contract import TRAIN_SUMMARY
 from hpc_aevo.state.manifest import CandidateManifest, CheckpointScore
-from hpc_aevo.state.records import Record, RecordError
+from hpc_aevo.state.records import Record
 from hpc_aevo.state.trace import Trace
+from hpc_aevo.state.untrusted import MIB, UntrustedFile, load_record, read_json, typed_fields
 
 
 @dataclass
@@ -35,21 +35,46 @@ class EvalResult(Record):
         return next(c for c in self.checkpoints if c.step == self.selected_step)
 
 
-def record_evaluation(manifest: CandidateManifest, eval_path: Path, checkpoints_dir: Path, trace: Trace) -> EvalResult | None:
-    """Fill the manifest's dev numbers from the evaluator's record; a missing or bad record fails the candidate."""
+@dataclass
+class TrainSummary:
+    """What the toolkit takes from the trainer's train_summary.json (the candidate's code writes it)."""
+
+    steps: int = 0
+    final_loss: float | None = None
+    wall_s: float | None = None
+
+
+def read_eval_result(path: Path) -> EvalResult:
+    """The eval stage's record, read as untrusted: the evaluator is frozen, the checkpoints it read are not."""
+    return load_record(EvalResult, path, path.parent, 4 * MIB)
+
+
+def read_train_summary(checkpoints_dir: Path) -> TrainSummary:
+    """The trainer's summary (none: zeros), read as untrusted, with the types the manifest needs."""
+    path = checkpoints_dir / TRAIN_SUMMARY
     try:
-        result = EvalResult.load(eval_path)
+        data = read_json(path, checkpoints_dir, 4 * MIB)
+    except FileNotFoundError:
+        return TrainSummary()
+    if not isinstance(data, dict):
+        raise UntrustedFile(f"{path}: expected a JSON object (got {type(data).__name__})")
+    return typed_fields(TrainSummary, data, path)
+
+
+def record_evaluation(manifest: CandidateManifest, eval_path: Path, checkpoints_dir: Path, trace: Trace) -> EvalResult | None:
+    """Fill the manifest's dev numbers from the evaluator's record and the trainer's summary; a missing or
+    bad one fails the candidate (with the reason in its manifest and trace), never the campaign."""
+    try:
+        result = read_eval_result(eval_path)
         chosen = result.selected()
-    except (FileNotFoundError, RecordError, StopIteration) as exc:
-        manifest.status, manifest.failure = "failed", f"evaluation record unusable: {exc}"
-        trace.log("daemon", "evaluation-invalid", error=str(exc))
+        summary = read_train_summary(checkpoints_dir)
+    except (FileNotFoundError, UntrustedFile, StopIteration) as exc:
+        reason = f"no record of the selected step {result.selected_step}" if isinstance(exc, StopIteration) else exc
+        manifest.status, manifest.failure = "failed", f"evaluation record unusable: {reason}"
+        trace.log("daemon", "evaluation-invalid", error=str(reason))
         return None
-    summary_path = checkpoints_dir / TRAIN_SUMMARY
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     m = manifest.measured
-    m.train_steps = int(summary.get("steps", 0))
-    m.final_loss = summary.get("final_loss")
-    m.train_wall_s = summary.get("wall_s")
+    m.train_steps, m.final_loss, m.train_wall_s = summary.steps, summary.final_loss, summary.wall_s
     m.eval_wall_s = result.wall_s
     m.checkpoints = result.checkpoints
     m.selected_step = result.selected_step

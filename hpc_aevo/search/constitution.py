@@ -19,7 +19,7 @@ from hpc_aevo.search.decoupling import AnchorStats, anchor_stats, evaluated
 from hpc_aevo.search.evidence import RoundEvidence
 from hpc_aevo.search.policy import Policy
 from hpc_aevo.state.manifest import CandidateManifest
-from hpc_aevo.state.records import Record
+from hpc_aevo.state.records import Record, RecordError
 from hpc_aevo.state.tree import CandidateRef
 from hpc_aevo.state.typed import SchemaError
 
@@ -187,8 +187,8 @@ def _check_hashes(ctx: CheckContext) -> list[Violation]:
 def _check_schema(proposed: Policy) -> list[Violation]:
     """C5's structural half: the policy must survive its own record round trip (types, keys, axes)."""
     try:
-        Policy.from_dict(json.loads(proposed.to_json()))
-    except (SchemaError, TypeError) as exc:  # TypeError: a value JSON cannot hold
+        Policy.from_dict(json.loads(proposed.to_json()))  # to_json itself refuses a value of the wrong type
+    except (RecordError, SchemaError, TypeError) as exc:  # TypeError: a value JSON cannot hold
         return [Violation("C5", f"not a valid policy record: {exc}")]
     return []
 

@@ -6,6 +6,7 @@ substrate, the reference one and a user's, so the toolkit names them here once.
 """
 
 RECIPE_FILE = "recipe.yaml"  # the one file a worker's mutation is recorded against
+MAX_RECIPE_BYTES = 256 * 1024  # a recipe is a few hundred bytes; the toolkit reads no more than this
 TRAIN_SCRIPT = "train.py"  # run in the sandbox: python train.py --recipe recipe.yaml --out CHECKPOINTS
 EVALUATOR = "evaluate.py"  # run from the frozen default/ only, never a sandbox's copy
 REQUIRED_FILES = (RECIPE_FILE, TRAIN_SCRIPT, EVALUATOR)

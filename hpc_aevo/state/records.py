@@ -65,8 +65,14 @@ class Record:
     VERSION: ClassVar[int] = 1
 
     def to_json(self) -> str:
-        body = {"schema": self.SCHEMA, "version": self.VERSION, **to_data(self)}
-        return json.dumps(body, indent=2, sort_keys=False) + "\n"
+        """The record's file text; a value of the wrong type (or not finite) is refused, so that no record
+        is written that cannot be loaded again."""
+        data = to_data(self)
+        try:
+            from_data(type(self), data)
+            return json.dumps({"schema": self.SCHEMA, "version": self.VERSION, **data}, indent=2, allow_nan=False) + "\n"
+        except ValueError as exc:  # a SchemaError, or json's refusal of NaN and the infinities
+            raise RecordError(f"refusing to write {self.SCHEMA}: {exc}") from None
 
     @classmethod
     def from_dict(cls: type[R], data: Any, source: str = "") -> R:

@@ -35,6 +35,7 @@ from hpc_aevo.state.manifest import Proposal
 from hpc_aevo.state.records import atomic_write_text, read_jsonl
 from hpc_aevo.state.tree import CandidateRef, StateTree, attempt_logs, attempt_outcomes
 from hpc_aevo.state.typed import to_data
+from hpc_aevo.state.untrusted import UntrustedFile
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2]
 MUNGE_DIR = Path("/etc/munge")
@@ -220,8 +221,11 @@ class ClaudeWorker:
             raise WorkerFailed(f"worker session {session.outcome}: {session.message}")
         if tools.proposal is None:
             raise WorkerFailed("worker session ended without record_proposal")
-        after = load_recipe(task.sandbox)
-        _set_seed(task)
+        try:
+            after = load_recipe(task.sandbox)
+            _set_seed(task)
+        except (FileNotFoundError, UntrustedFile) as exc:
+            raise WorkerFailed(f"the worker left no readable recipe: {exc}") from None
         return WorkerResult(mutation_signature(recipe_diff(before, after)), _proposal(tools.proposal))
 
     def debug(self, task: WorkerTask, reason: str) -> WorkerResult | None:
@@ -231,11 +235,15 @@ class ClaudeWorker:
         tools = WorkerTools(task, self._confinement(task), self.tree.jobs(task.round, task.candidate))
         resume = previous.session_id if previous and previous.session_id else None
         session = self._run(self._spec(task, "debug", _debug_prompt(reason, tools.job_logs()), tools, resume))
-        _set_seed(task)
+        try:
+            _set_seed(task)
+            recipe = load_recipe(task.sandbox)
+        except (FileNotFoundError, UntrustedFile) as exc:  # the retry's recipe guard refuses it the same way
+            task.trace.log("daemon", "recipe-unreadable", reason=str(exc))
+            return None
         if not session.ok or tools.proposal is None:
             return None
-        return WorkerResult(mutation_signature(recipe_diff(standing, load_recipe(task.sandbox))),
-                            _proposal(tools.proposal))
+        return WorkerResult(mutation_signature(recipe_diff(standing, recipe)), _proposal(tools.proposal))
 
 
 def _unfinished_sessions(trace, role: str) -> int:
