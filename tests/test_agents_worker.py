@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from agent_scripts import good_worker
 from model_stub import Turn, mcp, text, tool_use
 from tiny_campaign import write_campaign
 
+from hpc_aevo.roles.claude import reaper
 from hpc_aevo.roles.claude.session import AgentSession
 from hpc_aevo.campaign.reader import ConfigError
 from hpc_aevo.campaign.config import load_campaign
@@ -19,6 +23,7 @@ from hpc_aevo.loop.daemon import Daemon
 from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.search.policy import Policy
 from hpc_aevo.state.records import read_jsonl
+from hpc_aevo.state.trace import Trace
 
 
 def claude_daemon(tmp_path: Path, workers: int = 1, constitution: Path | None = None, **agents) -> Daemon:
@@ -110,6 +115,54 @@ def test_a_recipe_left_as_a_link_to_the_held_out_split_fails_the_candidate(tmp_p
     assert "no readable recipe" in worker.failure and "symbolic link" in worker.failure
     assert (sandbox / "recipe.yaml").is_symlink() and heldout.read_bytes() == split
     assert "answer" not in (daemon.tree.manifest(0, 1)).read_text()
+
+
+def session_starts(daemon: Daemon) -> list[dict]:
+    return [e for e in read_jsonl(daemon.tree.trace(0, 1)) if e["event"] == "session-start"]
+
+
+def test_a_background_command_dies_with_its_session(tmp_path, stub, os_sandbox):
+    daemon = claude_daemon(tmp_path)
+    stub.add("r000/cand-01", [
+        [tool_use("Bash", command="sleep 300", run_in_background=True)],
+        [mcp("hpc", "record_proposal", hypothesis="h", axis="mixture", rationale="r", expected_effect="e",
+             failure_modes=[])],
+        [text("done")]])
+    started = time.monotonic()
+    _anchor, worker = propose(daemon)
+    assert worker.status == "proposed" and time.monotonic() - started < 120
+    (start,) = session_starts(daemon)
+    assert reaper.marked(start["marker"]) == []  # the CLI and its background shell are gone
+
+
+def test_a_session_past_its_wall_clock_cap_is_killed_and_fails_its_candidate(tmp_path, stub):
+    daemon = claude_daemon(tmp_path, max_session_minutes=0.1)  # 6 s
+    stub.add("r000/cand-01", [Turn([text("thinking")], delay_s=60)])
+    started = time.monotonic()
+    _anchor, worker = propose(daemon)
+    assert time.monotonic() - started < 45, "the session outlived its cap"
+    assert worker.status == "failed" and "error_max_wall_time" in worker.failure, worker.failure
+    (session,) = sessions(daemon)
+    assert session.outcome == "error_max_wall_time" and 6 <= session.wall_s < 45
+    assert reaper.marked(session_starts(daemon)[0]["marker"]) == []
+
+
+def test_what_a_killed_daemon_s_session_left_running_is_reaped_before_the_rerun(tmp_path, stub):
+    daemon = claude_daemon(tmp_path)
+    marker = reaper.new_marker()  # a session the daemon was killed during, and the command it left running
+    daemon.tree.trace(0, 1).parent.mkdir(parents=True, exist_ok=True)
+    Trace(daemon.tree.trace(0, 1)).log("agent:worker", "session-start", who="cand-01", marker=marker)
+    orphan = subprocess.Popen(["sleep", "300"], env={**os.environ, reaper.MARKER: marker}, start_new_session=True)
+    try:
+        stub.add("r000/cand-01", [[mcp("hpc", "record_proposal", hypothesis="h", axis="mixture", rationale="r",
+                                       expected_effect="e", failure_modes=[])], [text("done")]])
+        _anchor, worker = propose(daemon)
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        orphan.kill()
+    assert worker.status == "proposed"
+    events = read_jsonl(daemon.tree.trace(0, 1))
+    assert [e["processes"] for e in events if e["event"] == "session-reaped"] == [1]
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from hpc_aevo.roles.claude import reaper
 from hpc_aevo.state.records import Record, now_iso
 from hpc_aevo.state.trace import Trace
 
@@ -63,6 +64,7 @@ class Limits:
     model: str | None = None
     max_turns: int | None = None
     max_budget_usd: float | None = None
+    max_wall_s: float | None = None  # the session and everything it started are killed after this
 
 
 @dataclass
@@ -79,7 +81,7 @@ class AgentSession(Record):
     model: str | None
     started_at: str
     wall_s: float
-    outcome: str  # the SDK result subtype ("success", "error_max_turns", "error_max_budget_usd", ...) or "crashed"
+    outcome: str  # the SDK result subtype ("success", "error_max_turns", ...), "error_max_wall_time" or "crashed"
     is_error: bool
     turns: int = 0
     input_tokens: int = 0
@@ -166,7 +168,7 @@ def _settings(spec: SessionSpec, secrets: Path) -> tuple[dict[str, Any], dict[st
     return settings, env
 
 
-def _options(spec: SessionSpec, hook_denied: dict[str, str], scratch: str, secrets: str):
+def _options(spec: SessionSpec, hook_denied: dict[str, str], scratch: str, secrets: str, marker: str):
     import json
 
     from claude_agent_sdk import ClaudeAgentOptions, HookMatcher
@@ -183,7 +185,7 @@ def _options(spec: SessionSpec, hook_denied: dict[str, str], scratch: str, secre
     (home / "config").mkdir(parents=True, exist_ok=True)
     settings, key_env = _settings(spec, Path(secrets))
     env = {**QUIET_ENV, "HOME": str(home), "CLAUDE_CONFIG_DIR": str(home / "config"),
-           "TMPDIR": scratch, "CLAUDE_CODE_TMPDIR": scratch, **key_env}
+           "TMPDIR": scratch, "CLAUDE_CODE_TMPDIR": scratch, reaper.MARKER: marker, **key_env}
     return ClaudeAgentOptions(
         tools=spec.tools, allowed_tools=[], disallowed_tools=spec.deny, system_prompt=spec.system_prompt,
         mcp_servers={spec.mcp_name: spec.mcp_server} if spec.mcp_server else {}, strict_mcp_config=True,
@@ -214,16 +216,23 @@ def _log_result(trace: Trace, actor: str, block: Any, tool: str | None, hook_den
               **({"reason": _short(detail)} if event == "tool-denied" else {"output": _short(detail, 400)}))
 
 
-async def _drive(spec: SessionSpec, record: AgentSession) -> None:
+async def _drive(spec: SessionSpec, record: AgentSession, marker: str) -> None:
+    import anyio
     from claude_agent_sdk import query
 
     hook_denied: dict[str, str] = {}  # tool_use_id -> reason, for calls the PreToolUse guard refused
     names: dict[str, str] = {}  # tool_use_id -> tool name
     # A short temp dir: the OS sandbox's bridge sockets live there, and a Unix socket path has 108 bytes at most.
     with tempfile.TemporaryDirectory(prefix="hpc-agent-") as scratch, \
-            tempfile.TemporaryDirectory(dir=keys_dir()) as secrets:
-        async for message in query(prompt=spec.prompt, options=_options(spec, hook_denied, scratch, secrets)):
-            _observe(spec, record, message, names, hook_denied)
+            tempfile.TemporaryDirectory(dir=keys_dir()) as secrets, anyio.fail_after(spec.limits.max_wall_s):
+        messages = query(prompt=spec.prompt, options=_options(spec, hook_denied, scratch, secrets, marker))
+        try:
+            async for message in messages:
+                _observe(spec, record, message, names, hook_denied)
+                if record.result_seen:  # the session is over: a background command must not hold the CLI open
+                    break
+        finally:
+            await messages.aclose()  # stdin EOF, a grace period for the transcript, then SIGTERM
     if not record.result_seen:
         raise RuntimeError("the CLI ended without a result message")
 
@@ -262,27 +271,46 @@ def _account(record: AgentSession, result: Any) -> None:
     record.message = _short(result.result or "; ".join(result.errors or []), 2000)
 
 
+def reap_leftovers(trace: Trace) -> int:
+    """Kill whatever the sessions recorded in `trace` left running (a daemon killed mid-session leaves
+    the CLI and its commands behind); returns how many processes were killed."""
+    markers = {e["marker"] for e in trace.events() if e.get("event") == "session-start" and e.get("marker")}
+    killed = sum(reaper.reap(marker) for marker in sorted(markers))
+    if killed:
+        trace.log("daemon", "session-reaped", processes=killed)
+    return killed
+
+
 def run_session(spec: SessionSpec) -> AgentSession:
-    """Run `spec` to its end; the record (also saved at spec.record_path) says how it went."""
+    """Run `spec` to its end, at most its wall-clock cap; every process it started is killed when it ends.
+    The record (also saved at spec.record_path) says how it went."""
+    reap_leftovers(spec.trace)
     record = AgentSession(role=spec.role, round=spec.round, who=spec.who, session_id=spec.resume,
                           model=spec.limits.model, started_at=now_iso(), wall_s=0.0, outcome="crashed", is_error=True)
+    marker = reaper.new_marker()
     spec.trace.log(f"agent:{spec.role}", "session-start", who=spec.who, resume=spec.resume, tools=spec.tools,
                    model=spec.limits.model, max_turns=spec.limits.max_turns, max_budget_usd=spec.limits.max_budget_usd,
-                   record=str(spec.record_path))
+                   max_wall_s=spec.limits.max_wall_s, marker=marker, record=str(spec.record_path))
     started = time.monotonic()
     try:
         import anyio  # with claude-agent-sdk (the agents extra)
 
-        anyio.run(_drive, spec, record)
+        anyio.run(_drive, spec, record, marker)
+    except TimeoutError:
+        record.outcome, record.is_error = "error_max_wall_time", True
+        record.message = f"stopped at its wall-clock cap of {spec.limits.max_wall_s:g} s (agents.max_session_minutes)"
     except Exception as exc:  # the CLI or SDK failed: the session fails, never the campaign
         if not record.result_seen:  # an error result (max turns, budget) is also raised: keep its accounting
             record.outcome, record.is_error, record.message = "crashed", True, _short(f"{type(exc).__name__}: {exc}", 2000)
+    finally:
+        left = reaper.reap(marker)  # background commands, and a CLI that did not exit with its session
     record.wall_s = round(time.monotonic() - started, 3)
     record.save(spec.record_path)
     spec.trace.log(f"agent:{spec.role}", "session-end", who=spec.who, outcome=record.outcome, is_error=record.is_error,
                    session_id=record.session_id, turns=record.turns, cost_usd=record.cost_usd,
                    input_tokens=record.input_tokens, output_tokens=record.output_tokens, wall_s=record.wall_s,
-                   tool_calls=record.tool_calls, denials=record.denials, message=_short(record.message, 300))
+                   tool_calls=record.tool_calls, denials=record.denials, message=_short(record.message, 300),
+                   reaped=left)
     return record
 
 

@@ -65,7 +65,8 @@ class RoundSpend:
 def limits_for(agents: Agents, spend: RoundSpend) -> Limits:
     """The next session's limits: the campaign's, with the budget cut to what the round has left."""
     caps = [c for c in (agents.max_budget_usd_per_session, spend.left_usd(agents)) if c is not None]
-    return Limits(model=agents.model, max_turns=agents.max_turns, max_budget_usd=min(caps) if caps else None)
+    return Limits(model=agents.model, max_turns=agents.max_turns, max_budget_usd=min(caps) if caps else None,
+                  max_wall_s=agents.max_session_minutes * 60)
 
 
 def agent_home(spend: RoundSpend, who: str) -> Path:
