@@ -8,14 +8,18 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from host import require
 from tiny_campaign import REPO, tiny_recipe
 
 from hpc_aevo.sandbox import bwrap
@@ -25,6 +29,7 @@ from hpc_aevo.jobs.spec import JobOutcome
 from hpc_aevo.jobs.body import run_job
 from hpc_aevo.state.tree import StateTree
 from hpc_aevo.loop.install import install_substrate
+from hpc_aevo.cli.status import unconfined_stage_runs
 
 
 SECRET = "sk-ant-test-not-a-real-key"
@@ -130,6 +135,7 @@ def test_without_bubblewrap_the_stage_runs_unconfined_and_says_so(tree, monkeypa
     outcome = run_job(spec)
     assert outcome.state == "COMPLETED" and not outcome.stages[0].confined
     assert "UNCONFINED: bubblewrap cannot run" in spec.log_path("train").read_text()
+    assert unconfined_stage_runs(tree, 0, 1) == 1  # what `status` shows for the round
 
     required = Candidate(0, 2, tree, confine="required").spec(1).stage("train")
     outcome = run_job(required)
@@ -180,3 +186,59 @@ def test_the_campaign_key_is_checked(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match="confine_jobs"):
         load_campaign(path)
+
+
+def test_with_agents_jobs_are_confined_unless_a_person_says_otherwise(tmp_path):
+    from tiny_campaign import write_campaign
+
+    from hpc_aevo.campaign.config import load_campaign
+
+    assert load_campaign(write_campaign(tmp_path / "a")).confine_jobs == "auto"  # the offline scripted workers
+    assert load_campaign(write_campaign(tmp_path / "b", agents={"backend": "claude"})).confine_jobs == "required"
+    path = write_campaign(tmp_path / "c", agents={"backend": "claude"})
+    doc = yaml.safe_load(path.read_text())
+    doc["scheduler"]["confine_jobs"] = "auto"
+    path.write_text(yaml.safe_dump(doc))
+    assert load_campaign(path).confine_jobs == "auto"
+
+
+def test_a_python_environment_no_stage_can_see_is_refused_before_anything_is_submitted(tmp_path, monkeypatch):
+    """Every stage hides /tmp and the state tree: an interpreter there would make each confined stage die
+    at exec, and each death would be taken for its worker's failure."""
+    from tiny_campaign import write_campaign
+
+    from hpc_aevo.campaign.config import load_campaign
+    from hpc_aevo.loop.daemon import CampaignStopped, Daemon
+    from hpc_aevo.sandbox.jobs import preflight
+
+    require(bwrap.available(), "needs bubblewrap")
+    assert preflight([str(tmp_path / "state")], "required") is None  # this interpreter is visible
+    venv = Path(tempfile.mkdtemp(prefix="hpc-aevo-venv-", dir="/tmp"))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        monkeypatch.setattr(sys, "executable", str(venv / "bin" / "python"))
+        problem = preflight([str(tmp_path / "state")], "required")
+        assert problem and "cannot start its Python" in problem and "\n" not in problem, problem
+        daemon = Daemon(load_campaign(write_campaign(tmp_path, agents={"backend": "scripted"})))
+        with pytest.raises(CampaignStopped, match="install the environment elsewhere"):
+            daemon.prepare()
+        assert not daemon.tree.policy(0).exists()
+    finally:
+        shutil.rmtree(venv)
+
+
+def test_each_round_says_first_that_its_jobs_run_unconfined(tmp_path, monkeypatch):
+    from tiny_campaign import write_campaign
+
+    from hpc_aevo.campaign.config import load_campaign
+    from hpc_aevo.loop.daemon import PHASES, Daemon
+
+    monkeypatch.setattr(bwrap, "available", lambda *flags: False)
+    lines: list[str] = []
+    daemon = Daemon(load_campaign(write_campaign(tmp_path)), print_line=lines.append)
+    record = daemon.prepare()
+    for phase in PHASES:
+        monkeypatch.setattr(daemon, f"phase_{phase}", lambda *args: "skipped")
+    daemon.run_round(0, record)
+    assert lines[0] == ("[tiny r000] jobs run UNCONFINED: bubblewrap cannot run on "
+                        f"{socket.gethostname()} and scheduler.confine_jobs is auto")

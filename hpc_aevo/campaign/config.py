@@ -79,7 +79,8 @@ class SchedulerConfig:
     stages: Stages  # per-stage task resources
     profile: str | None = None  # slurm only: cluster profile file (partition, container, setup lines)
     poll_interval_s: float = 2.0  # how often the daemon polls the scheduler, seconds
-    confine_jobs: Literal["auto", "required", "off"] = "auto"  # run each job stage under bubblewrap (auto: where it runs)
+    # run each job stage under bubblewrap; auto: where it runs. None: required with agents, auto with scripted ones
+    confine_jobs: Literal["auto", "required", "off"] | None = None
 
     def validate(self) -> None:
         _at_least("max_parallel", self.max_parallel, 1)
@@ -163,6 +164,14 @@ class Campaign:
     @property
     def candidates(self) -> int:
         return self.anchors + self.workers_per_round
+
+    @property
+    def confine_jobs(self) -> str:
+        """`scheduler.confine_jobs`, or its default: code an agent wrote never runs unconfined unless a person
+        says so; the offline scripted workers' edits are the toolkit's own, so their jobs may."""
+        if self.scheduler.confine_jobs is not None:
+            return self.scheduler.confine_jobs
+        return "auto" if self.agents.backend == "scripted" else "required"
 
     def validate(self) -> None:
         if not SLUG.fullmatch(self.name):

@@ -15,6 +15,7 @@ from typing import Any
 
 from hpc_aevo.campaign.config import load_campaign
 from hpc_aevo.campaign.reader import ConfigError
+from hpc_aevo.jobs.spec import JobOutcome
 from hpc_aevo.loop.daemon import PHASES, RoundState
 from hpc_aevo.roles.claude.spend import RoundSpend
 from hpc_aevo.scoring.leaderboard import LeaderboardLedger
@@ -24,7 +25,7 @@ from hpc_aevo.search.policy import Policy
 from hpc_aevo.state.ledger import load_ledger
 from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.state.records import RecordError
-from hpc_aevo.state.tree import StateTree
+from hpc_aevo.state.tree import StateTree, attempt_outcomes
 from hpc_aevo.state.typed import to_data
 
 SCHEMA, VERSION = "hpc_aevo.status", 1
@@ -41,14 +42,24 @@ def _agents(tree: StateTree, rnd: int) -> dict[str, Any]:
                       "tool_calls": s.tool_calls, "denials": s.denials} for s in sessions]}
 
 
+def unconfined_stage_runs(tree: StateTree, rnd: int, c: int) -> int:
+    """How many of the candidate's job stages ran without bubblewrap (their outcome records say so)."""
+    runs = 0
+    for path in attempt_outcomes(tree.jobs(rnd, c)):
+        outcome = JobOutcome.load_or_none(path)
+        runs += 0 if outcome is None else sum(not stage.confined for stage in outcome.stages)
+    return runs
+
+
 def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
     state = RoundState.load_or_none(tree.round_state(rnd))
     policy = Policy.load_or_none(tree.policy(rnd))
     evidence = RoundEvidence.load_or_none(tree.evidence_json(rnd))
     decision = PolicyDecision.load_or_none(tree.decision(rnd))
-    candidates = []
+    candidates, unconfined = [], 0
     for path in tree.candidate_manifests(rnd):
         m = CandidateManifest.load(path)
+        unconfined += unconfined_stage_runs(tree, rnd, m.candidate)
         candidates.append({
             "name": m.name, "role": m.role, "axis": m.axis, "mutation": m.mutation, "status": m.status,
             "attempts": m.attempts, "seed": m.seed, "dev": m.measured.dev, "leaderboard": m.measured.leaderboard,
@@ -67,6 +78,7 @@ def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
             "evidence": to_data(policy.evidence),
         },
         "candidates": candidates,
+        "unconfined_stage_runs": unconfined,
         "agents": _agents(tree, rnd),
         "calibration": None if evidence is None else {
             "spearman": evidence.calibration.spearman, "decoupled": evidence.calibration.decoupled,
@@ -128,6 +140,9 @@ def render(doc: dict[str, Any]) -> str:
         for c in rnd["candidates"]:
             lines.append(f"  {c['name']:<8}{c['role']:<7}{(c['mutation'] or '-'):<34}{c['status']:<10}"
                          f"{_score(c['dev']):>7}{_score(c['leaderboard']):>7}")
+        if rnd["unconfined_stage_runs"]:
+            lines.append(f"  jobs: {rnd['unconfined_stage_runs']} stage run(s) UNCONFINED (no bubblewrap where they ran, "
+                         "or scheduler.confine_jobs off); their logs say why")
         if rnd["agents"]["sessions"]:
             a = rnd["agents"]
             lines.append(f"  agents: {a['sessions']} sessions, ${a['cost_usd']:.4f}, {a['input_tokens']} in / "

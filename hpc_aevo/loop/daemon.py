@@ -27,6 +27,7 @@ from hpc_aevo.loop.install import (
 )
 from hpc_aevo.roles.factory import make_roles
 from hpc_aevo.roles.interface import WorkerFailed, WorkerTask
+from hpc_aevo.sandbox.jobs import preflight, unconfined_here
 from hpc_aevo.scoring.leaderboard import ADAPTERS
 from hpc_aevo.scoring.results import leaderboard_order, read_eval_result, record_evaluation, submit_to_leaderboard
 from hpc_aevo.search.constitution import CheckContext, ConstitutionChanged, constitution_hash, without_seed
@@ -95,6 +96,9 @@ class Daemon:
             record.save(tree.campaign_record)
         elif record.name != campaign.name:
             raise CampaignStopped(f"{tree.root} holds campaign {record.name!r}, not {campaign.name!r}")
+        problem = preflight((str(tree.root), *self._hidden()), campaign.confine_jobs)
+        if problem:
+            raise CampaignStopped(problem)
         self.leaderboard.prepare()
         if not tree.policy(0).exists():
             load_initial_policy(campaign).save(tree.policy(0))
@@ -113,10 +117,13 @@ class Daemon:
                                   "started; it is frozen for the campaign's life")
 
     # ---- one round ---------------------------------------------------------------------
-    def candidate(self, rnd: int, c: int) -> Candidate:
+    def _hidden(self) -> tuple[str, ...]:
+        """What no job stage may see besides the state tree: the campaign's own files."""
         paths = self.campaign.paths
-        hidden = tuple(str(p) for p in (self.campaign.source, paths.constitution, paths.initial_policy))
-        return Candidate(rnd, c, self.tree, self.campaign.scheduler.confine_jobs, hidden)
+        return tuple(str(p) for p in (self.campaign.source, paths.constitution, paths.initial_policy))
+
+    def candidate(self, rnd: int, c: int) -> Candidate:
+        return Candidate(rnd, c, self.tree, self.campaign.confine_jobs, self._hidden())
 
     def candidates(self, rnd: int) -> list[Candidate]:
         return [self.candidate(rnd, c) for c in range(self.campaign.candidates)]
@@ -277,6 +284,9 @@ class Daemon:
         state_path = self.tree.round_state(rnd)
         state = RoundState.load_or_none(state_path) or RoundState(round=rnd)
         policy = Policy.load(self.tree.policy(rnd))
+        unconfined = unconfined_here(self.campaign.confine_jobs)
+        if unconfined:
+            self.print_line(f"[{self.campaign.name} r{rnd:03d}] jobs run UNCONFINED: {unconfined}")
         for phase in PHASES:
             if phase in state.phases:
                 continue

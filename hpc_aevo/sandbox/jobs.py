@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 from hpc_aevo.jobs.spec import JobSpec
 from hpc_aevo.sandbox import bwrap
@@ -54,9 +56,39 @@ def views(spec: JobSpec, stage: str) -> list[tuple[Path, bool]]:
 
 
 def hidden(spec: JobSpec) -> list[Path]:
+    return hidden_paths(spec.hidden)
+
+
+def hidden_paths(daemons: Iterable[str]) -> list[Path]:
     """The daemon's list, the host's secrets and its temp dir (where the agents' keys are), as real paths."""
-    paths = [*spec.hidden, *(os.path.expanduser(p) for p in HOST_SECRETS), tempfile.gettempdir()]  # keys_dir() is there
+    paths = [*daemons, *(os.path.expanduser(p) for p in HOST_SECRETS), tempfile.gettempdir()]  # keys_dir() is there
     return sorted({Path(os.path.realpath(p)) for p in paths if os.path.lexists(p)} - {Path("/tmp")})  # /tmp: private
+
+
+def unconfined_here(confine: str) -> str | None:
+    """Why job stages started from this host run unconfined (None: they are confined, or fail instead)."""
+    if confine == "off":
+        return "scheduler.confine_jobs is off"
+    if confine == "auto" and not bwrap.available():
+        return f"bubblewrap cannot run on {socket.gethostname()} and scheduler.confine_jobs is auto"
+    return None
+
+
+def preflight(daemons: Iterable[str], confine: str) -> str | None:
+    """Why no job stage could start confined here, in one line (None: it can, or none is confined).
+
+    A stage's interpreter and its packages must be visible inside the sandbox; a Python environment
+    under /tmp (private there) or under a hidden path makes every confined stage die at exec, which
+    would otherwise be read as each worker's failure."""
+    if confine == "off" or not bwrap.available():
+        return None  # `required` refuses each stage itself, with its reason in the outcome
+    probe = bwrap.command([sys.executable, "-c", "import yaml"], Path("/"), hidden_paths(daemons), [], network=True)
+    result = subprocess.run(probe, capture_output=True, text=True)
+    if result.returncode == 0:
+        return None
+    said = (result.stderr.strip().splitlines() or ["no message"])[-1]
+    return (f"a confined job stage cannot start its Python ({sys.executable}): {said}; every stage hides /tmp and "
+            "the state tree, so install the environment elsewhere (or set scheduler.confine_jobs: off)")
 
 
 def confine(spec: JobSpec, stage: str, argv: list[str], cwd: str) -> tuple[list[str], str | None]:
