@@ -82,7 +82,8 @@ class Confinement:
             return None
         return {"enabled": True, "failIfUnavailable": True, "autoAllowBashIfSandboxed": True,
                 "allowUnsandboxedCommands": False,
-                "filesystem": {"allowWrite": [str(self.sandbox)], "denyRead": [str(p) for p in self.denied]},
+                "filesystem": {"allowWrite": [str(self.sandbox)],
+                               "denyRead": [str(p) for p in (*self.denied, *bwrap.host_secrets())]},
                 "network": {"allowedDomains": [], "allowLocalBinding": False}}
 
     def inside(self, path: str | Path) -> bool:
@@ -109,6 +110,7 @@ class Confinement:
         return None
 
     def bwrap_argv(self, argv: list[str]) -> list[str]:
-        """`argv` under bubblewrap: the filesystem read-only, the protected paths hidden, the sandbox
-        writable, no network, its own pid namespace."""
-        return bwrap.command(argv, self.sandbox, self.denied, [(self.sandbox, True)])
+        """`argv` under bubblewrap, as strict as a job stage or stricter: the filesystem read-only, the
+        protected paths, the host's secrets and its socket directories hidden, the sandbox writable, no
+        network, no capabilities, its own pid namespace."""
+        return bwrap.command(argv, self.sandbox, self.denied, [(self.sandbox, True)], strict=True)

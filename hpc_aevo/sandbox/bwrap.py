@@ -25,6 +25,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -34,6 +35,11 @@ RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 # Writable by uid 0 even without capabilities (a job runs as root under slurmstepd): kernel.core_pattern
 # alone would run a program as the host's root. Bubblewrap run by root leaves them writable.
 KERNEL_KNOBS = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
+# Hidden from every sandbox: scheduler auth (with munge a process can sign scheduler requests) and Claude
+# logins, wherever the daemon's user keeps them; and the host's temp dir, where the agents' key files are.
+HOST_SECRETS = ("/etc/munge", "/run/munge", "/var/run/munge", "~/.claude", "~/.claude.json")
+# Hidden too with `strict` (agent tools): the host's Unix sockets (system bus, container and scheduler daemons).
+SOCKET_DIRS = ("/run", "/var/run")
 
 
 def scrubbed_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -52,11 +58,20 @@ def available(*flags: str) -> bool:
     return probe.returncode == 0
 
 
+def host_secrets(strict: bool = False) -> list[Path]:
+    """HOST_SECRETS (and with `strict` SOCKET_DIRS) as real paths where they exist, and the host's temp dir
+    unless it is /tmp (private in every sandbox anyway)."""
+    names = [*HOST_SECRETS, *(SOCKET_DIRS if strict else ()), tempfile.gettempdir()]
+    return sorted({Path(os.path.realpath(os.path.expanduser(p))) for p in names
+                   if os.path.lexists(os.path.expanduser(p))} - {Path("/tmp")})
+
+
 def command(argv: list[str], chdir: Path, hidden: Iterable[Path], binds: Iterable[tuple[Path, bool]],
-            network: bool = False, accelerators: bool = False) -> list[str]:
-    """`argv` under bubblewrap: `hidden` paths empty and read-only, `binds` ((path, writable)) visible again;
-    without `network` in a network namespace of its own; with `accelerators`, the host's GPU and
-    RDMA devices and its /dev/shm (NCCL between ranks) as well."""
+            network: bool = False, accelerators: bool = False, strict: bool = False) -> list[str]:
+    """`argv` under bubblewrap: `hidden` paths and the host's secrets empty and read-only, `binds` ((path,
+    writable)) visible again; without `network` in a network namespace of its own; with `accelerators`, the
+    host's GPU and RDMA devices and its /dev/shm (NCCL between ranks) as well; with `strict`, the host's
+    socket directories hidden too."""
     cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
            "--unshare-pid", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     for entry in KERNEL_KNOBS:
@@ -68,7 +83,7 @@ def command(argv: list[str], chdir: Path, hidden: Iterable[Path], binds: Iterabl
         for device in sorted({d for pattern in ACCELERATORS for d in glob.glob(pattern)}):
             cmd += ["--dev-bind", device, device]
         cmd += ["--bind", "/dev/shm", "/dev/shm"]
-    hidden = list(hidden)
+    hidden = sorted({*hidden, *host_secrets(strict)})
     for p in hidden:
         cmd += ["--tmpfs", str(p)] if p.is_dir() else ["--ro-bind", "/dev/null", str(p)]
     for p, writable in binds:

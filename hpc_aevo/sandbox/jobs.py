@@ -22,16 +22,12 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 from hpc_aevo.jobs.spec import JobSpec
 from hpc_aevo.sandbox import bwrap
 from hpc_aevo.state.contract import RECIPE_FILE
-
-HOST_SECRETS = ("/etc/munge", "/run/munge", "~/.claude", "~/.claude.json")  # scheduler auth, Claude logins
-
 
 class ConfinementUnavailable(RuntimeError):
     """`scheduler.confine_jobs: required`, and bubblewrap cannot run on this host."""
@@ -60,9 +56,8 @@ def hidden(spec: JobSpec) -> list[Path]:
 
 
 def hidden_paths(daemons: Iterable[str]) -> list[Path]:
-    """The daemon's list, the host's secrets and its temp dir (where the agents' keys are), as real paths."""
-    paths = [*daemons, *(os.path.expanduser(p) for p in HOST_SECRETS), tempfile.gettempdir()]  # keys_dir() is there
-    return sorted({Path(os.path.realpath(p)) for p in paths if os.path.lexists(p)} - {Path("/tmp")})  # /tmp: private
+    """The daemon's list as real paths (the builder adds the host's secrets and its temp dir)."""
+    return sorted({Path(os.path.realpath(p)) for p in daemons if os.path.lexists(p)})
 
 
 def unconfined_here(confine: str) -> str | None:

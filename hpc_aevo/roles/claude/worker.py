@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import resource
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,18 @@ MUNGE_DIR = Path("/etc/munge")
 SERVER = "hpc"
 PROPOSAL_FIELDS = ("hypothesis", "axis", "rationale", "expected_effect", "failure_modes")
 SMOKE_STEPS = 2
+AGENT_CONFIG = (".claude", ".mcp.json")  # a session's own configuration, in its working directory
 SMOKE_TIMEOUT_S = 300
+# The smoke test runs the worker's code: it may use this much memory (address space) and write files this big
+# (its output is such a file; the tool reads only its tail), and no core dumps.
+SMOKE_LIMITS = {resource.RLIMIT_AS: 16 << 30, resource.RLIMIT_FSIZE: 1 << 30, resource.RLIMIT_CORE: 0,
+                resource.RLIMIT_CPU: 2 * SMOKE_TIMEOUT_S}
+
+
+def _smoke_limits() -> None:
+    """In the smoke test's process before it execs bubblewrap: the limits every process inside inherits."""
+    for limit, value in SMOKE_LIMITS.items():
+        resource.setrlimit(limit, (value, value))
 
 
 def mutation_signature(diff: dict[str, list[Any]]) -> str | None:
@@ -108,18 +122,31 @@ class WorkerTools:
         out = self.confinement.sandbox / ".smoke"
         argv = self.confinement.bwrap_argv([sys.executable, TRAIN_SCRIPT, "--recipe", RECIPE_FILE, "--out", str(out),
                                             "--max-steps", str(min(max(steps, 1), 10))])
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S,
-                                  env=bwrap.scrubbed_env())
-            code, log = done.returncode, (done.stdout + done.stderr)
-        except subprocess.TimeoutExpired as exc:
-            code, log = -1, f"timed out after {SMOKE_TIMEOUT_S}s\n{exc.stdout or ''}{exc.stderr or ''}"
-        finally:
-            subprocess.run(["rm", "-rf", str(out)], check=False)
-        tail = "\n".join(log.splitlines()[-25:])
+        with tempfile.TemporaryFile() as log:  # not a pipe: output without end must not fill the daemon's memory
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=bwrap.scrubbed_env(),
+                                       preexec_fn=_smoke_limits)
+            try:
+                code, note = process.wait(timeout=SMOKE_TIMEOUT_S), ""
+            except subprocess.TimeoutExpired:
+                process.kill()  # bubblewrap's --die-with-parent takes everything inside with it
+                code, note = process.wait(), f"timed out after {SMOKE_TIMEOUT_S}s\n"
+            finally:
+                subprocess.run(["rm", "-rf", str(out), *self._planted_agent_config()], check=False)
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
+            text = note + log.read().decode(errors="replace")
+        tail = "\n".join(text.splitlines()[-25:])
         self.smoke_runs.append({"steps": steps, "returncode": code})
         self.task.trace.log("agent:worker", "smoke-test", steps=steps, returncode=code, log_tail=tail[-1500:])
         return tool_result(f"exit code {code}\n{tail}", error=code != 0)
+
+    def _planted_agent_config(self) -> list[str]:
+        """Agent configuration the worker's code wrote into its sandbox, which its Write tool may not: the
+        next session there (the debug turn) must not find it; removed, and traced."""
+        planted = [str(self.confinement.sandbox / name) for name in AGENT_CONFIG
+                   if os.path.lexists(self.confinement.sandbox / name)]
+        if planted:
+            self.task.trace.log("daemon", "agent-config-removed", paths=planted)
+        return planted
 
     def job_logs(self) -> str:
         parts = []
