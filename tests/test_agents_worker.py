@@ -165,6 +165,21 @@ def test_what_a_killed_daemon_s_session_left_running_is_reaped_before_the_rerun(
     assert [e["processes"] for e in events if e["event"] == "session-reaped"] == [1]
 
 
+def test_denials_are_counted_from_how_the_call_ended_not_from_what_it_printed(tmp_path, stub, os_sandbox):
+    daemon = claude_daemon(tmp_path)
+    stub.add("r000/cand-01", [
+        [tool_use("Bash", command="echo 'Read-only file system'; echo 'Permission denied'")],  # succeeded
+        [tool_use("Bash", command="echo x > /etc/hpc-aevo-probe")],  # refused by the OS sandbox
+        [tool_use("Bash", command="exit 3")],  # failed on its own
+        [text("done")]])
+    propose(daemon)
+    events = [e for e in read_jsonl(daemon.tree.trace(0, 1)) if e["event"] in ("tool-result", "tool-denied", "tool-error")]
+    assert [(e["event"], e.get("layer")) for e in events] == [
+        ("tool-result", None), ("tool-denied", "os-sandbox"), ("tool-error", None)], events
+    (session,) = sessions(daemon)
+    assert session.denials == 1
+
+
 @pytest.mark.slow
 def test_the_round_budget_stops_sessions_and_fails_their_candidates_cleanly(tmp_path, stub):
     daemon = claude_daemon(tmp_path, workers=2, max_budget_usd_per_round=0.01)

@@ -196,7 +196,7 @@ def _options(spec: SessionSpec, hook_denied: dict[str, str], scratch: str, secre
 
 
 def _log_result(trace: Trace, actor: str, block: Any, tool: str | None, hook_denied: dict[str, str],
-                record: AgentSession) -> None:
+                record: AgentSession, denied: set[str]) -> None:
     """One tool result into the trace: a denial (by the PreToolUse guard or a CLI permission rule) with
     its reason, an error (e.g. the OS sandbox refusing a write), or the result's head."""
     content = _text(block.content)
@@ -207,11 +207,13 @@ def _log_result(trace: Trace, actor: str, block: Any, tool: str | None, hook_den
         event, detail = "tool-denied", content
     elif block.is_error and (tool or "").startswith("mcp__") and content.startswith(TOOL_REFUSAL):
         event, layer, detail = "tool-denied", "tool", content
-    elif tool == "Bash" and OS_DENIALS.search(content):
+    elif tool == "Bash" and block.is_error and OS_DENIALS.search(content):  # a command that succeeded was not denied
         event, layer, detail = "tool-denied", "os-sandbox", content
     else:
         event, layer, detail = ("tool-error" if block.is_error else "tool-result"), None, content
-    record.denials += event == "tool-denied"
+    if event == "tool-denied":
+        record.denials += 1
+        denied.add(block.tool_use_id)
     trace.log(actor, event, tool=tool, id=block.tool_use_id, **({"layer": layer} if layer else {}),
               **({"reason": _short(detail)} if event == "tool-denied" else {"output": _short(detail, 400)}))
 
@@ -222,13 +224,14 @@ async def _drive(spec: SessionSpec, record: AgentSession, marker: str) -> None:
 
     hook_denied: dict[str, str] = {}  # tool_use_id -> reason, for calls the PreToolUse guard refused
     names: dict[str, str] = {}  # tool_use_id -> tool name
+    denied: set[str] = set()  # tool_use_ids traced as denied
     # A short temp dir: the OS sandbox's bridge sockets live there, and a Unix socket path has 108 bytes at most.
     with tempfile.TemporaryDirectory(prefix="hpc-agent-") as scratch, \
             tempfile.TemporaryDirectory(dir=keys_dir()) as secrets, anyio.fail_after(spec.limits.max_wall_s):
         messages = query(prompt=spec.prompt, options=_options(spec, hook_denied, scratch, secrets, marker))
         try:
             async for message in messages:
-                _observe(spec, record, message, names, hook_denied)
+                _observe(spec, record, message, names, hook_denied, denied)
                 if record.result_seen:  # the session is over: a background command must not hold the CLI open
                     break
         finally:
@@ -238,7 +241,7 @@ async def _drive(spec: SessionSpec, record: AgentSession, marker: str) -> None:
 
 
 def _observe(spec: SessionSpec, record: AgentSession, message: Any, names: dict[str, str],
-             hook_denied: dict[str, str]) -> None:
+             hook_denied: dict[str, str], denied: set[str]) -> None:
     """Trace one message of the session: tool calls, their results and denials, and the final accounting."""
     from claude_agent_sdk import AssistantMessage, ResultMessage, ToolResultBlock, ToolUseBlock, UserMessage
 
@@ -253,9 +256,25 @@ def _observe(spec: SessionSpec, record: AgentSession, message: Any, names: dict[
     elif isinstance(message, UserMessage) and isinstance(message.content, list):
         for block in message.content:
             if isinstance(block, ToolResultBlock):
-                _log_result(spec.trace, actor, block, names.get(block.tool_use_id), hook_denied, record)
+                _log_result(spec.trace, actor, block, names.get(block.tool_use_id), hook_denied, record, denied)
     elif isinstance(message, ResultMessage):
         _account(record, message)  # before the SDK raises on an error result
+        _log_permission_denials(spec.trace, actor, message, names, record, denied)
+
+
+def _log_permission_denials(trace: Trace, actor: str, result: Any, names: dict[str, str], record: AgentSession,
+                            denied: set[str]) -> None:
+    """The CLI's own list of the calls its permission rules refused: each one not yet traced as a denial
+    (its answer read like a plain error) is traced now, so every refusal is counted once."""
+    for entry in result.permission_denials or []:
+        get = entry.get if isinstance(entry, dict) else lambda key, e=entry: getattr(e, key, None)
+        call = get("tool_use_id")
+        if not call or call in denied:
+            continue
+        denied.add(call)
+        record.denials += 1
+        trace.log(actor, "tool-denied", tool=get("tool_name") or names.get(call), id=call, layer="permission-rule",
+                  reason="refused by the permission rules (the CLI's result lists it)")
 
 
 def _account(record: AgentSession, result: Any) -> None:
