@@ -84,7 +84,7 @@ BAD_VALUES = [
     ("unknown adapter", "leaderboard.adapter", "kaggle", "leaderboard.adapter", "one of 'heldout-puzzles'"),
     ("negative budget", "budget.cpu_hours", -1, "budget.cpu_hours", "expected a number > 0 (got float -1.0)"),
     ("zero max_attempts", "retries.max_attempts", 0, "retries.max_attempts", "expected an integer >= 1"),
-    ("zero memory", "scheduler.stages.eval.mem_gb", 0, "scheduler.stages.eval.mem_gb", "a number > 0"),
+    ("zero memory", "scheduler.stages.eval.mem_gb", 0, "scheduler.stages.eval.mem_gb", "a number >= 0.01 (10 MB)"),
     ("zero poll interval", "scheduler.poll_interval_s", 0, "scheduler.poll_interval_s", "a number > 0"),
     ("zero max_turns", "agents.max_turns", 0, "agents.max_turns", "an integer >= 1"),
     ("name not a slug", "name", "Demo_1", "name", "a slug"),

@@ -153,7 +153,7 @@ def test_a_good_summary_fills_the_manifest(box):
 @pytest.mark.parametrize("summary, plant, match", [
     (b"\xff\xfe", None, "not UTF-8"),
     (b"[1, 2]", None, "expected a JSON object"),
-    (b'{"final_loss": "low"}', None, "final_loss: expected a number or null"),
+    (b'{"final_loss": "low"}', None, "final_loss: expected a finite number or null"),
     (b'{"steps": 2.5}', None, "steps: expected an integer"),
     (b'{"final_loss": 1e400}', None, "not finite"),
     (None, os.mkfifo, "a FIFO"),
@@ -180,7 +180,7 @@ def test_an_eval_record_linked_outside_or_naming_no_checkpoint_fails_the_candida
 def test_a_record_of_the_wrong_type_is_never_written(tmp_path):
     m = manifest()
     m.measured.final_loss = "low"
-    with pytest.raises(RecordError, match="measured.final_loss: expected a number or null"):
+    with pytest.raises(RecordError, match="measured.final_loss: expected a finite number or null"):
         m.save(tmp_path / "manifest.json")
     m.measured.final_loss = float("nan")
     with pytest.raises(RecordError, match="refusing to write hpc_aevo.candidate_manifest"):

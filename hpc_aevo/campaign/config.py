@@ -50,6 +50,9 @@ class Agents:
         _positive("max_budget_usd_per_round", self.max_budget_usd_per_round)
 
 
+MIN_MEM_GB = 0.01
+
+
 @dataclass
 class Stage:
     """Resources of one task of a job array (one candidate's training or evaluation)."""
@@ -61,7 +64,8 @@ class Stage:
 
     def validate(self) -> None:
         _at_least("timeout_min", self.timeout_min, 1)
-        _positive("mem_gb", self.mem_gb)
+        if self.mem_gb < MIN_MEM_GB:  # below a megabyte SLURM is asked for --mem=0: the whole node
+            raise SchemaError("mem_gb", f"a number >= {MIN_MEM_GB} (10 MB)", self.mem_gb)
         _at_least("cpus", self.cpus, 1)
         _at_least("gpus", self.gpus, 0)
 

@@ -46,7 +46,7 @@ class StageShape:
         _at_least("tasks_per_node", self.tasks_per_node, 1)
         _at_least("gpus_per_node", self.gpus_per_node, 0)
         _at_least("cpus_per_task", self.cpus_per_task, 1)
-        _at_least("mem_gb", self.mem_gb, 1)
+        _at_least("mem_gb", self.mem_gb, 1)  # per node, whole GB
         _at_least("time_min", self.time_min, 1)
 
 
@@ -91,6 +91,11 @@ class ClusterProfile:
     stages: StageShapes = field(default_factory=StageShapes)
 
     def validate(self) -> None:
+        for key, value in self._rendered_strings():
+            if any(c in value for c in "\n\r\0"):  # a second line in an #SBATCH directive is a second directive
+                raise SchemaError(key, "one line of text (no newline, carriage return or NUL)", value)
+        if self.container.image is not None and not self.container.image.strip():
+            raise SchemaError("container.image", "an image name or path (or null for no container)", self.container.image)
         _at_least("signal_delay_s", self.signal_delay_s, 10)
         _at_least("max_requeues", self.max_requeues, 0)
         _at_least("gpus_per_node_available", self.gpus_per_node_available, 0)
@@ -106,6 +111,15 @@ class ClusterProfile:
                 raise SchemaError(f"stages.{name}.gpus_per_node",
                                   f"at most gpus_per_node_available ({self.gpus_per_node_available})",
                                   shape.gpus_per_node)
+
+
+    def _rendered_strings(self) -> list[tuple[str, str]]:
+        """(key path, value) of every string that reaches an #SBATCH line or srun's command line."""
+        found = [(k, v) for k, v in (("name", self.name), ("partition", self.partition), ("account", self.account),
+                                     ("qos", self.qos), ("container.image", self.container.image),
+                                     ("container.workdir", self.container.workdir)) if v is not None]
+        found += [(f"container.mounts[{i}]", m) for i, m in enumerate(self.container.mounts)]
+        return found + [(f"sbatch.{k}", v) for k, v in self.sbatch.items() if isinstance(v, str)]
 
 
 @dataclass(frozen=True)

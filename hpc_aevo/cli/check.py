@@ -18,6 +18,9 @@ def check_command(argv: list[str] | None, usage: str, check: Callable[[str], str
     """`python -m hpc_aevo.<module> FILE`: prints `ok: <name>` (what `check` returns), or the one-line
     error naming the file, the key and what was expected, with exit code 2."""
     args = sys.argv[1:] if argv is None else argv
+    if args in (["-h"], ["--help"]):
+        print(f"usage: {usage}\n\n{__doc__.strip()}")
+        return 0
     if len(args) != 1:
         print(f"usage: {usage}", file=sys.stderr)
         return 2

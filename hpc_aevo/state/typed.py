@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -61,7 +62,7 @@ def _type_name(tp: Any) -> str:
         return f"a mapping of {_type_name(value)}"
     if dataclasses.is_dataclass(tp):
         return f"a mapping ({tp.__name__})"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", Any: "any value"}.get(
+    return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false", Any: "any value"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
 
@@ -122,8 +123,14 @@ def from_data(tp: Any, data: Any, path: str = "") -> Any:
         return data
     if tp is float:
         if isinstance(data, bool) or not isinstance(data, (int, float)):
-            raise SchemaError(path, "a number", data)
-        return float(data)
+            raise SchemaError(path, "a finite number", data)
+        try:
+            value = float(data)
+        except OverflowError:  # an integer beyond any float
+            value = math.inf
+        if not math.isfinite(value):
+            raise SchemaError(path, "a finite number", data)
+        return value
     if tp is str:
         if not isinstance(data, str):
             raise SchemaError(path, "a string", data)
