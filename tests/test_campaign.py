@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -98,6 +100,61 @@ def test_killed_at_each_crash_point_in_turn_the_campaign_ends_as_if_uninterrupte
     expected = {key: value for key, value in comparable(reference.parent / "state").items()
                 if key.startswith("rounds/r000/") or key == "rounds/r001/policy.json"}
     assert comparable(state) == expected
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+# (what is damaged, how, what the one line must say). Each is done to a copy of the finished campaign.
+DAMAGE = [
+    ("rounds/r000/round.json", _truncate, "not a readable JSON record"),
+    ("rounds/r001/policy.json", _truncate, "not a readable JSON record"),
+    ("campaign.json", _truncate, "not a readable JSON record"),
+    ("leaderboard/ledger.json", _truncate, "not a readable JSON record"),
+    ("default.manifest.json", _truncate, "not a readable JSON record"),
+    ("leaderboard", _remove, "the leaderboard quota spent"),
+    ("leaderboard/heldout.jsonl", _remove, "held-out split"),
+    ("default.manifest.json", _remove, "the substrate's hashes"),
+    ("rounds/r000/policy.json", _remove, "round 0's policy"),
+    ("rounds/r000/round.json", _remove, "round 1 already exists"),
+    ("rounds/r000", _remove, "round 0's policy"),
+    ("rounds/r001/cand-01", _remove, "has 1 of its 2 candidates"),
+]
+
+
+@pytest.mark.xdist_group("two_rounds")
+@pytest.mark.parametrize("damaged, damage, said", DAMAGE, ids=[f"{d[1].__name__[1:]} {d[0]}" for d in DAMAGE])
+def test_damaged_or_lost_state_stops_the_campaign_in_one_line_and_changes_nothing(tmp_path, two_rounds, damaged,
+                                                                                 damage, said):
+    """Nothing the campaign spent or decided is silently recreated: a lost ledger would reset the quota,
+    a lost round would run again, a lost candidate would leave its round one short."""
+    reference, done = two_rounds
+    assert done.returncode == 0, done.stderr
+    campaign = write_campaign(tmp_path, rounds=2)
+    shutil.copytree(reference.parent / "state", tmp_path / "state", symlinks=True)
+    target = tmp_path / "state" / damaged
+    assert target.exists(), target
+    damage(target)
+    before = tree_snapshot(tmp_path / "state")
+    stopped = run_daemon(campaign, timeout=120)
+    assert stopped.returncode == 2, stopped.stdout + stopped.stderr
+    assert stopped.stderr.count("\n") == 1 and "Traceback" not in stopped.stderr and said in stopped.stderr, stopped.stderr
+    assert tree_snapshot(tmp_path / "state") == before
+
+
+def tree_snapshot(root: Path) -> dict[str, str]:
+    """Every file's bytes (hashed) and every directory, but the daemon's own lock and pid files."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.name in ("daemon.json", "daemon.lock") or path.name.endswith(".lock"):
+            continue
+        out[str(path.relative_to(root))] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
 
 
 def test_second_daemon_is_refused(tmp_path):

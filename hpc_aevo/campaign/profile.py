@@ -22,7 +22,7 @@ from hpc_aevo.state.typed import SchemaError, from_data
 _SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
 # Set by the backend itself from the campaign and the round: a profile may not override them.
 _RESERVED = {"array", "dependency", "kill-on-invalid-dep", "job-name", "comment", "output", "error", "time", "signal",
-             "open-mode"}
+             "open-mode", "requeue", "no-requeue"}
 
 
 def _at_least(key: str, value: int | float | None, low: int) -> None:

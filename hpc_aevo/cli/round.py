@@ -21,6 +21,7 @@ from hpc_aevo.jobs.scheduler import SchedulerUnavailable
 from hpc_aevo.loop.daemon import CampaignStopped, Daemon, RoundState
 from hpc_aevo.loop.install import SubstrateTampered
 from hpc_aevo.state.lock import CampaignBusy, DaemonLock
+from hpc_aevo.state.records import RecordError
 from hpc_aevo.state.tree import StateTree
 
 
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             Daemon(campaign, print_line=lambda line: print(line, flush=True)).run(args.rounds)
     except (ConfigError, CampaignBusy, CampaignStopped, BudgetExhausted, SubstrateTampered) as exc:
         print(f"hpc_aevo.round: {exc}", file=sys.stderr)
+        return 2
+    except RecordError as exc:  # the state tree itself is damaged: stop, change nothing
+        print(f"hpc_aevo.round: damaged state, nothing changed: {exc} (README: damaged state)", file=sys.stderr)
         return 2
     except SchedulerUnavailable as exc:  # a submission or a lookup got no answer: state is on disk, retry later
         print(f"hpc_aevo.round: {exc}; nothing is lost: run the same command again once the scheduler answers",

@@ -28,7 +28,7 @@ from hpc_aevo.loop.install import (
 from hpc_aevo.roles.factory import make_roles
 from hpc_aevo.roles.interface import WorkerFailed, WorkerTask
 from hpc_aevo.sandbox.jobs import preflight, unconfined_here
-from hpc_aevo.scoring.leaderboard import ADAPTERS
+from hpc_aevo.scoring.leaderboard import ADAPTERS, LeaderboardLedger
 from hpc_aevo.scoring.results import leaderboard_order, read_eval_result, record_evaluation, submit_to_leaderboard
 from hpc_aevo.search.constitution import CheckContext, ConstitutionChanged, constitution_hash, without_seed
 from hpc_aevo.search.decide import decide
@@ -84,25 +84,57 @@ class Daemon:
 
     # ---- campaign setup -------------------------------------------------------------------
     def prepare(self) -> CampaignRecord:
-        """Install the substrate once, record the campaign's identity, write the round-0 policy."""
+        """Install the substrate once, write the leaderboard's split and ledger and the round-0 policy, and
+        last the campaign's record: once it exists, what it stands for is never recreated (a lost ledger
+        would reset the quota spent; a lost round would be run again)."""
         tree, campaign = self.tree, self.campaign
-        manifest = install_substrate(campaign.paths.substrate, tree.default_dir, tree.substrate_manifest)
         record = CampaignRecord.load_or_none(tree.campaign_record)
+        if record is not None:
+            if record.name != campaign.name:
+                raise CampaignStopped(f"{tree.root} holds campaign {record.name!r}, not {campaign.name!r}")
+            self._check_established(record)
+        problem = preflight((str(tree.root), *self._hidden()), campaign.confine_jobs)
+        if problem:
+            raise CampaignStopped(problem)
+        manifest = install_substrate(campaign.paths.substrate, tree.default_dir, tree.substrate_manifest)
         if record is None:
+            self.leaderboard.prepare()
+            if not tree.policy(0).exists():
+                load_initial_policy(campaign).save(tree.policy(0))
             record = CampaignRecord(name=campaign.name, campaign_file=str(campaign.source),
                                     config_sha256=campaign.sha256, substrate_sha256=manifest.tree_sha256,
                                     constitution_sha256=constitution_hash(campaign.paths.constitution),
                                     created_at=now_iso())
             record.save(tree.campaign_record)
-        elif record.name != campaign.name:
-            raise CampaignStopped(f"{tree.root} holds campaign {record.name!r}, not {campaign.name!r}")
-        problem = preflight((str(tree.root), *self._hidden()), campaign.confine_jobs)
-        if problem:
-            raise CampaignStopped(problem)
-        self.leaderboard.prepare()
-        if not tree.policy(0).exists():
-            load_initial_policy(campaign).save(tree.policy(0))
         return record
+
+    def _check_established(self, record: CampaignRecord) -> None:
+        """What a started campaign spent or decided is there and readable: a missing file stops the campaign
+        in one line (never recreated empty), a damaged record raises RecordError (one line too)."""
+        tree = self.tree
+        lost = lambda path, what: CampaignStopped(  # noqa: E731
+            f"{path} is missing, though campaign {record.name} started on {record.created_at}: {what}; it is never "
+            "recreated, restore it (README: damaged state)")
+        for path, what in ((tree.substrate_manifest, "it holds the substrate's hashes"),
+                           (tree.leaderboard_ledger, "it holds the leaderboard quota spent"),
+                           (tree.heldout_split, "it is the held-out split every score was measured on"),
+                           (tree.policy(0), "it is round 0's policy")):
+            if not path.exists():
+                raise lost(path, what)
+        LeaderboardLedger.load(tree.leaderboard_ledger)
+        rounds = tree.rounds()
+        for rnd in range(max(rounds, default=-1) + 1):
+            state = RoundState.load_or_none(tree.round_state(rnd))
+            if tree.policy(rnd).exists():
+                Policy.load(tree.policy(rnd))
+            later = tree.policy(rnd + 1).exists() or rnd < max(rounds)
+            if state is None and later:
+                raise lost(tree.round_state(rnd), f"round {rnd + 1} already exists")
+            have = len(tree.candidate_manifests(rnd))
+            if state is not None and "fork" in state.phases and have != self.campaign.candidates:
+                raise CampaignStopped(f"{tree.round_dir(rnd)} has {have} of its {self.campaign.candidates} "
+                                      "candidates' manifests; a lost candidate is never run again or left out, "
+                                      "restore it (README: damaged state)")
 
     def _verify_frozen(self, record: CampaignRecord) -> None:
         manifest = SubstrateManifest.load(self.tree.substrate_manifest)

@@ -250,6 +250,10 @@ class SlurmScheduler(Scheduler):
                       signal_delay_s=profile.signal_delay_s, comment=f"hpc_aevo:{self.campaign_id}:{batch}:{stage}",
                       setup=list(profile.setup), srun_args=profile.container.srun_args(), stderr_to_stdout=True,
                       additional_parameters={k: v for k, v in profile.sbatch.items()})
+        if "wckey" not in profile.sbatch:
+            params["wckey"] = None  # submitit's default, --wckey=submitit, breaks where a site enforces wckeys
+        if stage == "train":  # the time-limit signal, a checkpoint, then submitit requeues: ask for it (JobRequeue=0)
+            params["additional_parameters"]["requeue"] = True
         if res.gpus_per_node:
             params["gpus_per_node"] = res.gpus_per_node
         for key in ("partition", "account", "qos"):
