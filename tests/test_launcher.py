@@ -240,8 +240,10 @@ def test_lost_job_is_a_failed_attempt_and_retried(root, arrays):
     assert [(k, r) for k, r, _ in phase.debug_turns] == [(key(0), reason)]
     assert fake.batches() == [[(key(0), 1), (key(1), 1)], [(key(0), 2)]]
     assert phase.states() == {key(0): ("trained", 2), key(1): ("trained", 1)}
-    lost = load_ledger(phase.tree).charges[f"{key(0)}#1/job"]  # no accounting to charge: what the outcome says (none)
-    assert (lost.state, lost.job_id, lost.cpu_hours) == ("LOST", fake.jobs[0].job_id, 0.0)
+    # No accounting and no outcome: one CPU from its claim until it was found lost, what it can have used at most.
+    lost = load_ledger(phase.tree).charges[f"{key(0)}#1/job"]
+    assert (lost.state, lost.job_id) == ("LOST", fake.jobs[0].job_id)
+    assert lost.elapsed_s >= 0 and lost.cpu_hours == pytest.approx(lost.elapsed_s / 3600)
 
 
 @pytest.mark.parametrize("stage", ["train", "eval"])
@@ -381,3 +383,16 @@ def test_retry_is_refused_once_the_charged_attempts_use_the_budget(root):
     assert load_ledger(phase.tree).totals()[1] == pytest.approx(18)
     assert fake.batches() == [[(key(0), 1), (key(1), 1)]] and len(phase.debug_turns) == 1
     assert phase.states() == {key(0): ("trained", 1), key(1): ("submitted", 2)}  # the retry waits for budget
+
+
+def test_a_job_lost_with_its_process_is_charged_from_its_claim():
+    from datetime import datetime, timedelta, timezone
+
+    from hpc_aevo.jobs.launcher import charge_from_claim
+    from hpc_aevo.jobs.spec import Claim
+
+    hour_ago = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat(timespec="seconds")
+    claim = Claim("r000/cand-00", 1, 4242, None, "host", hour_ago)
+    charge = charge_from_claim("r000/cand-00", 1, "4242", claim, "LOST")
+    assert charge.cpu_hours == pytest.approx(1.0, abs=0.01) and charge.state == "LOST"
+    assert charge_from_claim("r000/cand-00", 1, None, None, "LOST").cpu_hours == 0.0  # never started

@@ -205,7 +205,7 @@ class Launcher:
                     running += 1
                     continue
                 ended.append((f, state, outcome, status))
-                charges += self._charges(f.cand.key, f.manifest.attempts, f.submission, status, outcome, state)
+                charges += self._charges(f, status, outcome, state)
             record_charges(self.tree, charges)  # before the manifests move on, so no finished attempt goes uncharged
             for f, state, outcome, status in ended:
                 cand, manifest = f.cand, f.manifest
@@ -222,11 +222,14 @@ class Launcher:
             time.sleep(self.poll_interval_s)
 
     @staticmethod
-    def _charges(key: str, attempt: int, submission: Submission, status: JobStatus, outcome: JobOutcome | None,
-                 state: str) -> list[TaskCharge]:
+    def _charges(flight: InFlight, status: JobStatus, outcome: JobOutcome | None, state: str) -> list[TaskCharge]:
+        key, attempt = flight.cand.key, flight.manifest.attempts
         if status.tasks:
             return [charge_from_usage(key, attempt, usage) for usage in status.tasks]
-        return [charge_from_outcome(key, attempt, submission.job_id, outcome, state)]
+        if outcome is None:  # lost with its process: it ran from its claim until now, at most
+            claim = Claim.load_or_none(flight.cand.spec(attempt).claim_path())
+            return [charge_from_claim(key, attempt, flight.submission.job_id, claim, state)]
+        return [charge_from_outcome(key, attempt, flight.submission.job_id, outcome, state)]
 
     def _failed(self, flight: InFlight, state: str, message: str, status: JobStatus,
                 progress: Callable[[str], None]) -> None:
@@ -256,8 +259,16 @@ def charge_from_usage(key: str, attempt: int, usage: TaskUsage) -> TaskCharge:
                       hours * usage.cpus, hours * usage.gpus)
 
 
-def charge_from_outcome(key: str, attempt: int, job_id: str | None, outcome: JobOutcome | None, state: str) -> TaskCharge:
+def charge_from_outcome(key: str, attempt: int, job_id: str | None, outcome: JobOutcome, state: str) -> TaskCharge:
     """A local job: the CPU time its stages used (no allocation to charge)."""
-    cpu_s = outcome.cpu_s if outcome else 0.0
-    wall = sum(s.wall_s for s in outcome.stages) if outcome else 0.0
-    return TaskCharge(key, attempt, "job", job_id, state, wall, 1, 0, cpu_s / 3600.0, 0.0)
+    wall = sum(s.wall_s for s in outcome.stages)
+    return TaskCharge(key, attempt, "job", job_id, state, wall, 1, 0, outcome.cpu_s / 3600.0, 0.0)
+
+
+def charge_from_claim(key: str, attempt: int, job_id: str | None, claim: Claim | None, state: str) -> TaskCharge:
+    """A local job lost with its process (daemon and job killed together): no outcome says what it used, so
+    it is charged one CPU from its claim until now, what it can have used at most (never-started: nothing)."""
+    wall = 0.0
+    if claim is not None:
+        wall = max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(claim.started_at)).total_seconds())
+    return TaskCharge(key, attempt, "job", job_id, state, wall, 1, 0, wall / 3600.0, 0.0)
