@@ -27,6 +27,7 @@ def tree(tmp_path: Path, substrate_dir: Path) -> Path:
     shutil.copy(REPO / "campaigns" / "demo.yaml", tmp_path / "campaigns" / "demo.yaml")
     (tmp_path / "policy").mkdir()
     (tmp_path / "policy" / "constitution.md").write_text("# constitution\n")
+    (tmp_path / "policy" / "empty.md").write_text("\n")
     shutil.copy(REPO / "policy" / "initial.yaml", tmp_path / "policy" / "initial.yaml")
     incomplete = tmp_path / "substrate-incomplete"
     incomplete.mkdir()
@@ -89,6 +90,10 @@ BAD_VALUES = [
     ("zero max_turns", "agents.max_turns", 0, "agents.max_turns", "an integer >= 1"),
     ("name not a slug", "name", "Demo_1", "name", "a slug"),
     ("state_root is a file", "state_root", "../policy/constitution.md", "state_root", "constitution.md is a file)"),
+    ("state_root is the campaign's folder", "state_root", ".", "state_root", "neither inside nor holding the campaign"),
+    ("state_root holds the campaign's folder", "state_root", "..", "state_root", "neither inside nor holding"),
+    ("state_root inside the substrate", "state_root", "../substrate/state", "state_root", "nor holding substrate"),
+    ("empty constitution", "policy.constitution", "../policy/empty.md", "policy.constitution", "is empty)"),
 ]
 
 # (case id, file text, key path in the message, fragment)
@@ -177,6 +182,8 @@ def test_initial_policy_may_set_its_own_recipe(tree):
     ({"round": 3}, "round", "it is implied"),
     ({"noise_band": -1}, "noise_band", "a non-negative number"),
     ({"schema": "hpc_aevo.policy"}, "schema", "no such key"),
+    ({"promotion_threshold": 0.001}, "<root>", "C6: promotion threshold 0.0010 is below the noise band"),
+    ({"retired_axes": ["mixture"]}, "<root>", "C6: axes both active and retired: mixture"),
 ])
 def test_bad_initial_policy_names_the_policy_file(tree, change, key_path, fragment):
     initial = tree / "policy" / "initial.yaml"

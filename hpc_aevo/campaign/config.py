@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from hpc_aevo.campaign.reader import ConfigError, parse_mapping, read_bytes, read_yaml_mapping
+from hpc_aevo.search.constitution import consistency_violations
 from hpc_aevo.search.policy import Policy
 from hpc_aevo.state.contract import RECIPE_FILE, REQUIRED_FILES
 from hpc_aevo.state.typed import SchemaError, from_data
@@ -209,6 +210,13 @@ def _resolve_paths(campaign: Campaign, base: Path) -> CampaignPaths:
     )
     if paths.state_root.exists() and not paths.state_root.is_dir():
         raise SchemaError("state_root", f"a directory or a path not yet created ({paths.state_root} is a file)")
+    # Every job stage hides the state tree: holding the substrate or the campaign's own files, it would
+    # hide them from the stages that need them (and a fork would copy the state tree into each sandbox).
+    state, substrate = os.path.realpath(paths.state_root), os.path.realpath(paths.substrate)
+    for name, other in (("substrate", substrate), ("the campaign file's folder", os.path.realpath(base))):
+        if Path(state) == Path(other) or Path(other).is_relative_to(state) or Path(state).is_relative_to(substrate):
+            raise SchemaError("state_root", f"a directory of its own, neither inside nor holding {name} ({other})",
+                              campaign.state_root)
     if not paths.substrate.is_dir():
         raise SchemaError("substrate", f"an existing directory (no directory at {paths.substrate})")
     missing = [name for name in REQUIRED_FILES if not (paths.substrate / name).is_file()]
@@ -216,6 +224,8 @@ def _resolve_paths(campaign: Campaign, base: Path) -> CampaignPaths:
         raise SchemaError("substrate", f"a directory with {', '.join(REQUIRED_FILES)} "
                                        f"({paths.substrate} lacks {', '.join(missing)})")
     _require_file("policy.constitution", paths.constitution)
+    if paths.constitution.is_file() and not paths.constitution.read_bytes().strip():
+        raise SchemaError("policy.constitution", f"a constitution with its rules ({paths.constitution} is empty)")
     _require_file("policy.initial", paths.initial_policy)
     if paths.profile is not None:
         _require_file("scheduler.profile", paths.profile)
@@ -254,6 +264,11 @@ def load_initial_policy(campaign: Campaign) -> Policy:
         data["standing_recipe"] = read_yaml_mapping(campaign.paths.substrate / RECIPE_FILE)
         data["standing_source"] = "substrate"
     try:
-        return from_data(Policy, {"round": 0, **data})
+        policy = from_data(Policy, {"round": 0, **data})
     except SchemaError as exc:
         raise ConfigError.of(exc, path) from None
+    broken = consistency_violations(policy)
+    if broken:
+        raise ConfigError("<root>", f"a policy the constitution accepts ({broken[0].rule}: {broken[0].message})",
+                          source=str(path))
+    return policy

@@ -193,15 +193,21 @@ def _check_schema(proposed: Policy) -> list[Violation]:
     return []
 
 
-def _check_consistency(previous: Policy, proposed: Policy) -> list[Violation]:
-    """C6 (an empty active set is already a schema error, Policy.validate, so it surfaces under C5)."""
+def consistency_violations(policy: Policy) -> list[Violation]:
+    """C6 on one policy alone; the initial policy a person writes is held to it too."""
     out = []
-    both = sorted(set(proposed.active_axes) & set(proposed.retired_axes))
+    both = sorted(set(policy.active_axes) & set(policy.retired_axes))
     if both:
         out.append(Violation("C6", f"axes both active and retired: {', '.join(both)}"))
-    if proposed.promotion_threshold < proposed.noise_band - _EPS:
-        out.append(Violation("C6", f"promotion threshold {proposed.promotion_threshold:.4f} is below the noise band "
-                                   f"{proposed.noise_band:.4f}"))
+    if policy.promotion_threshold < policy.noise_band - _EPS:
+        out.append(Violation("C6", f"promotion threshold {policy.promotion_threshold:.4f} is below the noise band "
+                                   f"{policy.noise_band:.4f}"))
+    return out
+
+
+def _check_consistency(previous: Policy, proposed: Policy) -> list[Violation]:
+    """C6 (an empty active set is already a schema error, Policy.validate, so it surfaces under C5)."""
+    out = consistency_violations(proposed)
     if proposed.round != previous.round + 1:
         out.append(Violation("C6", f"the policy governs round {proposed.round}, not {previous.round + 1}"))
     return out
