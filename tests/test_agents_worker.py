@@ -157,12 +157,12 @@ def test_what_a_killed_daemon_s_session_left_running_is_reaped_before_the_rerun(
         stub.add("r000/cand-01", [[mcp("hpc", "record_proposal", hypothesis="h", axis="mixture", rationale="r",
                                        expected_effect="e", failure_modes=[])], [text("done")]])
         _anchor, worker = propose(daemon)
-        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        events = read_jsonl(daemon.tree.trace(0, 1))
+        assert orphan.wait(timeout=10) == -signal.SIGKILL, events
     finally:
         orphan.kill()
-    assert worker.status == "proposed"
-    events = read_jsonl(daemon.tree.trace(0, 1))
-    assert [e["processes"] for e in events if e["event"] == "session-reaped"] == [1]
+    assert worker.status == "proposed", (worker, events)
+    assert [e["processes"] for e in events if e["event"] == "session-reaped"] == [1], events
 
 
 def test_denials_are_counted_from_how_the_call_ended_not_from_what_it_printed(tmp_path, stub, os_sandbox):
