@@ -184,6 +184,7 @@ def test_initial_policy_may_set_its_own_recipe(tree):
     ({"schema": "hpc_aevo.policy"}, "schema", "no such key"),
     ({"promotion_threshold": 0.001}, "<root>", "C6: promotion threshold 0.0010 is below the noise band"),
     ({"retired_axes": ["mixture"]}, "<root>", "C6: axes both active and retired: mixture"),
+    ({"standing_recipe": {}}, "standing_recipe", "a recipe with its keys (it is empty)"),
 ])
 def test_bad_initial_policy_names_the_policy_file(tree, change, key_path, fragment):
     initial = tree / "policy" / "initial.yaml"

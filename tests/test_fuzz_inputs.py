@@ -51,16 +51,17 @@ def mutations(text: str, seed: int) -> Iterator[tuple[str, str, bool]]:
     """(case name, file text, must be refused) for one valid YAML document."""
     for path, value in leaves(yaml.safe_load(text)):
         where = ".".join(map(str, path))
+        free_form = path[0] == "standing_recipe"  # the substrate's keys: its own checker knows their types
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            for raw in NOT_FINITE:
-                yield f"{where}={raw}", with_leaf(text, path, raw), True
+            for raw in NOT_FINITE:  # (YAML reads 1e400, without a dot, as a string: free-form data may hold it)
+                yield f"{where}={raw}", with_leaf(text, path, raw), not (free_form and raw == "1e400")
             yield f"{where}=10**400", with_leaf(text, path, HUGE), False
             yield f"{where}=-1", with_leaf(text, path, "-1"), False
-            yield f"{where}='x'", with_leaf(text, path, "x"), True
+            yield f"{where}='x'", with_leaf(text, path, "x"), not free_form
         elif isinstance(value, str):
             yield f"{where}=two lines", with_leaf(text, path, '"a\\nb"'), False
             yield f"{where}=''", with_leaf(text, path, "''"), False
-            yield f"{where}=[list]", with_leaf(text, path, "[1, 2]"), True
+            yield f"{where}=[list]", with_leaf(text, path, "[1, 2]"), not free_form
     rng = random.Random(seed)
     for cut in sorted(rng.sample(range(1, len(text)), min(60, len(text) - 1))):
         yield f"truncated at {cut}", text[:cut], False
@@ -105,17 +106,21 @@ def campaign_text(tmp_path: Path) -> tuple[Path, str]:
     return path, path.read_text()
 
 
-@pytest.mark.parametrize("kind", ["campaign", "devcluster profile", "h200 profile"])
+@pytest.mark.parametrize("kind", ["campaign", "initial policy", "devcluster profile", "h200 profile"])
 def test_generated_bad_files_are_refused_in_one_line(tmp_path, capsys, kind):
     if kind == "campaign":
         base, text = campaign_text(tmp_path)
         main = check_campaign_main
+    elif kind == "initial policy":  # checked through the campaign that names it
+        campaign, _ = campaign_text(tmp_path)
+        base = campaign.with_name("initial.yaml")
+        text, main = base.read_text(), lambda argv: check_campaign_main([str(campaign)])
     else:
         base = REPO / "sbatch" / ("devcluster.yaml" if kind == "devcluster profile" else "h200.yaml")
         text, main = base.read_text(), check_profile_main
     assert refused_in_one_line(main, base, capsys) == 0
     cases = list(mutations(text, seed=len(kind)))
-    target = base.with_name("fuzzed.yaml") if kind == "campaign" else tmp_path / "fuzzed.yaml"
+    target = {"campaign": base.with_name("fuzzed.yaml"), "initial policy": base}.get(kind, tmp_path / "fuzzed.yaml")
     accepted_nan = []
     for name, body, must_refuse in cases:
         target.write_bytes(body.encode("latin-1") if name.startswith("byte flips") else body.encode())
@@ -145,3 +150,20 @@ def test_unquoted_off_means_the_word_and_help_is_not_a_file(tmp_path, capsys):
     assert refused_in_one_line(check_campaign_main, base, capsys) == 0
     for main in (check_campaign_main, check_profile_main):
         assert main(["--help"]) == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_what_the_scheduler_cannot_give_and_a_state_root_that_cannot_be_made_are_one_line(tmp_path, capsys):
+    from hpc_aevo.cli.round import main as round_main
+
+    base, text = campaign_text(tmp_path)
+    doc = yaml.safe_load(text)
+    doc["scheduler"].update(backend="slurm", profile=str(REPO / "sbatch" / "devcluster.yaml"))
+    doc["scheduler"]["stages"]["train"]["gpus"] = 4  # the devcluster's nodes have none
+    base.write_text(yaml.safe_dump(doc))
+    assert refused_in_one_line(check_campaign_main, base, capsys) == 2
+    doc = yaml.safe_load(text)
+    doc["state_root"] = "/proc/hpc-aevo-nowhere/state"
+    base.write_text(yaml.safe_dump(doc))
+    assert round_main([str(base)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "state_root: expected a directory this user can create" in err, err

@@ -210,6 +210,10 @@ def _resolve_paths(campaign: Campaign, base: Path) -> CampaignPaths:
     )
     if paths.state_root.exists() and not paths.state_root.is_dir():
         raise SchemaError("state_root", f"a directory or a path not yet created ({paths.state_root} is a file)")
+    existing = next(p for p in (paths.state_root, *paths.state_root.parents) if p.exists())
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise SchemaError("state_root", f"a directory this user can create ({existing} is not a writable directory)",
+                          campaign.state_root)
     # Every job stage hides the state tree: holding the substrate or the campaign's own files, it would
     # hide them from the stages that need them (and a fork would copy the state tree into each sandbox).
     state, substrate = os.path.realpath(paths.state_root), os.path.realpath(paths.substrate)
@@ -267,6 +271,10 @@ def load_initial_policy(campaign: Campaign) -> Policy:
         policy = from_data(Policy, {"round": 0, **data})
     except SchemaError as exc:
         raise ConfigError.of(exc, path) from None
+    if not policy.standing_recipe:
+        source = path if data["standing_source"] == "initial-policy" else campaign.paths.substrate / RECIPE_FILE
+        raise ConfigError("standing_recipe" if source == path else "<root>", "a recipe with its keys (it is empty)",
+                          source=str(source))
     broken = consistency_violations(policy)
     if broken:
         raise ConfigError("<root>", f"a policy the constitution accepts ({broken[0].rule}: {broken[0].message})",

@@ -12,6 +12,7 @@ from typing import Callable
 from hpc_aevo.campaign.config import load_campaign, load_initial_policy
 from hpc_aevo.campaign.profile import load_profile
 from hpc_aevo.campaign.reader import ConfigError
+from hpc_aevo.jobs.backends import make_scheduler
 
 
 def check_command(argv: list[str] | None, usage: str, check: Callable[[str], str]) -> int:
@@ -36,8 +37,10 @@ def check_command(argv: list[str] | None, usage: str, check: Callable[[str], str
 def _check_campaign(path: str) -> str:
     campaign = load_campaign(path)
     load_initial_policy(campaign)
-    if campaign.paths.profile is not None:
-        load_profile(campaign.paths.profile)
+    try:
+        make_scheduler(campaign)  # the profile, and the campaign's stages against it
+    except ConfigError as exc:
+        raise (exc if exc.source else ConfigError.of(exc, campaign.source)) from None
     return campaign.name
 
 

@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(dry_run(campaign))
             return 0
+        try:
+            campaign.paths.state_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("state_root", f"a directory this user can create ({exc.strerror}: {exc.filename})",
+                              source=str(campaign.source)) from None
         with DaemonLock(StateTree(campaign.paths.state_root)):
             Daemon(campaign, print_line=lambda line: print(line, flush=True)).run(args.rounds)
     except (ConfigError, CampaignBusy, CampaignStopped, BudgetExhausted, SubstrateTampered) as exc:

@@ -71,6 +71,7 @@ def from_data(tp: Any, data: Any, path: str = "") -> Any:
     """Convert `data` to type `tp`, checking every field; raise SchemaError at the first mismatch."""
     origin = typing.get_origin(tp)
     if tp is Any:
+        _check_finite(data, path)
         return data
     if tp is type(None):
         if data is not None:
@@ -136,6 +137,18 @@ def from_data(tp: Any, data: Any, path: str = "") -> Any:
             raise SchemaError(path, "a string", data)
         return data
     raise TypeError(f"typed.from_data: unsupported type {tp!r} at {path}")
+
+
+def _check_finite(data: Any, path: str) -> None:
+    """Free-form data (a recipe, a trace detail) holds finite numbers only: JSON has no NaN or infinity."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise SchemaError(path, "a finite number", data)
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _check_finite(value, _join(path, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            _check_finite(value, _join(path, i))
 
 
 @functools.lru_cache(maxsize=None)

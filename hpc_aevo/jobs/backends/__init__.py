@@ -16,10 +16,16 @@ def make_scheduler(campaign: Campaign) -> Scheduler:
         return LocalScheduler(max_parallel=config.max_parallel,
                               timeout_min=config.stages.train.timeout_min + config.stages.eval.timeout_min)
     if config.backend == "slurm":
-        from hpc_aevo.campaign.profile import load_profile
+        from hpc_aevo.campaign.profile import load_profile, task_resources
         from hpc_aevo.jobs.backends.slurm import SlurmScheduler
 
+        profile = load_profile(campaign.paths.profile)
+        for name in ("train", "eval"):  # the campaign's GPUs apply where the profile's shape leaves them unset
+            gpus = task_resources(getattr(config.stages, name), getattr(profile.stages, name)).gpus_per_node
+            if gpus > profile.gpus_per_node_available:
+                raise ConfigError(f"scheduler.stages.{name}.gpus", f"at most the profile's gpus_per_node_available "
+                                  f"({profile.gpus_per_node_available}, {campaign.paths.profile})", gpus)
         return SlurmScheduler(max_parallel=config.max_parallel, stages=config.stages,
-                              profile=load_profile(campaign.paths.profile), campaign=campaign.name,
+                              profile=profile, campaign=campaign.name,
                               state_root=campaign.paths.state_root, poll_interval_s=config.poll_interval_s)
     raise ConfigError("scheduler.backend", "'local' or 'slurm'", config.backend)
