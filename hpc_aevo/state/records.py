@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import stat
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,11 +97,11 @@ class Record:
     def load(cls: type[R], path: Path) -> R:
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_read_regular(path).decode("utf-8"))
         except FileNotFoundError:
             raise
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RecordError(f"{path}: not a readable JSON record ({exc})") from None
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON or UTF-8
+            raise RecordError(f"{path}: not a readable JSON record ({' '.join(str(exc).split())})") from None
         try:
             return cls.from_dict(data, str(path))
         except SchemaError as exc:
@@ -131,6 +132,18 @@ class Record:
             yield record
             record.save(path)
             _last_saved[key] = (_file_identity(path), record)
+
+
+def _read_regular(path: Path) -> bytes:
+    """A record's bytes; a FIFO or a device in its place is refused at once instead of blocking the daemon."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"not a regular file: {path}")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
 
 
 # (record class, path) -> (the file's identity right after this process saved it, the record saved)
