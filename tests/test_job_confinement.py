@@ -242,3 +242,42 @@ def test_each_round_says_first_that_its_jobs_run_unconfined(tmp_path, monkeypatc
     daemon.run_round(0, record)
     assert lines[0] == ("[tiny r000] jobs run UNCONFINED: bubblewrap cannot run on "
                         f"{socket.gethostname()} and scheduler.confine_jobs is auto")
+
+
+HOSTILE = '''import os, sys
+out = sys.argv[sys.argv.index("--out") + 1]
+os.mkfifo(os.path.join(out, "train_summary.json"))  # a summary that never answers
+marker = os.path.join(out, ".recipe.sha256")
+if os.path.lexists(marker):
+    os.unlink(marker)
+os.symlink("/etc/passwd", marker)  # a recipe marker to write the next attempt's hash through
+'''
+
+
+@pytest.mark.slow
+def test_what_a_hostile_trainer_leaves_fails_its_candidate_and_touches_nothing(tree):
+    """Real stages, a worker's train.py that leaves a FIFO for a summary and a link for the recipe marker:
+    the daemon's reading fails the candidate without blocking, and a retry neither reads nor writes
+    through the link; nothing outside the candidate's checkpoints changes."""
+    from hpc_aevo.scoring.results import record_evaluation
+    from hpc_aevo.state.manifest import CandidateManifest
+    from hpc_aevo.state.trace import Trace
+    from hpc_aevo.state.tree import RECIPE_MARKER
+
+    (tree.sandbox(0, 1) / "train.py").chmod(0o644)
+    (tree.sandbox(0, 1) / "train.py").write_text(HOSTILE.replace(".recipe.sha256", RECIPE_MARKER))
+    mine = [tree.checkpoints(0, 1), tree.jobs(0, 1), tree.eval_result(0, 1), tree.sandbox(0, 1) / "train.py",
+            tree.trace(0, 1), tree.trace(0, 1).with_name("trace.jsonl.lock")]  # what the test itself writes
+    before = snapshot(tree.root, mine)
+    passwd = Path("/etc/passwd").read_bytes()
+    outcome = run_job(Candidate(0, 1, tree).spec(1))
+    assert [s.stage for s in outcome.stages][:1] == ["train"], outcome
+    manifest = CandidateManifest(round=0, candidate=1, name="cand-01", role="worker", seed=1, axis="mixture",
+                                 status="trained")
+    record_evaluation(manifest, tree.eval_result(0, 1), tree.checkpoints(0, 1), Trace(tree.trace(0, 1)))
+    assert manifest.status == "failed" and "evaluation record unusable" in manifest.failure, manifest.failure
+    (tree.sandbox(0, 1) / "train.py").write_text("print('a plain retry')\n")
+    retry = run_job(Candidate(0, 1, tree).spec(2).stage("train"))
+    assert retry.state == "COMPLETED", retry
+    assert not (tree.checkpoints(0, 1) / RECIPE_MARKER).is_symlink() and Path("/etc/passwd").read_bytes() == passwd
+    assert snapshot(tree.root, mine) == before
