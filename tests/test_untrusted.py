@@ -227,3 +227,12 @@ def test_a_planted_recipe_marker_link_is_replaced_not_written_through(tmp_path, 
     _recipe_guard(spec)
     assert secret.read_text() == SECRET
     assert not (checkpoints / RECIPE_MARKER).is_symlink() and not (checkpoints / "ckpt-000024.pt").exists()
+
+
+def test_a_charge_of_the_wrong_type_never_enters_the_compute_ledger():
+    from hpc_aevo.state.ledger import Ledger, TaskCharge
+
+    ledger = Ledger()
+    with pytest.raises(RecordError, match="refusing to charge r000/cand-01#1"):
+        ledger.add(TaskCharge("r000/cand-01", 1, "train", "7_1", "COMPLETED", "12 s", 1, 0, 0.003, 0.0))
+    assert ledger.charges == {}

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from hpc_aevo.state.records import Record
+from hpc_aevo.state.records import Record, RecordError
 from hpc_aevo.state.tree import StateTree
+from hpc_aevo.state.typed import SchemaError, from_data, to_data
 
 
 @dataclass
@@ -34,9 +35,15 @@ class Ledger(Record):
     SCHEMA = "hpc_aevo.ledger"
     VERSION = 1
 
+    CHECK_ON_SAVE = False  # rewritten whole on most polls (512 candidates: 1,024 charges); add() checks each
+
     charges: dict[str, TaskCharge] = field(default_factory=dict)  # "r000/cand-01#1/train" -> charge
 
     def add(self, charge: TaskCharge) -> None:
+        try:
+            from_data(TaskCharge, to_data(charge))
+        except SchemaError as exc:
+            raise RecordError(f"refusing to charge {charge.key}#{charge.attempt}: {exc}") from None
         self.charges[f"{charge.key}#{charge.attempt}/{charge.stage}"] = charge
 
     def totals(self) -> tuple[float, float]:
