@@ -101,9 +101,9 @@ def load_export(model, path: Path, dir_fd: int | None = None, sha256: str | None
 def evaluate_checkpoints(directory: Path, recipe_path: Path, out: Path, engine: str = "auto") -> dict:
     started = time.time()
     recipe, cfg, model = recipe_model(recipe_path)
+    dir_fd, paths = safe_weights.exports(directory)
     rows = data.dev_split().to_list()
     results, files, examples = [], {}, {}
-    dir_fd, paths = safe_weights.exports(directory)
     try:
         for path in paths:
             step = safe_weights.step_of(path.name)

@@ -22,6 +22,7 @@ from hf_llama_fixtures import SMALL, SUBSTRATE, hf_logits, random_llama
 from hpc_aevo.sandbox import bwrap
 
 import hf_checkpoint  # noqa: E402
+import safe_weights  # noqa: E402
 from model import build_model, forward, init_parallel, resolve_config  # noqa: E402
 
 IDS = torch.arange(24).remainder(SMALL["vocab_size"]).view(2, 12)
@@ -56,14 +57,14 @@ def test_logits_match_hf_and_export_is_identity(tmp_path, tied):
 
 @pytest.mark.slow
 def test_trained_checkpoint_exports_through_the_cli(tmp_path):
-    """A checkpoint as train.py writes it (recipe model config, megatron state) -> HF directory."""
+    """An export as train.py writes it (the full weights, safetensors) + its recipe -> HF directory."""
     hf_dir = random_llama(tmp_path / "hf", tied=False, seed=1)
     init_parallel(seed=0)
-    cfg = {"init_from": str(hf_dir), "seq_len": 32}
-    model = build_model(cfg)
-    torch.save({"step": 7, "model": model.state_dict(), "model_config": cfg}, tmp_path / "ckpt-000007.pt")
-    proc = subprocess.run([sys.executable, "export_hf.py", "--checkpoint",
-                           str(tmp_path / "ckpt-000007.pt"), "--out", str(tmp_path / "hf-out")],
+    model = build_model({"init_from": str(hf_dir), "seq_len": 32})
+    checkpoint = safe_weights.write(tmp_path, 7, safe_weights.full_state(model))
+    (tmp_path / "recipe.yaml").write_text(json.dumps({"model": {"init_from": "hf", "seq_len": 32}}))
+    proc = subprocess.run([sys.executable, "export_hf.py", "--checkpoint", str(checkpoint), "--recipe",
+                           str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "hf-out")],
                           cwd=SUBSTRATE, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((tmp_path / "hf-out" / "config.json").read_text())
