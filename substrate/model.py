@@ -36,7 +36,10 @@ from tokenizer import VOCAB_SIZE  # noqa: E402
 
 ARCHS = ("gpt", "llama")
 MODEL_KEYS = ("arch", "hidden", "layers", "heads", "seq_len", "precision", "fp8_recipe", "kv_heads", "head_dim",
-              "ffn_hidden", "norm_eps", "rope_theta", "tie_embeddings", "init_from")  # the recipe contract's
+              "ffn_hidden", "norm_eps", "rope_theta", "tie_embeddings", "vocab", "init_from")  # the recipe contract's
+# Where an absolute model.init_from may point: directories the operator lists (os.pathsep-separated), e.g. a
+# shared model store no candidate can write. The environment is the operator's; a recipe cannot set it.
+MODEL_ROOTS_ENV = "HPC_AEVO_MODEL_ROOTS"
 # The largest sizes a recipe (or its init_from config.json) may ask for: the evaluator allocates what it asks.
 MODEL_LIMITS = {"hidden": 8192, "layers": 128, "heads": 128, "kv_heads": 128, "head_dim": 512, "ffn_hidden": 32768,
                 "seq_len": 32768, "vocab": 262144}
@@ -104,11 +107,16 @@ def resolve_config(model_cfg: dict) -> dict:
     return cfg
 
 
+def _model_roots() -> list[Path]:
+    return [Path(r).resolve() for r in os.environ.get(MODEL_ROOTS_ENV, "").split(os.pathsep) if r]
+
+
 def checked_model_config(model_cfg, base: Path) -> dict:
     """The recipe's model section, checked before anything is built from it: the contract's keys only
-    (no tokenizer or vocabulary of its own), every size within MODEL_LIMITS, and an `init_from`
-    directory relative to `base` (the recipe's directory, where the trainer runs) that stays inside it.
-    Returns the section with that directory made absolute."""
+    (no tokenizer or config path of its own), every size within MODEL_LIMITS, and an `init_from`
+    directory either relative to `base` (the recipe's directory, where the trainer runs) and inside it,
+    or absolute under one of the operator's $HPC_AEVO_MODEL_ROOTS. Returns the section with that
+    directory made absolute (and its symlinks resolved)."""
     if not isinstance(model_cfg, dict):
         raise ValueError(f"recipe model: expected a mapping (got {type(model_cfg).__name__})")
     unknown = sorted(set(model_cfg) - set(MODEL_KEYS))
@@ -117,13 +125,15 @@ def checked_model_config(model_cfg, base: Path) -> dict:
     cfg = dict(model_cfg)
     init_from = str(cfg.get("init_from") or "")
     if init_from and not init_from.startswith("pypi:"):
-        base = Path(base).absolute()
-        relative = Path(init_from)
-        inside = (base / relative).resolve()
-        if relative.is_absolute() or ".." in relative.parts or not inside.is_relative_to(base.resolve()):
+        given = Path(init_from)
+        roots = _model_roots() if given.is_absolute() else [Path(base).resolve()]
+        target = (Path(base).absolute() / given).resolve()
+        if ".." in given.parts or not any(target.is_relative_to(root) for root in roots):
             raise ValueError(f"recipe model.init_from: expected a directory inside the recipe's directory {base} "
-                             f"(relative, no '..', no symlink out) or pypi:<package>/<file>.gguf (got {init_from!r})")
-        cfg["init_from"] = str(inside)
+                             f"(relative, no '..', no symlink out), under ${MODEL_ROOTS_ENV} "
+                             f"({os.environ.get(MODEL_ROOTS_ENV, 'unset')}) or pypi:<package>/<file>.gguf "
+                             f"(got {init_from!r})")
+        cfg["init_from"] = str(target)
     resolved = resolve_config(cfg)
     for key, limit in MODEL_LIMITS.items():
         value = resolved.get(key)
