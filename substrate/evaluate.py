@@ -44,6 +44,7 @@ from tokenizer import decode, encode
 
 SELECTION_RULES = ("best_dev", "last", "best_min_domain")
 MAX_ANSWER_TOKENS = 9
+RECIPE_BYTES = 1 << 20
 
 
 def score(engine, rows: list[dict], batch: int = 250) -> tuple[float, dict[str, float], dict[str, int]]:
@@ -79,7 +80,9 @@ def write_json(path: Path, body: dict) -> None:
 def recipe_model(recipe_path: Path, before_training: bool = False):
     """(recipe, model config, model in eval mode) from the recipe alone, its tokenizer active; the model
     `before_training` is the recipe seed's init with an `init_from` model's pretrained weights."""
-    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe = yaml.safe_load(safe_weights.read_regular(recipe_path, RECIPE_BYTES).decode())
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{recipe_path}: expected a YAML mapping")
     cfg = checked_model_config(recipe.get("model"), recipe_path.absolute().parent)
     use_tokenizer(cfg)
     if before_training:
@@ -172,8 +175,8 @@ def main() -> None:
         else:
             parser.error("give --checkpoints DIR --recipe RECIPE, or --checkpoint FILE --sha256 HEX --recipe RECIPE "
                          "--split-file SPLIT, or --base-recipe RECIPE --split-file SPLIT")
-    except ValueError as error:  # a refused checkpoint or recipe: one line, no traceback
-        sys.exit(f"evaluate: {error}")
+    except (ValueError, yaml.YAMLError) as error:  # a refused checkpoint or recipe: one line, no traceback
+        sys.exit(f"evaluate: {' '.join(str(error).split())}")
 
 
 if __name__ == "__main__":

@@ -93,12 +93,14 @@ def write(out: Path, step: int, state: dict[str, torch.Tensor]) -> Path:
 
 
 def max_bytes(model) -> int:
-    """The largest file the recipe's model can need: its float32 weights plus a header."""
+    """The largest export the recipe's model can need (its float32 weights plus a header): a bigger file
+    is refused before it is read."""
     return HEADER_BYTES + sum(4 * t.numel() for k, t in model.state_dict().items() if "_extra_state" not in k)
 
 
 def read_regular(path: Path, limit: int, dir_fd: int | None = None) -> bytes:
-    """The bytes of the regular file `path` (relative to `dir_fd` when given), read once. A symlink is
+    """The bytes of the regular file `path` (relative to `dir_fd` when given), at most `limit`, read once:
+    an export, or the recipe (the evaluator also runs unconfined, for the leaderboard). A symlink is
     refused, not followed, and a FIFO or device is refused, never waited on."""
     try:
         fd = os.open(path.name if dir_fd is not None else path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
@@ -110,12 +112,12 @@ def read_regular(path: Path, limit: int, dir_fd: int | None = None) -> bytes:
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(handle.fileno())
         if not stat.S_ISREG(st.st_mode):
-            raise ExportError(f"{path}: is not a regular file; expected a safetensors file")
+            raise ExportError(f"{path}: is not a regular file")
         if st.st_size > limit:
-            raise ExportError(f"{path}: {st.st_size} bytes, more than the recipe's model needs ({limit})")
+            raise ExportError(f"{path}: {st.st_size} bytes, more than the {limit} allowed")
         blob = handle.read(limit + 1)
     if len(blob) > limit:
-        raise ExportError(f"{path}: grew past the {limit} bytes the recipe's model needs while being read")
+        raise ExportError(f"{path}: grew past the {limit} bytes allowed while being read")
     return blob
 
 

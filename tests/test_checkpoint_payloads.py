@@ -136,8 +136,8 @@ def test_an_export_is_scored_for_its_content_and_refused_under_another_hash(trai
 
 
 def test_links_and_special_files_are_refused(trained, hostile, tmp_path):
-    """(d) a symlink under an export's name (file or directory) and a FIFO: one line each, never followed
-    or waited on."""
+    """(d) a symlink under an export's name (file or directory), a FIFO, a linked recipe: one line each,
+    never followed or waited on."""
     copy, _ = hostile
     export = copy / "export"
     name = f"ckpt-{STEPS:06d}.safetensors"
@@ -150,11 +150,15 @@ def test_links_and_special_files_are_refused(trained, hostile, tmp_path):
 
     (export / name).unlink()
     os.mkfifo(export / name)
-    assert refused(evaluate("--checkpoints", copy, *args)).endswith("is not a regular file; expected a safetensors file")
+    assert refused(evaluate("--checkpoints", copy, *args)) == f"evaluate: {export / name}: is not a regular file"
 
     shutil.rmtree(export)
     export.symlink_to(trained["out"] / "export")
     assert "expected a directory, not a symlink" in refused(evaluate("--checkpoints", copy, *args))
+    linked = tmp_path / "linked.yaml"  # the recipe too: the leaderboard runs the evaluator unconfined
+    linked.symlink_to(trained["recipe"])
+    line = refused(evaluate("--checkpoints", trained["out"], "--recipe", linked, "--out", tmp_path / "eval.json"))
+    assert line == f"evaluate: {linked}: is a symlink; expected a regular file"
     assert not (tmp_path / "eval.json").exists()
 
 
