@@ -82,11 +82,12 @@ def log(entry: dict) -> None:
 
 
 def export(out: Path, step: int, model) -> None:
-    """The pickle-free copy of checkpoint `step` that the evaluator reads (every rank calls: the
-    tensor-parallel shards are gathered; rank 0 writes)."""
-    state = safe_weights.full_state(model)
-    if distributed.is_main():
-        safe_weights.write(out, step, state)
+    """The pickle-free copy of checkpoint `step` that the evaluator reads (every rank calls): the first
+    model replica's tensor-parallel ranks gather its shards, and rank 0 writes them."""
+    if distributed.dp_rank() == 0:
+        state = safe_weights.full_state(model)
+        if distributed.is_main():
+            safe_weights.write(out, step, state)
     distributed.barrier()
 
 
