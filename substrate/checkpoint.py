@@ -5,8 +5,9 @@ optimizer and trainer state: the fastest on the CPU demo (a megatron distributed
 multiprocessing manager, ~5 s the first time), and what it has always been.
 `checkpoints.format: dist` writes `ckpt-<step>/`, a megatron-core `dist_checkpointing` directory:
 every rank writes its own shards of the model and of the AdamW moments (as ShardedTensors keyed
-like the parameters), rank 0 the trainer state; it can be loaded under another parallel layout
-(the evaluator loads it into one process). Tensor parallelism needs it.
+like the parameters), rank 0 the trainer state; it can be loaded under another parallel layout.
+Tensor parallelism needs it. Both are the trainer's own: only a resume reads them (they hold
+pickles). The evaluator reads the pickle-free export of safe_weights.py instead.
 
 Both are written under a temporary name and renamed into place, so a kill at any moment leaves
 the earlier checkpoints intact, and both resume exactly (same loss curve). On CPU megatron's
@@ -134,22 +135,3 @@ def load(path: Path, model, optimizer) -> dict:
         state["step"] = torch.tensor(loaded["optimizer_steps"][pid])
     optimizer.load_state_dict(optim_state)
     return loaded["trainer"]
-
-
-def load_for_eval(path: Path):
-    """(model in eval mode, {"step", "model_config"}) for checkpoint `path`, in either format, in this
-    process's parallel layout (a distributed checkpoint is resharded as it loads)."""
-    import model as substrate_model
-
-    if path.suffix == ".pt":
-        return substrate_model.load_for_eval(path)
-    from megatron.core import dist_checkpointing
-
-    trainer = dist_checkpointing.load_common_state_dict(str(path))["trainer"]
-    substrate_model.use_tokenizer(trainer["model_config"])
-    net = substrate_model.build_model(trainer["model_config"], load_pretrained=False)
-    with _cpu_saver():
-        loaded = dist_checkpointing.load({"model": net.sharded_state_dict()}, str(path))
-    net.load_state_dict(loaded["model"])
-    net.eval()
-    return net, trainer

@@ -6,7 +6,7 @@ the evaluator decodes and scores them itself, so the scoring is identical whiche
 
 - `megatron`: the trained megatron-core model itself (batched, no KV cache): any architecture,
   the default for the tiny GPT.
-- `transformers`: the checkpoint exported to an HF directory, `generate` with a KV cache on CPU:
+- `transformers`: the model exported to an HF directory, `generate` with a KV cache on CPU:
   the default for llama models without a GPU.
 - `vllm`: the exported directory in vLLM's offline engine (batched, greedy, token ids in and
   out, bf16): the default for llama models on a GPU when vLLM is installed.
@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 import tokenizer
-from checkpoint import load_for_eval
 from model import export_model, greedy_generate, resolve_config
 
 ENGINES = ("auto", "megatron", "transformers", "vllm")
@@ -111,16 +110,14 @@ class VLLMEngine:
 
 
 @contextlib.contextmanager
-def open_engine(name: str, checkpoint: Path):
-    """(engine, checkpoint state) for one checkpoint; the HF export for transformers/vLLM lives in a
-    temporary directory for the engine's lifetime."""
-    model, state = load_for_eval(checkpoint)
-    seq_len = int(state["model_config"]["seq_len"])
-    name = choose(name, state["model_config"])
+def open_engine(name: str, model, model_cfg: dict):
+    """The engine for `model` (built from the recipe's `model_cfg`, weights loaded); the HF export for
+    transformers/vLLM lives in a temporary directory for the engine's lifetime."""
+    seq_len = int(model_cfg["seq_len"])
+    name = choose(name, model_cfg)
     if name == "megatron":
-        yield MegatronEngine(model, seq_len), state
+        yield MegatronEngine(model, seq_len)
         return
     with tempfile.TemporaryDirectory(prefix="hf-export-") as tmp:
-        hf_dir = export_model(model, state["model_config"], Path(tmp) / "hf")
-        del model
-        yield (TransformersEngine if name == "transformers" else VLLMEngine)(hf_dir, seq_len), state
+        hf_dir = export_model(model, model_cfg, Path(tmp) / "hf")
+        yield (TransformersEngine if name == "transformers" else VLLMEngine)(hf_dir, seq_len)

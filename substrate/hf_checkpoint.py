@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from safe_weights import full_state, weights
+
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
@@ -178,32 +180,10 @@ def shard(full: dict[str, torch.Tensor], rank: int, size: int) -> dict[str, torc
     return out
 
 
-def unshard(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The whole state dict from every tensor-parallel rank's part (in rank order)."""
-    out = {}
-    for key in parts[0]:
-        rule, ws = _split_rule(key), [p[key] for p in parts]
-        if rule == "rows":
-            out[key] = torch.cat(ws, dim=0)
-        elif rule == "cols":
-            out[key] = torch.cat(ws, dim=1)
-        elif rule == "gated_rows":
-            halves = [w.chunk(2, dim=0) for w in ws]
-            out[key] = torch.cat([torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves])])
-        else:
-            out[key] = ws[0]
-    return out
-
-
 def _tp():
     from megatron.core import parallel_state
 
     return parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size()
-
-
-def weights(sd: dict) -> dict[str, torch.Tensor]:
-    """Parameters only: megatron's `_extra_state` entries (TE, FP8 metadata) are not weights."""
-    return {k: v.detach().cpu().float() for k, v in sd.items() if "_extra_state" not in k}
 
 
 def load_hf_into(model, cfg: dict) -> None:
@@ -223,19 +203,6 @@ def load_hf_into(model, cfg: dict) -> None:
     with torch.no_grad():
         for key, w in shard(full, rank, size).items():
             own[key].copy_(w.to(own[key].dtype))
-
-
-def gather_state(model) -> dict[str, torch.Tensor] | None:
-    """The whole megatron state dict, gathered from every tensor-parallel rank (None on ranks > 0)."""
-    from megatron.core import parallel_state
-
-    rank, size = _tp()
-    mine = weights(model.state_dict())
-    if size == 1:
-        return mine
-    parts = [None] * size
-    torch.distributed.all_gather_object(parts, mine, group=parallel_state.get_tensor_model_parallel_group())
-    return unshard(parts) if rank == 0 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,8 +239,8 @@ def export_hf(model, cfg: dict, out: Path, eos: int | None = None, bos: int | No
     Every tensor-parallel rank must call it (the shards are gathered)."""
     if cfg.get("arch") != "llama":
         raise ValueError(f"model.arch: only llama models export to Hugging Face format (got {cfg.get('arch')!r})")
-    sd = gather_state(model)
-    return None if sd is None else write_hf_dir(sd, cfg, out, eos, bos)
+    sd = full_state(model)
+    return write_hf_dir(sd, cfg, out, eos, bos) if _tp()[0] == 0 else None
 
 
 def _model_cache() -> Path:

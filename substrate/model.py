@@ -9,8 +9,8 @@ its weights are imported, sharded for tensor parallelism, when the model is buil
 megatron-core assumes CUDA in a few places; the accommodations below are the measured ones
 (see the platform facts): CPU initialisation, the RNG tracker without CUDA seeding, a CPU
 global memory buffer for attention, RoPE frequencies kept on the CPU, and an explicit causal mask.
-The layer spec comes from layers.py (local on CPU, Transformer Engine on CUDA). Checkpoints
-(checkpoint.py) carry the model config so the evaluator can rebuild the model without the recipe.
+The layer spec comes from layers.py (local on CPU, Transformer Engine on CUDA). The evaluator
+builds the model from the recipe (`checked_model_config` first), never from a checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +35,14 @@ import tokenizer  # noqa: E402
 from tokenizer import VOCAB_SIZE  # noqa: E402
 
 ARCHS = ("gpt", "llama")
+MODEL_KEYS = ("arch", "hidden", "layers", "heads", "seq_len", "precision", "fp8_recipe", "kv_heads", "head_dim",
+              "ffn_hidden", "norm_eps", "rope_theta", "tie_embeddings", "vocab", "init_from")  # the recipe contract's
+# Where an absolute model.init_from may point: directories the operator lists (os.pathsep-separated), e.g. a
+# shared model store no candidate can write. The environment is the operator's; a recipe cannot set it.
+MODEL_ROOTS_ENV = "HPC_AEVO_MODEL_ROOTS"
+# The largest sizes a recipe (or its init_from config.json) may ask for: the evaluator allocates what it asks.
+MODEL_LIMITS = {"hidden": 8192, "layers": 128, "heads": 128, "kv_heads": 128, "head_dim": 512, "ffn_hidden": 32768,
+                "seq_len": 32768, "vocab": 262144}
 
 
 class _CPUMemoryBuffer:
@@ -96,6 +104,41 @@ def resolve_config(model_cfg: dict) -> dict:
         cfg.setdefault("norm_eps", 1e-5)
         cfg.setdefault("rope_theta", 10000.0)
         cfg.setdefault("tie_embeddings", True)
+    return cfg
+
+
+def _model_roots() -> list[Path]:
+    return [Path(r).resolve() for r in os.environ.get(MODEL_ROOTS_ENV, "").split(os.pathsep) if r]
+
+
+def checked_model_config(model_cfg, base: Path) -> dict:
+    """The recipe's model section, checked before anything is built from it: the contract's keys only
+    (no tokenizer or config path of its own), every size within MODEL_LIMITS, and an `init_from`
+    directory either relative to `base` (the recipe's directory, where the trainer runs) and inside it,
+    or absolute under one of the operator's $HPC_AEVO_MODEL_ROOTS. Returns the section with that
+    directory made absolute (and its symlinks resolved)."""
+    if not isinstance(model_cfg, dict):
+        raise ValueError(f"recipe model: expected a mapping (got {type(model_cfg).__name__})")
+    unknown = sorted(set(model_cfg) - set(MODEL_KEYS))
+    if unknown:
+        raise ValueError(f"recipe model.{unknown[0]}: not a recipe key (expected among {', '.join(MODEL_KEYS)})")
+    cfg = dict(model_cfg)
+    init_from = str(cfg.get("init_from") or "")
+    if init_from and not init_from.startswith("pypi:"):
+        given = Path(init_from)
+        roots = _model_roots() if given.is_absolute() else [Path(base).resolve()]
+        target = (Path(base).absolute() / given).resolve()
+        if ".." in given.parts or not any(target.is_relative_to(root) for root in roots):
+            raise ValueError(f"recipe model.init_from: expected a directory inside the recipe's directory {base} "
+                             f"(relative, no '..', no symlink out), under ${MODEL_ROOTS_ENV} "
+                             f"({os.environ.get(MODEL_ROOTS_ENV, 'unset')}) or pypi:<package>/<file>.gguf "
+                             f"(got {init_from!r})")
+        cfg["init_from"] = str(target)
+    resolved = resolve_config(cfg)
+    for key, limit in MODEL_LIMITS.items():
+        value = resolved.get(key)
+        if value is not None and (type(value) is not int or not 1 <= value <= limit):
+            raise ValueError(f"recipe model.{key}: expected an integer from 1 to {limit} (got {value!r})")
     return cfg
 
 
@@ -175,28 +218,12 @@ def forward(model: GPTModel, ids: torch.Tensor, labels: torch.Tensor | None = No
     return logits[..., : getattr(model, "vocab", logits.shape[-1])]
 
 
-def load_for_eval(path: Path) -> tuple[GPTModel, dict]:
-    """The checkpoint's model, in eval mode, with its tokenizer active. Loaded with `weights_only`: the
-    checkpoint is the candidate's, and a pickled object in it must not run code in the evaluator."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    use_tokenizer(state["model_config"])
-    model = build_model(state["model_config"], load_pretrained=False)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, state
-
-
 def export_model(model: GPTModel, model_cfg: dict, out: Path) -> Path | None:
     """A llama model as an HF directory (transformers, vLLM), with its tokenizer's special ids; rank 0
     writes it (every tensor-parallel rank must call)."""
     tok = tokenizer.active()
     bos = getattr(getattr(tok, "tok", None), "bos_token_id", None)
     return hf_checkpoint.export_hf(model, resolve_config(model_cfg), out, eos=tok.eos, bos=bos)
-
-
-def export_checkpoint(path: Path, out: Path) -> Path | None:
-    model, state = load_for_eval(path)
-    return export_model(model, state["model_config"], out)
 
 
 @torch.no_grad()

@@ -4,8 +4,9 @@
     torchrun --nproc_per_node N train.py ...   |   srun python train.py ...
 
 Writes a checkpoint (ckpt-<step>.pt, or a distributed ckpt-<step>/, see checkpoint.py) every
-`checkpoints.every` steps and at the end, one JSON line of metrics per log interval on stdout,
-and train_summary.json when done. Under torchrun or srun (see distributed.py) every rank trains
+`checkpoints.every` steps and at the end, with its pickle-free export (export/ckpt-<step>.safetensors,
+see safe_weights.py: the only thing the evaluator reads), one JSON line of metrics per log interval
+on stdout, and train_summary.json when done. Under torchrun or srun (see distributed.py) every rank trains
 its slice of each global batch and the gradients are summed, so the loss curve is the
 single-process one; rank 0 writes the logs and the summary. Started again on the same directory,
 it resumes from the newest checkpoint: same data order, optimizer and RNG state, so the loss
@@ -31,7 +32,8 @@ import data
 import distributed
 import layers
 import packing
-from model import build_model, forward, init_parallel, use_tokenizer
+import safe_weights
+from model import build_model, checked_model_config, forward, init_parallel, use_tokenizer
 import tokenizer
 
 EXIT_PREEMPTED = 3
@@ -79,9 +81,21 @@ def log(entry: dict) -> None:
         print(json.dumps(entry), flush=True)
 
 
-def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
+def export(out: Path, step: int, model) -> None:
+    """The pickle-free copy of checkpoint `step` that the evaluator reads (every rank calls): the first
+    model replica's tensor-parallel ranks gather its shards, and rank 0 writes them."""
+    if distributed.dp_rank() == 0:
+        state = safe_weights.full_state(model)
+        if distributed.is_main():
+            safe_weights.write(out, step, state)
+    distributed.barrier()
+
+
+def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Path(".")) -> dict:
+    """Train the recipe into `out`; `base` is the recipe's directory (a relative model.init_from is in it)."""
     preemption = Preemption()  # first, so a signal during setup still ends in a checkpoint and exit 3
-    seed, optim, model_cfg = int(recipe["seed"]), recipe["optim"], recipe["model"]
+    seed, optim = int(recipe["seed"]), recipe["optim"]
+    model_cfg = checked_model_config(recipe["model"], base)
     tp, fmt = int(recipe.get("parallel", {}).get("tensor", 1)), checkpoints.fmt_of(recipe)
     if tp > 1 and fmt != "dist":
         raise ValueError(f"recipe checkpoints.format: tensor parallelism (parallel.tensor {tp}) needs dist (got {fmt!r})")
@@ -116,6 +130,8 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
         saved = next((r for r in state.get("ranks", []) if r["rank"] == launch.rank), {})
         tokens, useful = saved.get("tokens", 0), saved.get("useful_tokens", 0)
         log({"event": "resumed", "step": step, "checkpoint": existing[-1].name})
+        if distributed.any_rank(not (out / safe_weights.EXPORT_DIR / safe_weights.export_name(step)).is_file()):
+            export(out, step, model)  # a kill between the save and its export
     total = int(optim["steps"]) if max_steps is None else min(int(optim["steps"]), max_steps)
     every, batch_size = int(recipe["checkpoints"]["every"]), int(optim["batch_size"])
     log_every = int(recipe.get("logging", {}).get("every", 25))
@@ -146,10 +162,15 @@ def train(recipe: dict, out: Path, max_steps: int | None = None) -> dict:
             "model_config": model_cfg, "wall_s": wall_s, "loop_s": total_loop_s, "loop_cpu_s": total_cpu_s,
             "checkpoint_s": total_saving_s, "ranks": distributed.gather_rank_info(tokens, useful),
         }, fmt)
+        export(out, step, model)
         if distributed.is_main():
             for path in checkpoints.paths(out):
                 if checkpoints.step_of(path) < step and checkpoints.step_of(path) % every:
                     checkpoints.remove(path)
+            kept = {checkpoints.step_of(path) for path in checkpoints.paths(out)}
+            for path in (out / safe_weights.EXPORT_DIR).glob("ckpt-*.safetensors"):
+                if safe_weights.step_of(path.name) not in kept:
+                    path.unlink()
         distributed.barrier()
         saving_s += time.time() - saving_started
 
@@ -217,7 +238,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="stop early (smoke tests)")
     args = parser.parse_args()
     try:
-        train(yaml.safe_load(args.recipe.read_text()), args.out, args.max_steps)
+        train(yaml.safe_load(args.recipe.read_text()), args.out, args.max_steps, args.recipe.absolute().parent)
     except layers.LayerSpecError as error:
         sys.exit(f"train.py: {args.recipe}: {error}")
 

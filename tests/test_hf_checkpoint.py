@@ -22,7 +22,8 @@ from hf_llama_fixtures import SMALL, SUBSTRATE, hf_logits, random_llama
 from hpc_aevo.sandbox import bwrap
 
 import hf_checkpoint  # noqa: E402
-from model import build_model, forward, init_parallel, resolve_config  # noqa: E402
+import safe_weights  # noqa: E402
+from model import build_model, checked_model_config, forward, init_parallel, resolve_config  # noqa: E402
 
 IDS = torch.arange(24).remainder(SMALL["vocab_size"]).view(2, 12)
 
@@ -56,14 +57,14 @@ def test_logits_match_hf_and_export_is_identity(tmp_path, tied):
 
 @pytest.mark.slow
 def test_trained_checkpoint_exports_through_the_cli(tmp_path):
-    """A checkpoint as train.py writes it (recipe model config, megatron state) -> HF directory."""
+    """An export as train.py writes it (the full weights, safetensors) + its recipe -> HF directory."""
     hf_dir = random_llama(tmp_path / "hf", tied=False, seed=1)
     init_parallel(seed=0)
-    cfg = {"init_from": str(hf_dir), "seq_len": 32}
-    model = build_model(cfg)
-    torch.save({"step": 7, "model": model.state_dict(), "model_config": cfg}, tmp_path / "ckpt-000007.pt")
-    proc = subprocess.run([sys.executable, "export_hf.py", "--checkpoint",
-                           str(tmp_path / "ckpt-000007.pt"), "--out", str(tmp_path / "hf-out")],
+    model = build_model({"init_from": str(hf_dir), "seq_len": 32})
+    checkpoint = safe_weights.write(tmp_path, 7, safe_weights.full_state(model))
+    (tmp_path / "recipe.yaml").write_text(json.dumps({"model": {"init_from": "hf", "seq_len": 32}}))
+    proc = subprocess.run([sys.executable, "export_hf.py", "--checkpoint", str(checkpoint), "--recipe",
+                           str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "hf-out")],
                           cwd=SUBSTRATE, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((tmp_path / "hf-out" / "config.json").read_text())
@@ -85,6 +86,25 @@ def test_bad_init_from_and_contradicting_recipe_are_one_line_errors(tmp_path):
     hf_dir = random_llama(tmp_path / "hf", tied=True)
     with pytest.raises(ValueError, match=r"model.hidden: fixed by model.init_from to 64 \(got 128\)"):
         resolve_config({"init_from": str(hf_dir), "hidden": 128, "seq_len": 32})
+
+
+def test_init_from_stays_inside_the_recipe_directory_or_the_model_roots(tmp_path, monkeypatch):
+    """The recipe names its model; the evaluator reads a config and a tokenizer only where the recipe may
+    point: inside its own directory, or under the operator's HPC_AEVO_MODEL_ROOTS."""
+    monkeypatch.delenv("HPC_AEVO_MODEL_ROOTS", raising=False)
+    sandbox, store = tmp_path / "sandbox", tmp_path / "store"
+    inside, outside = random_llama(sandbox / "hf", tied=True), random_llama(store / "hf", tied=True)
+    assert checked_model_config({"init_from": "hf", "seq_len": 32}, sandbox)["init_from"] == str(inside.resolve())
+    (sandbox / "link").symlink_to(outside)
+    for init_from in ("link", "../store/hf", str(outside), str(inside)):
+        with pytest.raises(ValueError, match="recipe model.init_from: expected a directory inside the recipe's"):
+            checked_model_config({"init_from": init_from, "seq_len": 32}, sandbox)
+    monkeypatch.setenv("HPC_AEVO_MODEL_ROOTS", str(store))
+    assert checked_model_config({"init_from": str(outside), "seq_len": 32}, sandbox)["init_from"] == str(outside.resolve())
+    with pytest.raises(ValueError, match=r"recipe model.hf_dir: not a recipe key"):
+        checked_model_config({"hidden": 32, "layers": 1, "heads": 4, "seq_len": 32, "hf_dir": str(store)}, sandbox)
+    with pytest.raises(ValueError, match=r"recipe model.vocab: expected an integer from 1 to 262144 \(got 10000000\)"):
+        checked_model_config({"hidden": 32, "layers": 1, "heads": 4, "seq_len": 32, "vocab": 10**7}, sandbox)
 
 
 @pytest.mark.slow

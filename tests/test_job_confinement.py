@@ -1,6 +1,6 @@
 """A candidate's job runs the worker's code confined: it cannot read the held-out split, forge a
-score, touch default/ or another candidate, or read the agents' keys; the evaluator refuses a
-checkpoint that carries a pickled payload."""
+score, touch default/ or another candidate, or read the agents' keys; the evaluator never unpickles
+a checkpoint."""
 
 from __future__ import annotations
 
@@ -162,16 +162,19 @@ class Payload:
 
 
 @pytest.mark.slow
-def test_the_evaluator_refuses_a_checkpoint_with_a_pickled_payload(tree, tmp_path):
-    marker, checkpoint = tmp_path / "payload-ran", tmp_path / "ckpt-000012.pt"
-    torch.save({"step": 12, "model": {}, "model_config": tiny_recipe()["model"], "payload": Payload(marker)}, checkpoint,
-               pickle_protocol=pickle.HIGHEST_PROTOCOL)
-    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import checkpoint; "
-            "checkpoint.load_for_eval(Path(sys.argv[2]))")
-    done = subprocess.run([sys.executable, "-c", code, str(tree.default_dir), str(checkpoint)], capture_output=True,
-                          text=True)
-    assert done.returncode != 0 and "Weights only load failed" in done.stderr, done.stderr[-2000:]
-    assert not marker.exists()
+def test_the_evaluator_never_unpickles_a_checkpoint(tree, tmp_path):
+    """The installed evaluator reads only export/*.safetensors: a trainer's .pt carrying a payload is not
+    even opened (tests/test_checkpoint_payloads.py has the other payloads)."""
+    marker, checkpoints = tmp_path / "payload-ran", tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    torch.save({"step": 12, "model": {}, "model_config": tiny_recipe()["model"], "payload": Payload(marker)},
+               checkpoints / "ckpt-000012.pt", pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe()))
+    done = subprocess.run([sys.executable, "evaluate.py", "--checkpoints", str(checkpoints), "--recipe",
+                           str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "eval.json")],
+                          cwd=tree.default_dir, capture_output=True, text=True)
+    assert done.returncode != 0 and "no exported checkpoints" in done.stderr.splitlines()[-1], done.stderr[-2000:]
+    assert not marker.exists() and not (tmp_path / "eval.json").exists()
 
 
 def test_the_campaign_key_is_checked(tmp_path):

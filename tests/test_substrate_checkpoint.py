@@ -21,7 +21,6 @@ import yaml
 from test_substrate_distributed import SUBSTRATE, clean_env, job_id_with_free_port, slurm_conf, summary
 
 from hpc_aevo.tools.calibrate import apply_overrides
-from hpc_aevo.scoring.results import checkpoint_of_step
 
 STEPS, EVERY = 60, 20
 TINY = {"data.train_examples": 1000, "model.hidden": 32, "model.layers": 1, "optim.steps": STEPS,
@@ -72,9 +71,10 @@ def test_requeued_two_rank_run_matches_uninterrupted(tmp_path):
     expected = [f"ckpt-{s:06d}" for s in range(EVERY, STEPS + 1, EVERY)]
     assert sorted(p.name for p in b.iterdir() if p.name.startswith("ckpt-")) == expected
     assert sorted(p.name for p in a.iterdir() if p.name.startswith("ckpt-")) == expected
+    assert sorted(p.name for p in (b / "export").iterdir()) == [f"{name}.safetensors" for name in expected]
     assert not list(b.glob(".*tmp"))
 
-    # The frozen evaluator reads them in one process, as the toolkit runs it.
+    # The frozen evaluator reads their exports (full weights, gathered by rank 0) in one process.
     subprocess.run([sys.executable, "evaluate.py", "--checkpoints", str(b), "--recipe", str(recipe), "--out",
                     str(b / "eval.json")], cwd=SUBSTRATE, env=clean_env(), check=True, capture_output=True)
     scores = json.loads((b / "eval.json").read_text())
@@ -83,12 +83,14 @@ def test_requeued_two_rank_run_matches_uninterrupted(tmp_path):
 
 @pytest.mark.slow
 def test_dist_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
-    """In process: save after a few AdamW steps, load into a fresh model and optimizer, same tensors."""
+    """In process: save after a few AdamW steps, load into a fresh model and optimizer, same tensors; the
+    export of the same model loads into a fresh one as the evaluator loads it."""
     import torch
 
     sys.path.insert(0, str(SUBSTRATE))
     import checkpoint
     import model as substrate_model
+    import safe_weights
 
     substrate_model.init_parallel(seed=0)
     cfg = {"hidden": 32, "layers": 1, "heads": 4, "seq_len": 16}
@@ -105,14 +107,17 @@ def test_dist_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
         opt.step()
     path = checkpoint.save(tmp_path, 3, net, opt, {"step": 3, "model_config": cfg}, "dist")
     assert path == tmp_path / "ckpt-000003" and checkpoint.paths(tmp_path) == [path]
-    assert checkpoint_of_step(tmp_path, 3) == path  # what the daemon hands the leaderboard adapter
     net2, opt2 = fresh()
     assert checkpoint.load(path, net2, opt2) == {"step": 3, "model_config": cfg}
     for (name, p), p2 in zip(net.named_parameters(), net2.parameters()):
         assert torch.equal(p, p2), name
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(opt.state[p][key], opt2.state[p2][key]), (name, key)
-    evaluated, state = checkpoint.load_for_eval(path)
-    assert state["step"] == 3 and not evaluated.training
+    exported = safe_weights.write(tmp_path, 3, safe_weights.full_state(net))
+    assert exported == tmp_path / "export" / "ckpt-000003.safetensors" and checkpoint.paths(tmp_path) == [path]
+    net3, _ = fresh()
+    safe_weights.load_into(net3, exported.read_bytes(), exported)
+    for (name, p), p3 in zip(net.named_parameters(), net3.parameters()):
+        assert torch.equal(p, p3), name
     with pytest.raises(ValueError, match=r"checkpoints.format: expected one of \('torch', 'dist'\) \(got 'npz'\)"):
         checkpoint.fmt_of({"checkpoints": {"format": "npz"}})

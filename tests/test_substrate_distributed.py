@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 SUBSTRATE = Path(__file__).resolve().parents[1] / "substrate"
 sys.path.insert(0, str(SUBSTRATE))
@@ -153,6 +155,12 @@ def test_tensor_parallel_matches_one_process(tmp_path):
         assert mine["loss"] == pytest.approx(ref["loss"], rel=1e-5)
     # Both TP ranks see the whole batch (one data-parallel replica): each trained the one process's tokens.
     assert [r["tokens"] for r in body["ranks"]] == [reference["ranks"][0]["tokens"]] * 2
+    # The export gathers the TP shards into the one-process layout: the one process's weights, same names.
+    export = f"export/ckpt-{STEPS:06d}.safetensors"
+    ours, theirs = load_file(tp / export), load_file(one / export)
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-3, atol=1e-4, msg=lambda m, key=key: f"{key}: {m}")
     scores = {}
     for name, directory, path in (("one", one, one_path), ("tp", tp, tp_path)):
         finish(run([sys.executable, "evaluate.py", "--checkpoints", str(directory), "--recipe", str(path), "--out",

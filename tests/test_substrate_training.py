@@ -8,6 +8,7 @@ selection rule applied.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -103,6 +104,9 @@ def test_preempted_run_resumes_exactly(runs):
     # The off-schedule preemption checkpoint is gone: both runs leave the same checkpoints to evaluate.
     names = lambda d: sorted(p.name for p in d.glob("ckpt-*.pt"))  # noqa: E731
     assert names(runs["b"]) == names(runs["a"]) == [f"ckpt-{s:06d}.pt" for s in (EVERY, 2 * EVERY, STEPS)]
+    # and so are their exports, the files the evaluator reads (the preemption checkpoint's went with it)
+    exports = lambda d: sorted(p.name for p in (d / "export").iterdir())  # noqa: E731
+    assert exports(runs["b"]) == exports(runs["a"]) == [f"ckpt-{s:06d}.safetensors" for s in (EVERY, 2 * EVERY, STEPS)]
 
 
 @pytest.mark.slow
@@ -110,10 +114,10 @@ def test_eval_json_is_what_the_toolkit_reads(runs):
     import evaluate
 
     body = json.loads((runs["a"] / "eval.json").read_text())
-    assert set(body) == {"schema", "version", "split", "selection_rule", "selected_step", "examples_per_domain",
-                         "checkpoints", "wall_s"}
+    assert set(body) == {"schema", "version", "split", "selection_rule", "selected_step", "selected_checkpoint",
+                         "examples_per_domain", "checkpoints", "wall_s"}
     assert (body["schema"], body["version"], body["split"], body["selection_rule"]) == (
-        "hpc_aevo.eval_result", 1, "dev", "best_dev")
+        "hpc_aevo.eval_result", 2, "dev", "best_dev")
     domains = {"bits", "equation", "cipher", "base", "sequence"}
     assert body["examples_per_domain"] == dict.fromkeys(sorted(domains), 100)
     for c in body["checkpoints"]:
@@ -122,6 +126,9 @@ def test_eval_json_is_what_the_toolkit_reads(runs):
     assert body["selected_step"] == evaluate.select(body["checkpoints"], "best_dev")
     result = EvalResult.load(runs["a"] / "eval.json")
     assert result.selected().step == body["selected_step"] and result.wall_s > 0
+    chosen = result.selected_checkpoint
+    assert (chosen.path, chosen.step) == (f"export/ckpt-{body['selected_step']:06d}.safetensors", body["selected_step"])
+    assert chosen.sha256 == hashlib.sha256((runs["a"] / chosen.path).read_bytes()).hexdigest()
 
 
 def test_selection_rules():

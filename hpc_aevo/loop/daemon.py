@@ -34,6 +34,7 @@ from hpc_aevo.search.constitution import CheckContext, ConstitutionChanged, cons
 from hpc_aevo.search.decide import decide
 from hpc_aevo.search.evidence import RoundEvidence, collect_evidence, render_markdown
 from hpc_aevo.search.policy import Policy, assign_axes
+from hpc_aevo.state.contract import RECIPE_FILE
 from hpc_aevo.state.crashpoints import crashpoint
 from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.state.records import Record, atomic_write_text, now_iso
@@ -249,7 +250,9 @@ class Daemon:
             if manifest.measured.leaderboard is not None:
                 continue
             cand = self.candidate(rnd, manifest.candidate)
-            submit_to_leaderboard(self.leaderboard, cand.key, manifest, self.tree.checkpoints(rnd, manifest.candidate),
+            submit_to_leaderboard(self.leaderboard, cand.key, manifest, self.tree.eval_result(rnd, manifest.candidate),
+                                  self.tree.checkpoints(rnd, manifest.candidate),
+                                  self.tree.sandbox(rnd, manifest.candidate) / RECIPE_FILE,
                                   self.tree.leaderboard_score(rnd, manifest.candidate), cand.trace())
             cand.save(manifest)
             crashpoint(f"r{rnd}:eval:mid")

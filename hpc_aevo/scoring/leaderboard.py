@@ -50,6 +50,7 @@ class LeaderboardEntry:
     score: float
     per_domain: dict[str, float]
     submitted_at: str
+    checkpoint_sha256: str | None = None  # of the bytes scored (None in ledgers from before it was recorded)
 
 
 @dataclass
@@ -95,28 +96,32 @@ class HeldoutPuzzles:
     def ledger(self) -> LeaderboardLedger:
         return LeaderboardLedger.load(self.ledger_file)
 
-    def submit(self, candidate: str, checkpoint: Path, out: Path) -> LeaderboardEntry:
+    def submit(self, candidate: str, checkpoint: Path, sha256: str, recipe: Path, out: Path) -> LeaderboardEntry:
         """Score `checkpoint` for `candidate` (the evaluator writes `out`), charged to the quota; a repeat
-        returns the recorded score."""
+        returns the recorded score. The evaluator builds the model from the candidate's `recipe` and scores
+        the file only if its bytes have `sha256` (what the dev evaluation scored); it must say it did."""
         done = self.ledger().find(candidate)
         if done is not None:
             return done
         if len(self.ledger().submissions) >= self.quota:
             raise LeaderboardError(f"leaderboard quota of {self.quota} submissions is spent; {candidate} not scored")
         proc = subprocess.run(
-            [sys.executable, EVALUATOR, "--checkpoint", str(checkpoint), "--split-file", str(self.split_file),
-             "--out", str(out)],
+            [sys.executable, EVALUATOR, "--checkpoint", str(checkpoint), "--sha256", sha256, "--recipe", str(recipe),
+             "--split-file", str(self.split_file), "--out", str(out)],
             cwd=self.tree.default_dir, capture_output=True, text=True,
         )
         if proc.returncode != 0:
             raise LeaderboardError(f"scoring {candidate} failed: {proc.stderr.strip()[-500:]}")
         body = json.loads(out.read_text())
+        if body.get("checkpoint_sha256") != sha256:
+            raise LeaderboardError(f"scoring {candidate}: the evaluator scored sha256 {body.get('checkpoint_sha256')!r}, "
+                                   f"not {sha256}")
         with LeaderboardLedger.locked_update(self.ledger_file, self.ledger()) as ledger:
             existing = ledger.find(candidate)
             if existing is not None:
                 return existing
             submission = LeaderboardEntry(candidate, str(checkpoint), body["step"], body["score"], body["per_domain"],
-                                    now_iso())
+                                          now_iso(), sha256)
             ledger.submissions.append(submission)
         return submission
 

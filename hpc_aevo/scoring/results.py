@@ -6,8 +6,9 @@ trainer's train_summary.json and the leaderboard adapter's scores, never an agen
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardError
 from hpc_aevo.state.contract import TRAIN_SUMMARY
@@ -18,11 +19,22 @@ from hpc_aevo.state.untrusted import MIB, UntrustedFile, load_record, read_json,
 
 
 @dataclass
+class SelectedCheckpoint:
+    """The file the evaluator scored as the selected checkpoint: its path relative to the candidate's
+    checkpoints directory, and the sha256 of the bytes it scored (the leaderboard scores only those)."""
+
+    path: str
+    sha256: str
+    step: int
+
+
+@dataclass
 class EvalResult(Record):
     """The evaluator's eval.json (the substrate writes it; the toolkit validates it)."""
 
     SCHEMA = "hpc_aevo.eval_result"
-    VERSION = 1
+    VERSION = 2
+    OLDER_VERSIONS = (1,)  # an evaluator before selected_checkpoint: scores only, never submitted
 
     split: str
     selection_rule: str
@@ -30,6 +42,7 @@ class EvalResult(Record):
     examples_per_domain: dict[str, int]
     checkpoints: list[CheckpointScore]
     wall_s: float = 0.0
+    selected_checkpoint: SelectedCheckpoint | None = None
 
     def selected(self) -> CheckpointScore:
         return next(c for c in self.checkpoints if c.step == self.selected_step)
@@ -90,22 +103,38 @@ def leaderboard_order(manifests: list[CandidateManifest]) -> list[CandidateManif
     return sorted(evaluated, key=lambda m: (m.role != "anchor", -(m.measured.dev or 0.0), m.candidate))
 
 
-def checkpoint_of_step(checkpoints_dir: Path, step: int) -> Path:
-    """The trainer's checkpoint of `step`: a `ckpt-<step>.pt` file, or a distributed `ckpt-<step>/` directory."""
-    single = checkpoints_dir / f"ckpt-{step:06d}.pt"
-    return single if single.exists() or not (checkpoints_dir / f"ckpt-{step:06d}").is_dir() else single.with_suffix("")
+def selected_file(checkpoints_dir: Path, selected: SelectedCheckpoint | None) -> Path:
+    """The selected checkpoint's file inside the candidate's checkpoints directory, which its training
+    wrote: a relative path, no '..', no symlink on the way, a regular file at the end."""
+    if selected is None:
+        raise LeaderboardError("eval.json names no selected_checkpoint (an evaluator before eval.json version 2): "
+                               "re-evaluate the candidate to submit it")
+    if not re.fullmatch(r"[0-9a-f]{64}", selected.sha256):
+        raise LeaderboardError(f"eval.json selected_checkpoint.sha256: expected 64 hex digits (got {selected.sha256!r})")
+    relative = PurePosixPath(selected.path)
+    if relative.is_absolute() or not relative.parts or ".." in relative.parts:
+        raise LeaderboardError(f"eval.json selected_checkpoint.path: expected a path inside {checkpoints_dir} "
+                               f"(got {selected.path!r})")
+    path = Path(checkpoints_dir)
+    for part in relative.parts:
+        path = path / part
+        if path.is_symlink():
+            raise LeaderboardError(f"{path}: is a symlink; the selected checkpoint must be a regular file")
+    if not path.is_file():
+        raise LeaderboardError(f"{path}: the selected checkpoint is not a regular file")
+    return path
 
 
-def submit_to_leaderboard(adapter: HeldoutPuzzles, ref: str, manifest: CandidateManifest, checkpoints_dir: Path,
-                          out: Path, trace: Trace) -> None:
-    checkpoint = checkpoint_of_step(checkpoints_dir, manifest.measured.selected_step)
+def submit_to_leaderboard(adapter: HeldoutPuzzles, ref: str, manifest: CandidateManifest, eval_path: Path,
+                          checkpoints_dir: Path, recipe: Path, out: Path, trace: Trace) -> None:
+    """Score the file eval.json selected, by the sha256 it was scored under, with the candidate's recipe."""
     try:
-        submission = adapter.submit(ref, checkpoint, out)
-    except LeaderboardError as exc:
+        selected = read_eval_result(eval_path).selected_checkpoint
+        checkpoint = selected_file(checkpoints_dir, selected)
+        submission = adapter.submit(ref, checkpoint, selected.sha256, recipe, out)
+    except (LeaderboardError, FileNotFoundError, UntrustedFile) as exc:
         trace.log("daemon", "leaderboard-refused", reason=str(exc))
         return
     manifest.measured.leaderboard = submission.score
     manifest.measured.leaderboard_per_domain = dict(submission.per_domain)
     trace.log("daemon", "leaderboard-scored", score=submission.score, step=submission.step)
-
-

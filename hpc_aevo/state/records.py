@@ -64,6 +64,7 @@ class Record:
 
     SCHEMA: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    OLDER_VERSIONS: ClassVar[tuple[int, ...]] = ()  # also read: their files lack only fields that have defaults
     # Whether to_json checks the whole record against its types; a record rewritten on most polls and grown
     # by typed parts (the compute ledger) checks each part as it is added instead.
     CHECK_ON_SAVE: ClassVar[bool] = True
@@ -87,8 +88,9 @@ class Record:
         schema, version = data.pop("schema", None), data.pop("version", None)
         if schema != cls.SCHEMA:
             raise SchemaError("schema", repr(cls.SCHEMA), schema, source)
-        if version != cls.VERSION:
-            raise SchemaError("version", f"{cls.VERSION} (this hpc_aevo reads only that version)", version, source)
+        if version != cls.VERSION and version not in cls.OLDER_VERSIONS:
+            readable = ", ".join(str(v) for v in (*cls.OLDER_VERSIONS, cls.VERSION))
+            raise SchemaError("version", f"{readable} (this hpc_aevo reads only that)", version, source)
         try:
             return from_data(cls, data)
         except SchemaError as exc:

@@ -34,7 +34,7 @@ import yaml
 
 from hpc_aevo.loop.install import install_substrate
 from hpc_aevo.scoring.leaderboard import HeldoutPuzzles
-from hpc_aevo.scoring.results import EvalResult
+from hpc_aevo.scoring.results import EvalResult, selected_file
 from hpc_aevo.search.decoupling import sample_std
 from hpc_aevo.state.records import atomic_write_text
 from hpc_aevo.state.tree import StateTree
@@ -94,7 +94,9 @@ def run_candidate(substrate: Path, recipe: dict, workdir: Path, leaderboard: Hel
     result = EvalResult.load(eval_file)
     chosen = result.selected()
     started = time.time()
-    board = leaderboard.submit(name, ckpts / f"ckpt-{chosen.step:06d}.pt", workdir / "leaderboard-score.json")
+    selected = result.selected_checkpoint
+    board = leaderboard.submit(name, selected_file(ckpts, selected), selected.sha256, recipe_file,
+                               workdir / "leaderboard-score.json")
     return {"selected_step": chosen.step, "dev": chosen.dev, "dev_per_domain": dict(chosen.per_domain),
             "heldout": board.score, "heldout_per_domain": board.per_domain,
             "train_s": train_s, "eval_s": eval_s, "heldout_s": time.time() - started,
