@@ -113,7 +113,19 @@ def test_pickles_in_the_trainer_formats_are_never_read(trained, hostile, tmp_pat
     assert selected["sha256"] == sha256(copy / selected["path"])
 
 
-def test_an_export_is_scored_for_its_content_and_refused_under_another_hash(trained, hostile, tmp_path):
+@pytest.fixture(scope="module")
+def evaluator():
+    """The evaluate module itself, in this process: each refusal below is its code path without an
+    evaluator start-up (~8 s each); one case per kind still goes through the command line."""
+    sys.path.insert(0, str(SUBSTRATE))
+    import evaluate
+    from model import init_parallel
+
+    init_parallel(seed=0)
+    return evaluate
+
+
+def test_an_export_is_scored_for_its_content_and_refused_under_another_hash(trained, hostile, tmp_path, evaluator):
     """(c) the selected export replaced by the other export's bytes: eval.json's hash refuses it; under its
     own hash it scores as the other does (the name gives the step, the bytes the score); garbage is refused."""
     copy, _ = hostile
@@ -124,18 +136,19 @@ def test_an_export_is_scored_for_its_content_and_refused_under_another_hash(trai
     line = refused(score_one(trained, target, selected["sha256"], tmp_path))
     assert line == f"evaluate: {target}: sha256 is {sha256(other)}, expected {selected['sha256']} (--sha256)"
 
-    assert score_one(trained, target, sha256(target), tmp_path).returncode == 0
-    swapped = json.loads((tmp_path / "score.json").read_text())
-    assert score_one(trained, other, sha256(other), tmp_path).returncode == 0
-    original = json.loads((tmp_path / "score.json").read_text())
+    def split_score(path: Path) -> dict:
+        return evaluator.evaluate_split(path, sha256(path), trained["recipe"], trained["split"], tmp_path / "s.json")
+
+    swapped, original = split_score(target), split_score(other)
     assert (swapped["step"], swapped["checkpoint_sha256"]) == (selected["step"], sha256(other))
     assert (swapped["score"], swapped["per_domain"]) == (original["score"], original["per_domain"])
 
     target.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}" + os.urandom(64))
-    assert "not a safetensors file" in refused(score_one(trained, target, sha256(target), tmp_path))
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        split_score(target)
 
 
-def test_links_and_special_files_are_refused(trained, hostile, tmp_path):
+def test_links_and_special_files_are_refused(trained, hostile, tmp_path, evaluator):
     """(d) a symlink under an export's name (file or directory), a FIFO, a linked recipe: one line each,
     never followed or waited on."""
     copy, _ = hostile
@@ -146,19 +159,26 @@ def test_links_and_special_files_are_refused(trained, hostile, tmp_path):
     (export / name).symlink_to(trained["out"] / "export" / name)
     args = ("--recipe", trained["recipe"], "--out", tmp_path / "eval.json")
     assert refused(evaluate("--checkpoints", copy, *args)) == f"evaluate: {export / name}: is a symlink; expected a regular file"
-    assert "is a symlink" in refused(score_one(trained, export / name, sha256(export / name), tmp_path))
 
+    def refusal(call, *call_args) -> str:
+        with pytest.raises(ValueError) as caught:
+            call(*call_args)
+        assert "\n" not in str(caught.value)
+        return str(caught.value)
+
+    split = (trained["recipe"], trained["split"], tmp_path / "s.json")
+    assert "is a symlink" in refusal(evaluator.evaluate_split, export / name, sha256(export / name), *split)
     (export / name).unlink()
     os.mkfifo(export / name)
-    assert refused(evaluate("--checkpoints", copy, *args)) == f"evaluate: {export / name}: is not a regular file"
-
+    dev = (trained["recipe"], tmp_path / "eval.json")
+    assert refusal(evaluator.evaluate_checkpoints, copy, *dev) == f"{export / name}: is not a regular file"
     shutil.rmtree(export)
     export.symlink_to(trained["out"] / "export")
-    assert "expected a directory, not a symlink" in refused(evaluate("--checkpoints", copy, *args))
+    assert "expected a directory, not a symlink" in refusal(evaluator.evaluate_checkpoints, copy, *dev)
     linked = tmp_path / "linked.yaml"  # the recipe too: the leaderboard runs the evaluator unconfined
     linked.symlink_to(trained["recipe"])
-    line = refused(evaluate("--checkpoints", trained["out"], "--recipe", linked, "--out", tmp_path / "eval.json"))
-    assert line == f"evaluate: {linked}: is a symlink; expected a regular file"
+    assert refusal(evaluator.evaluate_checkpoints, trained["out"], linked, tmp_path / "eval.json") == \
+        f"{linked}: is a symlink; expected a regular file"
     assert not (tmp_path / "eval.json").exists()
 
 
@@ -169,7 +189,7 @@ def _write_recipe(trained, path: Path, **model) -> Path:
     return path
 
 
-def test_exports_and_recipes_that_disagree_are_refused(trained, hostile, tmp_path):
+def test_exports_and_recipes_that_disagree_are_refused(trained, hostile, tmp_path, evaluator):
     """(e) an extra or a missing tensor, another shape (the recipe asks another model size), sizes beyond
     the limits, a tokenizer or an init_from the recipe may not name: one line each."""
     copy, _ = hostile
@@ -177,31 +197,31 @@ def test_exports_and_recipes_that_disagree_are_refused(trained, hostile, tmp_pat
     tensors = load_file(checkpoint)
     key = "decoder.final_layernorm.weight"
 
-    def score_tensors(state: dict, recipe: Path | None = None) -> str:
-        save_file(state, str(checkpoint))
-        return refused(score_one(trained, checkpoint, sha256(checkpoint), tmp_path, recipe))
+    def refused_in_process(recipe: Path | None = None, state: dict | None = None) -> str:
+        if state is not None:
+            save_file(state, str(checkpoint))
+        with pytest.raises(ValueError) as caught:
+            evaluator.evaluate_split(checkpoint, sha256(checkpoint), recipe or trained["recipe"], trained["split"],
+                                     tmp_path / "s.json")
+        return str(caught.value)
 
-    line = score_tensors({**{k: v for k, v in tensors.items() if k != key}, "extra.weight": torch.zeros(3)})
+    save_file({**{k: v for k, v in tensors.items() if k != key}, "extra.weight": torch.zeros(3)}, str(checkpoint))
+    line = refused(score_one(trained, checkpoint, sha256(checkpoint), tmp_path))  # once through the command line
     assert line.endswith(f"tensors do not match the recipe's model (missing ['{key}'], unexpected ['extra.weight'])")
-    line = score_tensors({**tensors, key: torch.zeros(64)})
+    line = refused_in_process(state={**tensors, key: torch.zeros(64)})
     assert line.endswith(f"{key} is float32 [64]; the recipe's model expects float32 [32]")
-    line = score_tensors({**tensors, key: tensors[key].double()})
+    line = refused_in_process(state={**tensors, key: tensors[key].double()})
     assert line.endswith(f"{key} is float64 [32]; the recipe's model expects float32 [32]")
 
     save_file(tensors, str(checkpoint))
     bigger = _write_recipe(trained, tmp_path / "bigger.yaml", hidden=64)
-    assert "the recipe's model expects float32" in refused(score_one(trained, checkpoint, sha256(checkpoint), tmp_path,
-                                                                     bigger))
+    assert "the recipe's model expects float32" in refused_in_process(bigger)
     inside = "recipe model.init_from: expected a directory inside the recipe's directory"
-    cases = {  # each form of the evaluator checks the recipe the same way: half the cases each
+    cases = {
         "huge.yaml": ({"hidden": 100_000}, "recipe model.hidden: expected an integer from 1 to 8192 (got 100000)"),
         "tokenizer.yaml": ({"tokenizer": "hf", "hf_dir": str(tmp_path)}, "recipe model.hf_dir: not a recipe key"),
         "outside.yaml": ({"arch": "llama", "init_from": "../elsewhere"}, inside),
         "absolute.yaml": ({"arch": "llama", "init_from": str(SUBSTRATE)}, inside),
     }
-    for i, (name, (model, message)) in enumerate(cases.items()):
-        recipe = _write_recipe(trained, tmp_path / name, **model)
-        proc = (score_one(trained, checkpoint, sha256(checkpoint), tmp_path, recipe) if i % 2 else
-                evaluate("--checkpoints", copy, "--recipe", recipe, "--out", tmp_path / "eval.json"))
-        assert message in refused(proc), name
-    assert not (tmp_path / "eval.json").exists()
+    for name, (model, message) in cases.items():
+        assert message in refused_in_process(_write_recipe(trained, tmp_path / name, **model)), name
