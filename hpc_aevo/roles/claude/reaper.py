@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -38,18 +39,19 @@ def marked(marker: str) -> list[int]:
     return found
 
 
-def reap(marker: str, rounds: int = 5) -> int:
-    """SIGKILL every process carrying `marker`, again while new ones appear (a fork during the scan);
-    returns how many were killed."""
-    killed = 0
-    for _ in range(rounds):
+def reap(marker: str, wait_s: float = 10.0) -> int:
+    """SIGKILL every process carrying `marker`, again while any is still there (one forked during the scan,
+    one not yet gone), until none is left or `wait_s` has passed; returns how many were killed."""
+    killed: set[int] = set()
+    deadline = time.monotonic() + wait_s
+    while True:
         pids = marked(marker)
-        if not pids:
-            break
+        if not pids or time.monotonic() > deadline:
+            return len(killed)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed += 1
+                killed.add(pid)
             except ProcessLookupError:
                 continue
-    return killed
+        time.sleep(0.05)
