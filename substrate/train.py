@@ -202,9 +202,11 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
         tokens += ids_cpu[:, :-1].numel()
         useful += int((ids_cpu[:, :-1] != tokenizer.active().pad).sum())  # counted on the host copy: no device sync
         pending.append(loss.detach())
-        preemption.requested = distributed.any_rank(preemption.requested)
+        # The ranks' agreed answer, kept apart from the flag: a signal landing after this point (during
+        # the save below) sets one rank's flag only, and is acted on at the next step's agreement.
+        preempted = distributed.any_rank(preemption.requested)
         logs = step % log_every == 0 or step == total
-        saves = step % every == 0 or step == total or preemption.requested
+        saves = step % every == 0 or step == total or preempted
         if logs or saves:
             flush_losses()  # inside the timed step: the device work of the steps before is waited for here
         loop_s += time.time() - step_started
@@ -217,7 +219,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
             log(entry)
         if saves:
             checkpoint()
-        if preemption.requested:
+        if preempted:
             log({"event": "preempted", "step": step})
             sys.exit(EXIT_PREEMPTED)
     summary = {"steps": step, "final_loss": history[-1]["loss"] if history else None,
