@@ -149,7 +149,7 @@ class FakeScheduler(Scheduler):
             out.append(None if job is None else Submitted(job.job_id, job.identity, job.eval_job_id))
         return out
 
-    def worst_case_hours(self) -> tuple[float, float]:
+    def worst_case_hours(self, stage: str = "train") -> tuple[float, float]:
         return self.worst_case
 
     # ---- the cluster -----------------------------------------------------------------------

@@ -17,14 +17,16 @@ import pytest
 
 from tiny_campaign import REPO, run_daemon, status, write_campaign
 
+from hpc_aevo.sandbox import bwrap
+
 pytestmark = pytest.mark.slow
 
-# A round's crash points in the order a round reaches them, but r0:train:submitted: after the kill at
-# r0:train:intent the restarted daemon adopts the still-running local jobs through their claims (then
-# polls them by pid and start time, as after a kill at r0:train:submitted) and never submits again, so
-# it cannot pass that point. tests/test_launcher.py takes each launcher point from a fresh start.
+# A round's crash points in the order a round reaches them, but r0:train:submitted (r0:score:submitted):
+# after the kill at r0:train:intent the restarted daemon adopts the still-running local jobs through their
+# claims (then polls them by pid and start time, as after a kill at r0:train:submitted) and never submits
+# again, so it cannot pass that point. tests/test_launcher.py takes each launcher point from a fresh start.
 CRASH_POINTS = ["r0:fork:mid", "r0:propose:mid", "r0:train:start", "r0:train:intent", "r0:eval:mid",
-                "r0:collect:mid", "r0:meta:mid"]
+                "r0:score:chosen", "r0:score:intent", "r0:collect:mid", "r0:meta:mid"]
 
 
 def comparable(state_root: Path) -> dict:
@@ -42,8 +44,8 @@ def comparable(state_root: Path) -> dict:
 
 def launches(state_root: Path) -> dict[str, int]:
     """How many times each candidate's training really ran (a claim is taken once per run)."""
-    return {str(p.parent.relative_to(state_root)): len(list(p.glob("attempt-*.claim")))
-            for p in state_root.glob("rounds/r*/cand-*/jobs")}
+    return {str(p.relative_to(state_root)): len(list(p.glob("attempt-*.claim")))
+            for p in (*state_root.glob("rounds/r*/cand-*/jobs"), *state_root.glob("rounds/r*/cand-*/jobs/score"))}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def two_rounds(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 def test_two_round_campaign_end_to_end(two_rounds):
     campaign, done = two_rounds
     assert done.returncode == 0, done.stderr
-    for phase in ("fork", "propose", "train", "eval", "collect", "meta"):
+    for phase in ("fork", "propose", "train", "eval", "score", "collect", "meta"):
         assert f"r001] {phase}" in done.stdout
     doc = status(campaign)
     assert doc["schema"] == "hpc_aevo.status" and [r["round"] for r in doc["rounds"]][:2] == [0, 1]
@@ -75,7 +77,16 @@ def test_two_round_campaign_end_to_end(two_rounds):
     assert evidence.count("\n## ") == 5
     default = state / "default" / "train.py"
     assert not default.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
-    assert set(launches(state).values()) == {1}
+    assert set(launches(state).values()) == {1}  # each training and each scoring ran once
+    # The leaderboard scored every candidate in a job of its own, confined, charged to the compute ledger.
+    charges = json.loads((state / "ledger.json").read_text())["charges"]
+    for manifest in state.glob("rounds/r*/cand-*/manifest.json"):
+        scoring = json.loads(manifest.read_text())["scoring"]
+        assert (scoring["status"], scoring["attempts"]) == ("scored", 1), scoring
+        outcome = json.loads((manifest.parent / "jobs/score/attempt-1.outcome.json").read_text())
+        assert [(s["stage"], s["confined"]) for s in outcome["stages"]] == [("score", bwrap.available())]
+        key = f"{manifest.parent.parent.name}/{manifest.parent.name}"
+        assert charges[f"{key}#1/score"]["state"] == "COMPLETED"
     again = run_daemon(campaign)  # a finished campaign is a no-op
     assert again.returncode == 0 and "] fork" not in again.stdout
 

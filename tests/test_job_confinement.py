@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pickle
+import dataclasses
 import shutil
 import socket
 import subprocess
@@ -25,7 +26,11 @@ from tiny_campaign import REPO, tiny_recipe
 from hpc_aevo.sandbox import bwrap
 from hpc_aevo.loop.fork import fork_candidate
 from hpc_aevo.jobs.candidate import Candidate
-from hpc_aevo.jobs.spec import JobOutcome
+from hpc_aevo.jobs.spec import JobOutcome, ScoreInput
+from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardLedger, heldout_params
+from hpc_aevo.scoring.score_stage import ScoreTrack, choose, score_spec
+from hpc_aevo.state.contract import SCORE_RESULT
+from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.jobs.body import run_job
 from hpc_aevo.state.tree import StateTree
 from hpc_aevo.loop.install import install_substrate
@@ -143,7 +148,7 @@ def test_without_bubblewrap_the_stage_runs_unconfined_and_says_so(tree, monkeypa
 
 
 @pytest.mark.slow
-def test_a_normal_candidate_trains_and_evaluates_confined(tree, job_sandbox):
+def test_a_normal_candidate_trains_evaluates_and_is_scored_confined(tree, job_sandbox):
     spec = Candidate(0, 1, tree).spec(1)
     outcome = run_job(spec)
     assert outcome.state == "COMPLETED", spec.log_path("train").read_text()[-2000:] + outcome.message
@@ -151,6 +156,86 @@ def test_a_normal_candidate_trains_and_evaluates_confined(tree, job_sandbox):
     body = json.loads(tree.eval_result(0, 1).read_text())
     assert body["schema"] == "hpc_aevo.eval_result"
     assert [c["step"] for c in body["checkpoints"]] == [tiny_recipe()["optim"]["steps"]]
+
+    # Its leaderboard score: the score job scores the selected export in its own sandbox; the daemon records it.
+    cand, adapter = Candidate(0, 1, tree), HeldoutPuzzles(tree, quota=1, seed=0)
+    sys.path.insert(0, str(tree.default_dir))
+    import puzzles
+
+    params = heldout_params(puzzles)
+    rows = [row for domain in puzzles.DOMAINS for row in puzzles.generate(domain, 2, 7, **params[domain])]
+    tree.heldout_split.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    LeaderboardLedger(quota=1, examples_per_domain={d: 2 for d in puzzles.DOMAINS}).save(tree.leaderboard_ledger)
+    manifest = CandidateManifest(round=0, candidate=1, name="cand-01", role="anchor", seed=1, axis=None,
+                                 status="evaluated")
+    [manifest] = choose([cand], [manifest], 1, adapter)
+    manifest.scoring.attempts = 1
+    track = ScoreTrack(adapter)
+    scoring = run_job(track.spec(cand, manifest, 1))
+    assert [(s.stage, s.confined) for s in scoring.stages] == [("score", True)], scoring.message
+    track.completed(cand, manifest, scoring)
+    assert manifest.scoring.status == "scored" and 0.0 <= manifest.measured.leaderboard <= 1.0, manifest.scoring
+    assert adapter.ledger().submissions[0].checkpoint_sha256 == body["selected_checkpoint"]["sha256"]
+
+
+# The score stage's evaluator stand-in: every attempt to reach past the one checkpoint, the split and its output.
+PROBE = r'''
+import json, os, socket, sys
+from pathlib import Path
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+checkpoint, root, port = Path(args["--checkpoint"]), Path(os.environ["T_ROOT"]), int(os.environ["T_PORT"])
+found = {}
+def attempt(name, action):
+    try:
+        found[name] = repr(action())[:200]
+    except Exception as exc:
+        found[name] = f"refused: {type(exc).__name__}"
+attempt("read its checkpoint", lambda: checkpoint.read_bytes())
+attempt("read the split", lambda: Path(args["--split-file"]).read_text())
+attempt("read the recipe", lambda: Path(args["--recipe"]).read_text())
+attempt("read a sibling checkpoint", lambda: (checkpoint.parent / "ckpt-000012.safetensors").read_bytes())
+attempt("list its checkpoints", lambda: os.listdir(checkpoint.parent))
+attempt("read eval.json", lambda: (root / "rounds/r000/cand-01/eval.json").read_text())
+attempt("read another candidate", lambda: (root / "rounds/r000/cand-02/checkpoints/ckpt-000001.pt").read_bytes())
+attempt("read the ledger", lambda: (root / "leaderboard/ledger.json").read_text())
+attempt("write the ledger", lambda: (root / "leaderboard/ledger.json").write_text("{}"))
+attempt("write its checkpoint", lambda: checkpoint.write_bytes(b"x"))
+attempt("write the split", lambda: Path(args["--split-file"]).write_text("x"))
+attempt("forge a manifest", lambda: (root / "rounds/r000/cand-01/manifest.json").write_text("{}"))
+attempt("read munge key", lambda: Path("/etc/munge/munge.key").read_bytes())
+attempt("connect to the host", lambda: socket.create_connection(("127.0.0.1", port), timeout=2).close())
+Path(args["--out"]).write_text(json.dumps(found))
+'''
+
+
+def test_the_score_stage_sees_one_checkpoint_the_split_and_its_output_and_no_network(tree, tmp_path, monkeypatch,
+                                                                                      job_sandbox):
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "evaluate.py").write_text(PROBE)
+    export = tree.checkpoints(0, 1) / "export"
+    export.mkdir()
+    for step in (12, 24):
+        (export / f"ckpt-{step:06d}.safetensors").write_bytes(b"weights %d" % step)
+    (tree.candidate_dir(0, 1) / "eval.json").write_text("{}")
+    listener = socket.create_server(("127.0.0.1", 0))
+    monkeypatch.setenv("T_ROOT", str(tree.root))
+    monkeypatch.setenv("T_PORT", str(listener.getsockname()[1]))
+    before = snapshot(tree.root, [tree.jobs(0, 1)])
+    spec = score_spec(Candidate(0, 1, tree), 1, ScoreInput(str(export / "ckpt-000024.safetensors"), "ab" * 32,
+                                                         str(tree.heldout_split)))
+    spec = dataclasses.replace(spec, evaluator_dir=str(probe))
+
+    outcome = run_job(spec)
+    listener.close()
+
+    assert outcome.state == "COMPLETED" and outcome.stages[0].confined, outcome.message
+    found = json.loads((spec.files.out("score") / SCORE_RESULT).read_text())
+    allowed = {"read its checkpoint", "read the split", "read the recipe"}
+    assert all(not found[name].startswith("refused") for name in allowed), found
+    assert found.pop("list its checkpoints") == "['ckpt-000024.safetensors']", found  # the one file, no sibling
+    assert all(result.startswith("refused") for name, result in found.items() if name not in allowed), found
+    assert snapshot(tree.root, [tree.jobs(0, 1)]) == before
 
 
 class Payload:

@@ -23,7 +23,7 @@ from fake_scheduler import FakeScheduler, Plan
 from hpc_aevo.campaign.config import Budget
 from hpc_aevo.jobs import launcher as launcher_module
 from hpc_aevo.jobs.candidate import Candidate
-from hpc_aevo.jobs.launcher import BudgetExhausted, JobFailure, Launcher
+from hpc_aevo.jobs.launcher import BudgetExhausted, JobFailure, Launcher, TrainTrack
 from hpc_aevo.jobs.scheduler import SchedulerUnavailable, Submission
 from hpc_aevo.state import crashpoints
 from hpc_aevo.state.ledger import load_ledger
@@ -58,7 +58,7 @@ class TrainPhase:
         self.lines: list[str] = []
 
     def run(self) -> Launcher:
-        launcher = Launcher(self.scheduler, self.max_attempts, 0, self.budget, self.tree, self._debug_turn)
+        launcher = Launcher(self.scheduler, self.max_attempts, 0, self.budget, self.tree, TrainTrack(self._debug_turn))
         launcher.run(self.candidates, self.lines.append)
         return launcher
 

@@ -81,10 +81,10 @@ def tree_paths() -> dict[str, Path]:
     samples = {"r": 0, "c": 0, "n": 1, "who": "<who>", "role": "worker", "stage": "train", "rank": 1}
     rendered = {}
 
-    def render(owner, prefix: str, extra: dict | None = None) -> None:
+    def render(owner, prefix: str, extra: dict | None = None, skip: tuple[str, ...] = ()) -> None:
         for name, member in inspect.getmembers(type(owner)):
             if name.startswith("_") or name in ("root", "rounds", "candidate_manifests", "agent_records", "agent_record",
-                                                "attempt"):
+                                                "attempt", *skip):
                 continue
             if isinstance(member, property):
                 value = getattr(owner, name)
@@ -97,8 +97,12 @@ def tree_paths() -> dict[str, Path]:
                 rendered[f"{prefix}{name}"] = value
 
     render(tree, "StateTree.")
-    for stage in ("train", "eval"):
-        render(tree.attempt(0, 0, 1), f"AttemptFiles[{stage}].", {**samples, "stage": stage})
+    # Training writes into checkpoints/ (no output directory of its own); a score job's attempts have their
+    # own directory, jobs/score/, with the files of a single-stage attempt.
+    render(tree.attempt(0, 0, 1), "AttemptFiles[train].", samples, skip=("out",))
+    render(tree.attempt(0, 0, 1), "AttemptFiles[eval].", {**samples, "stage": "eval"})
+    render(AttemptFiles(tree.score_jobs(0, 0), 1), "AttemptFiles[score].", {**samples, "stage": "score"},
+           skip=("rank_log", "submitit_dir"))
     rendered["agent record"] = tree.agent_record(0, "cand-01", "worker", 1)
     return rendered
 

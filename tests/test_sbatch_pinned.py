@@ -29,13 +29,15 @@ from hpc_aevo.campaign.config import Campaign, load_campaign
 from hpc_aevo.cli.round import dry_run
 from hpc_aevo.jobs.backends import make_scheduler
 from hpc_aevo.jobs.candidate import Candidate
+from hpc_aevo.scoring.score_stage import score_spec
 from hpc_aevo.state.tree import StateTree
 from tiny_campaign import REPO
 
 PINNED = Path(__file__).parent / "artifacts" / "sbatch"
 FIXED_STATE_ROOT = Path("/pinned-by-tests/hpc_aevo/state")  # never created: a dry run writes nothing
 REPIN = os.environ.get("HPC_AEVO_REPIN") == "1"
-SECTION = re.compile(r"^# ---- (train|eval) array: candidates (.*) ----\n", re.MULTILINE)
+SECTION = re.compile(r"^# ---- (train|eval|score) array: candidates (.*) ----\n", re.MULTILINE)
+SCORING = re.compile(r"^# after the dev evaluation, the leaderboard scoring .*\n", re.MULTILINE)
 PROFILES = ["devcluster", "h200"]
 BATCH = "r000-0123456789"  # a batch token as the launcher makes them
 
@@ -50,10 +52,10 @@ def shipped_campaign(profile: str, state_root: Path) -> Campaign:
 
 def stage_scripts(text: str) -> dict[str, str]:
     """{stage: its sbatch script} of a dry run's output, checking its headers on the way."""
-    preamble, *sections = SECTION.split(text)
+    preamble, *sections = SECTION.split(SCORING.sub("", text, count=1))
     assert re.fullmatch(r"# dry run of [a-z0-9-]+ round 0: nothing is submitted\n", preamble), preamble
     stages = sections[0::3]
-    assert stages == ["train", "eval"], stages
+    assert stages == ["train", "eval", "score"], stages
     scripts = sections[2::3]  # all but the last end with the newline that joins them
     return {stage: script.rstrip("\n") + "\n" for stage, script in zip(stages, scripts)}
 
@@ -77,16 +79,20 @@ def test_dry_run_sbatch_of_each_stage_matches_the_recorded_file(profile):
 @pytest.mark.parametrize("profile", PROFILES)
 def test_dry_run_is_what_submit_hands_to_sbatch(tmp_path, profile):
     """The same scripts, but written by `SlurmScheduler.submit` for sbatch (submitit's mocked commands
-    answer it): only the dry run's two placeholders differ, which it quotes for the shell."""
+    answer it): only the dry run's two placeholders differ, which it quotes for the shell. The score
+    array is submitted apart (after the round's dev evaluation), as one array with no dependency."""
     campaign = shipped_campaign(profile, tmp_path / "state")
     scheduler, tree = make_scheduler(campaign), StateTree(campaign.paths.state_root)
-    specs = [Candidate(0, c, tree).spec(1) for c in range(campaign.candidates)]
+    candidates = [Candidate(0, c, tree) for c in range(campaign.candidates)]
     rendered = stage_scripts(dry_run(campaign))
     with mocked_slurm():
-        submitted = scheduler.submit(specs, BATCH)
+        submitted = scheduler.submit([c.spec(1) for c in candidates], BATCH)
+        scored = scheduler.submit([score_spec(c, 1, None) for c in candidates[: campaign.leaderboard.per_round]], BATCH)
     train_array, eval_array = (submitted[0].job_id.split("_")[0], submitted[0].eval_job_id.split("_")[0])
+    score_array = scored[0].job_id.split("_")[0]
+    assert scored[0].eval_job_id is None and len({train_array, eval_array, score_array}) == 3
     folder = tmp_path / "state" / "rounds" / "r000" / "slurm"
-    for stage, array in (("train", train_array), ("eval", eval_array)):
+    for stage, array in (("train", train_array), ("eval", eval_array), ("score", score_array)):
         expected = (rendered[stage].replace("'hpc_aevo:", "hpc_aevo:")
                     .replace(f":<batch>:{stage}'", f":{BATCH}:{stage}")
                     .replace("'aftercorr:<train array job id>'", f"aftercorr:{train_array}"))

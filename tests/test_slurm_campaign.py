@@ -51,7 +51,7 @@ def test_two_rounds_through_the_two_node_devcluster(tmp_path, two_nodes):
     assert f"[{name} r001] meta" in out
     tasks = sacct_tasks(name)
     for rnd in ("r000", "r001"):
-        for stage in ("train", "eval"):
+        for stage in ("train", "eval", "score"):
             mine = {job.split("_")[1]: state for job, (n, state) in tasks.items() if n == f"{name}.{rnd}.{stage}"}
             assert mine == {"0": "COMPLETED", "1": "COMPLETED"}, (rnd, stage, tasks)
     doc = status(campaign)
@@ -59,8 +59,10 @@ def test_two_rounds_through_the_two_node_devcluster(tmp_path, two_nodes):
     ledger = doc["ledger"]
     assert set(ledger) >= {"r000", "r001"} and doc["compute"]["cpu_hours_used"] > 0
     charged = ledger["r000"]["candidates"]["cand-01"]["tasks"]
-    assert len(charged) == 2 and all("COMPLETED" in t for t in charged)
+    assert len(charged) == 3 and all("COMPLETED" in t for t in charged)
     assert "x 2 CPU" in charged[0] and "x 1 CPU" in charged[1]  # training on one CPU of each node; eval on one
+    assert charged[2].startswith("score#1 ") and "x 1 CPU" in charged[2]  # the leaderboard scoring, a task of its own
+    assert all(c["leaderboard"] is not None for r in doc["rounds"][:2] for c in r["candidates"])
     shown = subprocess.run([sys.executable, "-m", "hpc_aevo.status", str(campaign)], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout
     assert "ledger r000:" in shown and "cand-01:" in shown

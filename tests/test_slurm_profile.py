@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -10,10 +11,14 @@ import yaml
 
 from hpc_aevo.campaign.config import Budget, Stage, Stages
 from hpc_aevo.campaign.reader import ConfigError
-from hpc_aevo.jobs.launcher import BudgetExhausted, Launcher
+from hpc_aevo.jobs.launcher import BudgetExhausted, Launcher, TrainTrack
 from hpc_aevo.state.ledger import TaskCharge, record_charges
 from hpc_aevo.campaign.profile import load_profile
 from hpc_aevo.jobs.backends.slurm import SlurmScheduler, index_ranges, parse_sacct
+from hpc_aevo.jobs.candidate import Candidate
+from hpc_aevo.jobs.scheduler import Submission, Submitted, TaskUsage
+from hpc_aevo.scoring.score_stage import score_spec
+from hpc_aevo.state.records import now_iso
 from hpc_aevo.state.tree import StateTree
 from tiny_campaign import REPO, write_campaign
 
@@ -80,11 +85,14 @@ def test_dry_run_prints_both_arrays_and_submits_nothing(tmp_path):
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert out.count("#!/bin/bash") == 2 and "--array=0-2%2" in out
+    assert out.count("#!/bin/bash") == 3 and "--array=0-2%2" in out
     assert "--dependency='aftercorr:<train array job id>'" in out and "--job-name=tiny.r000.train" in out
     train, evaluation = out.split("# ---- eval array")
+    evaluation, scoring = evaluation.split("# ---- score array")
     # a failed train task cancels its eval task on any cluster, whatever its DependencyParameters
     assert "--kill-on-invalid-dep=yes" in evaluation and "kill-on-invalid-dep" not in train
+    # the score array is submitted after the dev evaluation, for the chosen candidates: no dependency
+    assert "--job-name=tiny.r000.score" in scoring and "dependency" not in scoring and ":<batch>:score'" in scoring
     assert "--nodes=2" in out and "--gpus-per-node=8" in out and "--container-image=" in out
     assert "--partition=gpu-h200" in out and "--exclusive" in out and "export NCCL_IB_DISABLE=0" in out
     assert not (tmp_path / "state").exists()
@@ -96,7 +104,7 @@ def test_budget_refuses_a_submission_that_would_exceed_it(tmp_path):
     assert gpu == pytest.approx((4 * 16 + 1 * 8) * 4)
     tree = StateTree(tmp_path)
     record_charges(tree, [TaskCharge("r000/cand-00", 1, "train", "7_0", "COMPLETED", 3600, 96, 16, 96, 16)])
-    launcher = Launcher(scheduler, 2, 1, Budget(gpu_hours=16 + gpu * 2.5), tree, lambda *a: None)
+    launcher = Launcher(scheduler, 2, 1, Budget(gpu_hours=16 + gpu * 2.5), tree, TrainTrack(lambda *a: None))
     launcher._check_budget(["r001/cand-00", "r001/cand-01"], in_flight=0)  # 16 + 2 x worst case fits
     with pytest.raises(BudgetExhausted) as info:
         launcher._check_budget(["r001/cand-00", "r001/cand-01", "r001/cand-02"], in_flight=0)
@@ -114,6 +122,26 @@ def test_production_h200_campaign_dry_run_needs_no_cluster_and_no_api_key():
     assert "--array=0-8%" in out and "--job-name=h200.r000.train" in out and "--job-name=h200.r000.eval" in out
     assert "--nodes=2" in out and "--ntasks-per-node=8" in out and "--gpus-per-node=8" in out
     assert "--dependency='aftercorr:<train array job id>'" in out
+
+
+def test_a_score_batch_is_found_again_and_polled_as_one_task_per_candidate(tmp_path, monkeypatch):
+    """After a kill between sbatch and recording the job ids, a score intent is found by its batch's comment
+    (and no eval array is submitted for it); its poll asks for its one task."""
+    scheduler, tree = _scheduler(tmp_path), StateTree(tmp_path)
+    answers = {"squeue": f"77_1|hpc_aevo:{scheduler.campaign_id}:r000-b1:score\n",
+               "sacct": "77_1|COMPLETED|30|billing=1,cpu=2,gres/gpu=1,node=1\n"}
+    commands = []
+    monkeypatch.setattr("hpc_aevo.jobs.backends.slurm._run", lambda cmd: commands.append(cmd[0]) or answers[cmd[0]])
+    intents = [Submission(f"r000/cand-0{c}", 1, "slurm", now_iso(), batch=batch, stage="score")
+               for c, batch in ((1, "r000-b1"), (2, "r000-b2"))]
+    specs = [score_spec(Candidate(0, c, tree), 1, None) for c in (1, 2)]
+    assert scheduler.find(intents, specs) == [Submitted("77_1"), None]
+    assert "sbatch" not in commands
+    recorded = dataclasses.replace(intents[0], job_id="77_1")
+    [status] = scheduler.poll([recorded])
+    assert not status.alive and status.ended == "COMPLETED"
+    assert status.tasks == (TaskUsage("77_1", "score", "COMPLETED", 30.0, 2, 1),)
+    assert scheduler.worst_case_hours("score") == (0.5 * 2, 0.5 * 1)  # no requeue: scoring is not requeued
 
 
 # Lines of `sacct -X -D -n -P --format=JobID,State,ElapsedRaw,AllocTRES -s <all> -S -E` on the devcluster.

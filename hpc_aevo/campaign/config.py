@@ -71,10 +71,19 @@ class Stage:
         _at_least("gpus", self.gpus, 0)
 
 
+STAGES = ("train", "eval", "score")
+
+
 @dataclass
 class Stages:
     train: Stage  # the training array
     eval: Stage  # the evaluation array, chained task by task after training
+    score: Stage | None = None  # the leaderboard scoring array of the round's chosen candidates; default: eval's
+
+    def of(self, name: str) -> Stage:
+        """The resources of stage `name` (one of STAGES)."""
+        stage = getattr(self, name)
+        return self.eval if stage is None else stage
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpc_aevo.campaign.config import Stage
+from hpc_aevo.campaign.config import STAGES, Stage
 from hpc_aevo.campaign.reader import ConfigError, read_yaml_mapping
 from hpc_aevo.state.typed import SchemaError, from_data
 
@@ -54,6 +54,7 @@ class StageShape:
 class StageShapes:
     train: StageShape = field(default_factory=StageShape)
     eval: StageShape = field(default_factory=StageShape)
+    score: StageShape = field(default_factory=StageShape)  # the leaderboard scoring array
 
 
 @dataclass
@@ -105,7 +106,7 @@ class ClusterProfile:
             if key in _RESERVED:
                 raise SchemaError(f"sbatch.{key}", f"an option the backend does not set itself (not one of "
                                                    f"{', '.join(sorted(_RESERVED))})")
-        for name in ("train", "eval"):
+        for name in STAGES:
             shape: StageShape = getattr(self.stages, name)
             if shape.gpus_per_node is not None and shape.gpus_per_node > self.gpus_per_node_available:
                 raise SchemaError(f"stages.{name}.gpus_per_node",

@@ -2,8 +2,9 @@
 
 One progress line per phase of every round. Killed at any moment, the same command continues
 from the state tree, redoing nothing that finished and running no candidate twice.
-`--dry-run` prints what the next round would submit (on SLURM: both sbatch scripts and the
-dependency between them) and writes and submits nothing.
+`--dry-run` prints what the next round would submit (on SLURM: the train and eval sbatch scripts
+with the dependency between them, then the score array that follows the dev evaluation) and writes
+and submits nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from hpc_aevo.jobs.launcher import BudgetExhausted
 from hpc_aevo.jobs.scheduler import SchedulerUnavailable
 from hpc_aevo.loop.daemon import CampaignStopped, Daemon, RoundState
 from hpc_aevo.loop.install import SubstrateTampered
+from hpc_aevo.scoring.score_stage import score_spec
 from hpc_aevo.state.lock import CampaignBusy, DaemonLock
 from hpc_aevo.state.records import RecordError
 from hpc_aevo.state.tree import StateTree
@@ -35,8 +37,12 @@ def dry_run(campaign: Campaign) -> str:
         scheduler = make_scheduler(campaign)
     except ConfigError as exc:
         raise (exc if exc.source else ConfigError.of(exc, campaign.source)) from None
-    specs = [Candidate(rnd, c, tree).spec(1) for c in range(campaign.candidates)]
-    return f"# dry run of {campaign.name} round {rnd}: nothing is submitted\n" + scheduler.render(specs)
+    candidates = [Candidate(rnd, c, tree) for c in range(campaign.candidates)]
+    scored = [score_spec(c, 1, None) for c in candidates[: campaign.leaderboard.per_round]]
+    return (f"# dry run of {campaign.name} round {rnd}: nothing is submitted\n"
+            + scheduler.render([c.spec(1) for c in candidates])
+            + f"\n# after the dev evaluation, the leaderboard scoring of the chosen candidates (at most "
+              f"{campaign.leaderboard.per_round}; shown: the first ones)\n" + scheduler.render(scored))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,9 +43,10 @@ def _agents(tree: StateTree, rnd: int) -> dict[str, Any]:
 
 
 def unconfined_stage_runs(tree: StateTree, rnd: int, c: int) -> int:
-    """How many of the candidate's job stages ran without bubblewrap (their outcome records say so)."""
+    """How many of the candidate's job stages ran without bubblewrap (their outcome records say so), its
+    leaderboard scoring's included."""
     runs = 0
-    for path in attempt_outcomes(tree.jobs(rnd, c)):
+    for path in attempt_outcomes(tree.jobs(rnd, c)) + attempt_outcomes(tree.score_jobs(rnd, c)):
         outcome = JobOutcome.load_or_none(path)
         runs += 0 if outcome is None else sum(not stage.confined for stage in outcome.stages)
     return runs

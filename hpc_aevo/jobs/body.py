@@ -1,4 +1,4 @@
-"""What runs inside a scheduled job: one candidate's training, then its evaluation.
+"""What runs inside a scheduled job: one candidate's training, then its evaluation (or its leaderboard scoring).
 
 The job itself guarantees exactly-once execution: it first claims its attempt by creating
 `attempt-N.claim` with O_EXCL. A second launch of the same attempt (a daemon that died between
@@ -11,6 +11,9 @@ writes `attempt-N.train.outcome.json`; the eval task claims `attempt-N.eval.clai
 a COMPLETED train outcome, and writes the attempt's `attempt-N.outcome.json` with both stages. A
 claim names the SLURM job that took it, so the same job requeued after a timeout resumes its
 attempt instead of being taken for a duplicate.
+
+The leaderboard scoring job (stages ("score",), its attempts in the candidate's jobs/score/) runs the
+frozen evaluator on the one export the eval stage selected; the daemon checks and records its result.
 
 Each stage runs the sandbox's code or reads the candidate's checkpoints, so it runs confined
 (`hpc_aevo/sandbox/jobs.py`), with the agents' credentials scrubbed from its environment.
@@ -29,8 +32,8 @@ from typing import Callable
 
 from hpc_aevo.jobs.spec import EXIT_PREEMPTED, Claim, JobOutcome, JobSpec, StageRun
 from hpc_aevo.sandbox import bwrap
-from hpc_aevo.sandbox.jobs import ConfinementUnavailable, confine, eval_out_dir
-from hpc_aevo.state.contract import EVAL_RESULT, EVALUATOR, MAX_RECIPE_BYTES, RECIPE_FILE, TRAIN_SCRIPT
+from hpc_aevo.sandbox.jobs import ConfinementUnavailable, confine
+from hpc_aevo.state.contract import EVAL_RESULT, EVALUATOR, MAX_RECIPE_BYTES, RECIPE_FILE, SCORE_RESULT, TRAIN_SCRIPT
 from hpc_aevo.state.records import atomic_write_text, now_iso
 from hpc_aevo.state.tree import RECIPE_MARKER
 from hpc_aevo.state.untrusted import KIB, UntrustedFile, read_bytes
@@ -102,12 +105,14 @@ def _recipe_guard(spec: JobSpec) -> None:
 def _command(spec: JobSpec, stage: str) -> tuple[list[str], str]:
     if stage == "train":
         return [sys.executable, TRAIN_SCRIPT, "--recipe", RECIPE_FILE, "--out", spec.checkpoints], spec.sandbox
-    evaluator = str(Path(spec.evaluator_dir) / EVALUATOR)
-    recipe = str(Path(spec.sandbox) / RECIPE_FILE)
-    out = eval_out_dir(spec)
+    evaluator = [sys.executable, str(Path(spec.evaluator_dir) / EVALUATOR), "--recipe", str(Path(spec.sandbox) / RECIPE_FILE)]
+    out = spec.files.out(stage)
     out.mkdir(parents=True, exist_ok=True)
-    return [sys.executable, evaluator, "--checkpoints", spec.checkpoints, "--recipe", recipe,
-            "--out", str(out / EVAL_RESULT)], str(out)
+    if stage == "eval":
+        return [*evaluator, "--checkpoints", spec.checkpoints, "--out", str(out / EVAL_RESULT)], str(out)
+    score = spec.score
+    return [*evaluator, "--checkpoint", score.checkpoint, "--sha256", score.sha256, "--split-file", score.split_file,
+            "--out", str(out / SCORE_RESULT)], str(out)
 
 
 def _start(spec: JobSpec, stage: str, log) -> tuple[subprocess.Popen, bool]:
@@ -144,7 +149,7 @@ def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None
         try:
             if stage == "train":
                 _recipe_guard(spec)
-            else:  # the eval stage is shown the recipe: a plain file inside the sandbox, never a link out of it
+            else:  # eval and score are shown the recipe: a plain file inside the sandbox, never a link out of it
                 _recipe_hash(spec)
         except UntrustedFile as exc:
             outcome.state, outcome.message = "FAILED", f"{stage} not started: {exc}"
@@ -161,7 +166,7 @@ def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None
                 on_process(process)
             code = process.wait()
         outcome.stages.append(StageRun(stage, code, time.time() - began, str(log), confined))
-        staged = eval_out_dir(spec) / EVAL_RESULT
+        staged = spec.files.out("eval") / EVAL_RESULT
         if code == 0 and stage == "eval" and staged.exists():  # a missing eval.json fails the candidate later
             os.replace(staged, spec.eval_result)
         if code != 0:

@@ -34,6 +34,7 @@ class Submission(Record):
     identity: str | None = None  # backend detail that tells a live job from a reused id (local: pid start time)
     eval_job_id: str | None = None  # slurm: the chained eval array task "ARRAYID_CANDIDATE"
     batch: str | None = None  # slurm: the token in the batch's --comment, to find its jobs after a crash
+    stage: str = "train"  # what the attempt runs: "train" (training, then its evaluation) or "score"
 
 
 @dataclass(frozen=True)
@@ -91,14 +92,15 @@ class Scheduler(abc.ABC):
         where known. With `finds_by_comment`, None means that the intent was never submitted."""
         return [None] * len(intents)
 
-    def worst_case_hours(self) -> tuple[float, float]:
-        """(CPU-hours, GPU-hours) one candidate's attempt may cost at most, for the budget check."""
+    def worst_case_hours(self, stage: str = "train") -> tuple[float, float]:
+        """(CPU-hours, GPU-hours) one candidate's attempt of `stage` ("train": training and evaluation;
+        "score") may cost at most, for the budget check."""
         return 0.0, 0.0
 
     def render(self, specs: list[JobSpec]) -> str:
         """What submit(specs) would send to the scheduler, for --dry-run."""
         return "\n".join(f"{self.backend}: would run {spec.key} attempt {spec.attempt}: stages "
-                         f"{', '.join(spec.stages)} in {spec.sandbox}" for spec in specs)
+                         f"{', '.join(spec.stages)} in {spec.sandbox}" for spec in specs) or "nothing to submit"
 
 
 

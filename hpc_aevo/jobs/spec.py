@@ -19,6 +19,16 @@ EXIT_PREEMPTED = 3  # the substrate trainer's "checkpointed, requeue me" code
 JobEnd = Literal["COMPLETED", "FAILED", "PREEMPTED", "TIMEOUT", "DUPLICATE"]  # TIMEOUT: the last requeue ran out
 
 
+@dataclass(frozen=True)
+class ScoreInput:
+    """What a leaderboard scoring job scores: the one file the candidate's eval stage selected, which the
+    evaluator loads only if its bytes still have `sha256`, on the held-out split."""
+
+    checkpoint: str  # the selected pickle-free export, inside the candidate's checkpoints/
+    sha256: str
+    split_file: str
+
+
 @dataclass
 class JobSpec:
     """Everything a candidate's job needs, in plain paths (it is pickled to the job)."""
@@ -30,9 +40,10 @@ class JobSpec:
     checkpoints: str
     eval_result: str
     jobs_dir: str
-    stages: tuple[str, ...] = ("train", "eval")
+    stages: tuple[str, ...] = ("train", "eval")  # or ("score",): the leaderboard scoring job
     hidden: tuple[str, ...] = ()  # what no stage may see: the state root, the campaign's own files
     confine: str = "auto"  # scheduler.confine_jobs: auto | required | off
+    score: ScoreInput | None = None  # the scoring job's input (stages ("score",))
 
     @property
     def files(self) -> AttemptFiles:
@@ -40,7 +51,7 @@ class JobSpec:
 
     @property
     def _only(self) -> str | None:
-        """The stage this spec runs alone (one task of SLURM's train or eval array), or None for both."""
+        """The stage this spec runs alone (one task of SLURM's train, eval or score array), or None for both."""
         return self.stages[0] if len(self.stages) == 1 else None
 
     def claim_path(self) -> Path:

@@ -1,4 +1,4 @@
-"""The round daemon: fork, propose, train, eval, collect, meta, round after round, from files.
+"""The round daemon: fork, propose, train, eval, score, collect, meta, round after round, from files.
 
 Each phase is idempotent and is marked done in the round's `round.json` only after its effects
 are on disk, so a daemon killed at any moment and started again redoes at most the unfinished
@@ -15,7 +15,7 @@ from hpc_aevo.campaign.config import Campaign, load_initial_policy
 from hpc_aevo.campaign.reader import ConfigError
 from hpc_aevo.jobs.backends import make_scheduler
 from hpc_aevo.jobs.candidate import Candidate
-from hpc_aevo.jobs.launcher import JobFailure, Launcher
+from hpc_aevo.jobs.launcher import JobFailure, Launcher, Track, TrainTrack
 from hpc_aevo.loop.fork import fork_candidate, load_recipe, recipe_diff
 from hpc_aevo.loop.install import (
     SubstrateManifest,
@@ -29,19 +29,19 @@ from hpc_aevo.roles.factory import make_roles
 from hpc_aevo.roles.interface import WorkerFailed, WorkerTask
 from hpc_aevo.sandbox.jobs import preflight, unconfined_here
 from hpc_aevo.scoring.leaderboard import ADAPTERS, LeaderboardLedger
-from hpc_aevo.scoring.results import leaderboard_order, read_eval_result, record_evaluation, submit_to_leaderboard
+from hpc_aevo.scoring.results import read_eval_result, record_evaluation
+from hpc_aevo.scoring.score_stage import ScoreTrack, choose
 from hpc_aevo.search.constitution import CheckContext, ConstitutionChanged, constitution_hash, without_seed
 from hpc_aevo.search.decide import decide
 from hpc_aevo.search.evidence import RoundEvidence, collect_evidence, render_markdown
 from hpc_aevo.search.policy import Policy, assign_axes
-from hpc_aevo.state.contract import RECIPE_FILE
 from hpc_aevo.state.crashpoints import crashpoint
 from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.state.records import Record, atomic_write_text, now_iso
 from hpc_aevo.state.tree import CampaignRecord, StateTree
 from hpc_aevo.state.untrusted import UntrustedFile
 
-PHASES = ("fork", "propose", "train", "eval", "collect", "meta")
+PHASES = ("fork", "propose", "train", "eval", "score", "collect", "meta")
 
 
 class CampaignStopped(RuntimeError):
@@ -208,11 +208,14 @@ class Daemon:
             mutations.append(manifest.mutation or "anchor")
         return ", ".join(mutations)
 
+    def _launch(self, rnd: int, track: Track) -> None:
+        launcher = Launcher(self.scheduler, self.campaign.retries.max_attempts, self.campaign.scheduler.poll_interval_s,
+                            self.campaign.budget, self.tree, track)
+        launcher.run(self.candidates(rnd), lambda line: self.print_line(f"  {line}"))
+
     def phase_train(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
         crashpoint(f"r{rnd}:train:start")
-        launcher = Launcher(self.scheduler, self.campaign.retries.max_attempts, self.campaign.scheduler.poll_interval_s,
-                            self.campaign.budget, self.tree, self._debug_turn)
-        launcher.run(self.candidates(rnd), lambda line: self.print_line(f"  {line}"))
+        self._launch(rnd, TrainTrack(self._debug_turn))
         ms = self.manifests(rnd)
         failed = sum(m.status == "failed" for m in ms)
         retried = sum(m.attempts > 1 for m in ms)
@@ -245,19 +248,19 @@ class Daemon:
                 record_evaluation(manifest, self.tree.eval_result(rnd, cand.index),
                                   self.tree.checkpoints(rnd, cand.index), cand.trace())
                 cand.save(manifest)
-        quota = self.campaign.leaderboard.per_round
-        for manifest in leaderboard_order(self.manifests(rnd))[:quota]:
-            if manifest.measured.leaderboard is not None:
-                continue
-            cand = self.candidate(rnd, manifest.candidate)
-            submit_to_leaderboard(self.leaderboard, cand.key, manifest, self.tree.eval_result(rnd, manifest.candidate),
-                                  self.tree.checkpoints(rnd, manifest.candidate),
-                                  self.tree.sandbox(rnd, manifest.candidate) / RECIPE_FILE,
-                                  self.tree.leaderboard_score(rnd, manifest.candidate), cand.trace())
-            cand.save(manifest)
-            crashpoint(f"r{rnd}:eval:mid")
+                crashpoint(f"r{rnd}:eval:mid")
+        ms = self.manifests(rnd)
+        evaluated = [m for m in ms if m.status == "evaluated"]
+        return f"{len(evaluated)}/{len(ms)} evaluated; " + ", ".join(f"{m.name} dev {m.measured.dev:.3f}" for m in evaluated)
+
+    def phase_score(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
+        """The round's leaderboard scoring, as a job per chosen candidate: nothing model-sized runs here."""
+        chosen = choose(self.candidates(rnd), self.manifests(rnd), self.campaign.leaderboard.per_round, self.leaderboard)
+        crashpoint(f"r{rnd}:score:chosen")
+        self._launch(rnd, ScoreTrack(self.leaderboard))
         scored = [m for m in self.manifests(rnd) if m.measured.leaderboard is not None]
-        return f"{len(scored)} on the leaderboard; " + ", ".join(
+        refused = len(chosen) - len(scored)
+        return f"{len(scored)} on the leaderboard{f', {refused} refused' if refused else ''}; " + ", ".join(
             f"{m.name} dev {m.measured.dev:.3f} lb {m.measured.leaderboard:.3f}" for m in scored)
 
     def _examples_per_domain(self, rnd: int) -> dict[str, int]:

@@ -5,9 +5,12 @@ campaign's files (JobSpec.hidden), the agents' credentials and munge are hidden.
 hidden state tree a stage sees again only what it needs:
 - train: its sandbox (read-only, the cwd) and its checkpoints/ (writable);
 - eval: the frozen evaluator (read-only), its candidate's checkpoints and recipe.yaml (read-only)
-  and the attempt's eval output directory (writable; the job moves eval.json into place).
+  and the attempt's eval output directory (writable; the job moves eval.json into place);
+- score: the frozen evaluator, the one checkpoint file the eval stage selected, the recipe and the
+  held-out split (all read-only) and the attempt's score output directory (writable; the daemon
+  checks the result there before it records it). It has no network.
 The stage's log is written through the file handle the job passes it, so jobs/ stays hidden.
-The host network stays (multi-node training needs its rendezvous, and `scontrol show hostnames`
+The host network stays for train and eval (multi-node training needs its rendezvous, and `scontrol show hostnames`
 still works: the train stage sees $SLURM_CONF, wherever it lies), but without munge no scheduler
 command can authenticate.
 
@@ -29,13 +32,9 @@ from hpc_aevo.jobs.spec import JobSpec
 from hpc_aevo.sandbox import bwrap
 from hpc_aevo.state.contract import RECIPE_FILE
 
+
 class ConfinementUnavailable(RuntimeError):
     """`scheduler.confine_jobs: required`, and bubblewrap cannot run on this host."""
-
-
-def eval_out_dir(spec: JobSpec) -> Path:
-    """The eval stage's one writable directory (the candidate's directory holds its manifest)."""
-    return spec.files.eval_out
 
 
 def views(spec: JobSpec, stage: str) -> list[tuple[Path, bool]]:
@@ -45,9 +44,12 @@ def views(spec: JobSpec, stage: str) -> list[tuple[Path, bool]]:
         conf = os.environ.get("SLURM_CONF", "")
         if os.path.isfile(conf):  # a multi-node trainer finds its master with `scontrol show hostnames`
             seen.append((conf, False))  # the file alone: slurmdbd.conf may lie beside it
-    else:
+    elif stage == "eval":
         seen = [(spec.evaluator_dir, False), (spec.checkpoints, False), (Path(spec.sandbox) / RECIPE_FILE, False),
-                (eval_out_dir(spec), True)]
+                (spec.files.out(stage), True)]
+    else:  # score: one checkpoint file, the held-out split, nothing else of the candidate's but its recipe
+        seen = [(spec.evaluator_dir, False), (spec.score.checkpoint, False), (Path(spec.sandbox) / RECIPE_FILE, False),
+                (spec.score.split_file, False), (spec.files.out(stage), True)]
     return [(Path(os.path.realpath(p)), writable) for p, writable in seen]
 
 
@@ -95,5 +97,7 @@ def confine(spec: JobSpec, stage: str, argv: list[str], cwd: str) -> tuple[list[
         if spec.confine == "required":
             raise ConfinementUnavailable(f"scheduler.confine_jobs is required, but {why}")
         return argv, why
-    wrapped = bwrap.command(argv, Path(cwd), hidden(spec), views(spec, stage), network=True, accelerators=True)
+    # The network stays for training's rendezvous; scoring reads only files, so it has none.
+    wrapped = bwrap.command(argv, Path(cwd), hidden(spec), views(spec, stage), network=stage != "score",
+                            accelerators=True)
     return [sys.executable, "-P", bwrap.__file__, *wrapped], None  # -P: the relay imports the standard library only

@@ -1,25 +1,25 @@
 """The external target: a held-out leaderboard the workers can neither read nor call.
 
 The `heldout-puzzles` adapter draws the reference substrate's puzzles from a *shifted*
-distribution (other input ranges, longer words, a disjoint pool of sequence templates), writes
-the split into the state tree's private leaderboard directory, and scores a candidate's selected
-checkpoint with the frozen evaluator of `default/`. Every submission is charged to a quota ledger
-kept under a lock, and a candidate is scored at most once: re-asking returns the recorded score.
+distribution (other input ranges, longer words, a disjoint pool of sequence templates) and writes
+the split into the state tree's private leaderboard directory. The frozen evaluator of `default/`
+scores a candidate's selected checkpoint on it in a confined score job (`scoring/score_stage.py`);
+the adapter checks what that job wrote and records it. Every score is charged to a quota ledger
+kept under a lock, which only the daemon writes, and a candidate is recorded at most once.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import random
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpc_aevo.state.contract import EVALUATOR
 from hpc_aevo.state.records import Record, atomic_write_text, now_iso
 from hpc_aevo.state.tree import StateTree
+from hpc_aevo.state.untrusted import MIB, load_record
 
 HELDOUT_PER_DOMAIN = 100
 
@@ -39,7 +39,22 @@ def heldout_params(puzzles) -> dict[str, dict]:
 
 
 class LeaderboardError(RuntimeError):
-    """The leaderboard refused a submission (quota spent) or could not score it."""
+    """The leaderboard refused a submission (quota spent, a selected checkpoint it cannot take) or its result."""
+
+
+@dataclass
+class SplitScore(Record):
+    """The evaluator's score.json: one checkpoint scored on a split (written in the score job)."""
+
+    SCHEMA = "hpc_aevo.split_score"
+    VERSION = 2
+
+    checkpoint: str | None
+    checkpoint_sha256: str | None
+    step: int
+    score: float
+    per_domain: dict[str, float]
+    examples_per_domain: dict[str, int]
 
 
 @dataclass
@@ -96,34 +111,43 @@ class HeldoutPuzzles:
     def ledger(self) -> LeaderboardLedger:
         return LeaderboardLedger.load(self.ledger_file)
 
-    def submit(self, candidate: str, checkpoint: Path, sha256: str, recipe: Path, out: Path) -> LeaderboardEntry:
-        """Score `checkpoint` for `candidate` (the evaluator writes `out`), charged to the quota; a repeat
-        returns the recorded score. The evaluator builds the model from the candidate's `recipe` and scores
-        the file only if its bytes have `sha256` (what the dev evaluation scored); it must say it did."""
+    def check(self, result: Path, checkpoint: str, sha256: str, step: int) -> SplitScore:
+        """The score job's result, read as untrusted and held to what was asked: this checkpoint's bytes,
+        its step, every domain of the held-out split at its full size, scores that are fractions."""
+        score = load_record(SplitScore, result, result.parent, MIB)
+        expected = self.ledger().examples_per_domain
+        problems = [
+            f"it scored sha256 {score.checkpoint_sha256!r}, not {sha256}" if score.checkpoint_sha256 != sha256 else "",
+            f"it scored step {score.step}, not {step}" if score.step != step else "",
+            f"it counted examples {score.examples_per_domain}, not the split's {expected}"
+            if score.examples_per_domain != expected else "",
+            f"its domains {sorted(score.per_domain)} are not the split's {sorted(expected)}"
+            if sorted(score.per_domain) != sorted(expected) else "",
+            "a score outside [0, 1]" if not all(0.0 <= v <= 1.0 and math.isfinite(v)
+                                               for v in (score.score, *score.per_domain.values())) else "",
+        ]
+        problems = [p for p in problems if p]
+        if problems:
+            raise LeaderboardError(f"{result}: refused ({'; '.join(problems)}); checkpoint {checkpoint}")
+        return score
+
+    def record(self, candidate: str, result: Path, checkpoint: str, sha256: str, step: int) -> LeaderboardEntry:
+        """Check the score job's `result` for `candidate` and record it, charged to the quota; a repeat
+        returns the recorded score (a daemon restarted after recording finds it here)."""
         done = self.ledger().find(candidate)
         if done is not None:
             return done
-        if len(self.ledger().submissions) >= self.quota:
-            raise LeaderboardError(f"leaderboard quota of {self.quota} submissions is spent; {candidate} not scored")
-        proc = subprocess.run(
-            [sys.executable, EVALUATOR, "--checkpoint", str(checkpoint), "--sha256", sha256, "--recipe", str(recipe),
-             "--split-file", str(self.split_file), "--out", str(out)],
-            cwd=self.tree.default_dir, capture_output=True, text=True,
-        )
-        if proc.returncode != 0:
-            raise LeaderboardError(f"scoring {candidate} failed: {proc.stderr.strip()[-500:]}")
-        body = json.loads(out.read_text())
-        if body.get("checkpoint_sha256") != sha256:
-            raise LeaderboardError(f"scoring {candidate}: the evaluator scored sha256 {body.get('checkpoint_sha256')!r}, "
-                                   f"not {sha256}")
+        score = self.check(result, checkpoint, sha256, step)
         with LeaderboardLedger.locked_update(self.ledger_file, self.ledger()) as ledger:
             existing = ledger.find(candidate)
             if existing is not None:
                 return existing
-            submission = LeaderboardEntry(candidate, str(checkpoint), body["step"], body["score"], body["per_domain"],
-                                          now_iso(), sha256)
-            ledger.submissions.append(submission)
-        return submission
+            if len(ledger.submissions) >= self.quota:
+                raise LeaderboardError(f"leaderboard quota of {self.quota} submissions is spent; {candidate} not recorded")
+            entry = LeaderboardEntry(candidate, checkpoint, score.step, score.score, dict(score.per_domain), now_iso(),
+                                     sha256)
+            ledger.submissions.append(entry)
+        return entry
 
 
 ADAPTERS = {"heldout-puzzles": HeldoutPuzzles}

@@ -1,7 +1,8 @@
-"""Measure: turn what the jobs wrote into the manifests' measured numbers, and score the leaderboard.
+"""Measure: turn what the jobs wrote into the manifests' measured numbers.
 
-Only this module writes `Measured`: its inputs are the evaluation job's own eval.json, the
-trainer's train_summary.json and the leaderboard adapter's scores, never an agent's text.
+Only this module and the score stage (`scoring/score_stage.py`) write `Measured`: their inputs are
+the evaluation job's own eval.json, the trainer's train_summary.json and the leaderboard's checked
+scores, never an agent's text.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardError
+from hpc_aevo.scoring.leaderboard import LeaderboardError
 from hpc_aevo.state.contract import TRAIN_SUMMARY
 from hpc_aevo.state.manifest import CandidateManifest, CheckpointScore
 from hpc_aevo.state.records import Record
@@ -123,18 +124,3 @@ def selected_file(checkpoints_dir: Path, selected: SelectedCheckpoint | None) ->
     if not path.is_file():
         raise LeaderboardError(f"{path}: the selected checkpoint is not a regular file")
     return path
-
-
-def submit_to_leaderboard(adapter: HeldoutPuzzles, ref: str, manifest: CandidateManifest, eval_path: Path,
-                          checkpoints_dir: Path, recipe: Path, out: Path, trace: Trace) -> None:
-    """Score the file eval.json selected, by the sha256 it was scored under, with the candidate's recipe."""
-    try:
-        selected = read_eval_result(eval_path).selected_checkpoint
-        checkpoint = selected_file(checkpoints_dir, selected)
-        submission = adapter.submit(ref, checkpoint, selected.sha256, recipe, out)
-    except (LeaderboardError, FileNotFoundError, UntrustedFile) as exc:
-        trace.log("daemon", "leaderboard-refused", reason=str(exc))
-        return
-    manifest.measured.leaderboard = submission.score
-    manifest.measured.leaderboard_per_domain = dict(submission.per_domain)
-    trace.log("daemon", "leaderboard-scored", score=submission.score, step=submission.step)

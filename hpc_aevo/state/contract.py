@@ -12,3 +12,4 @@ EVALUATOR = "evaluate.py"  # run from the frozen default/ only, never a sandbox'
 REQUIRED_FILES = (RECIPE_FILE, TRAIN_SCRIPT, EVALUATOR)
 TRAIN_SUMMARY = "train_summary.json"  # the trainer's summary, beside its checkpoints
 EVAL_RESULT = "eval.json"  # the evaluator's record of the dev split
+SCORE_RESULT = "score.json"  # the evaluator's record of one checkpoint scored on a split (the leaderboard's)

@@ -49,6 +49,19 @@ class Measured:
 
 
 @dataclass
+class ScoreJob:
+    """The leaderboard scoring job of the candidate's selected checkpoint: what it scores (as the eval
+    stage named it) and how far it is. The daemon writes it, and chooses who gets one."""
+
+    checkpoint: str  # the selected export's path, relative to the candidate's checkpoints/
+    sha256: str  # of the bytes the eval stage scored: the score job refuses any other
+    step: int
+    status: Literal["chosen", "submitted", "scored", "failed"] = "chosen"
+    attempts: int = 0  # scoring submissions so far (retries included)
+    failure: str | None = None  # why it was not scored, when it was not
+
+
+@dataclass
 class CandidateManifest(Record):
     SCHEMA = "hpc_aevo.candidate_manifest"
     VERSION = 1
@@ -66,3 +79,4 @@ class CandidateManifest(Record):
     failure: str | None = None  # why the candidate failed, when it did
     proposal: Proposal = field(default_factory=Proposal)
     measured: Measured = field(default_factory=Measured)
+    scoring: ScoreJob | None = None  # set when the round chose it for the leaderboard

@@ -89,10 +89,10 @@ class AttemptFiles:
         """The log of one rank of a multi-node training task."""
         return self._file(f".train.rank{rank}.log")
 
-    @property
-    def eval_out(self) -> Path:
-        """The eval stage's one writable directory; the job moves the evaluator's result out of it."""
-        return self._file(".eval-out")
+    def out(self, stage: str) -> Path:
+        """The one writable directory of an evaluating stage (eval, score): the evaluator writes its result
+        there, and the job (eval) or the daemon (score) takes it from there once it is checked."""
+        return self._file(f".{stage}-out")
 
     @property
     def submitit_dir(self) -> Path:
@@ -218,8 +218,12 @@ class StateTree:
     def attempt(self, r: int, c: int, n: int) -> AttemptFiles:
         return AttemptFiles(self.jobs(r, c), n)
 
+    def score_jobs(self, r: int, c: int) -> Path:
+        """The attempts of the candidate's leaderboard scoring job (numbered apart from its training's)."""
+        return self.jobs(r, c) / "score"
+
     def leaderboard_score(self, r: int, c: int) -> Path:
-        """The evaluator's output when the leaderboard scored this candidate."""
+        """The evaluator's output when the leaderboard scored this candidate, once the daemon checked it."""
         return self.jobs(r, c) / "leaderboard-score.json"
 
     def candidate_manifests(self, r: int) -> list[Path]:

@@ -23,7 +23,7 @@ from hpc_aevo.campaign.config import Budget, Stage, Stages
 from hpc_aevo.campaign.profile import StageShape, StageShapes, load_profile
 from hpc_aevo.jobs.backends.slurm import SlurmScheduler
 from hpc_aevo.jobs.candidate import Candidate
-from hpc_aevo.jobs.launcher import Launcher
+from hpc_aevo.jobs.launcher import Launcher, TrainTrack
 from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.state.tree import StateTree
 
@@ -93,10 +93,10 @@ def measure(n: int, max_parallel: int, poll_interval_s: float, profile_path: Pat
         root = Path(tmp)
         candidates = _trivial_round(root, n)
         profile = load_profile(profile_path)
-        profile.stages = StageShapes(StageShape(), StageShape())
+        profile.stages = StageShapes()
         stage = Stage(timeout_min=10, mem_gb=0.1, cpus=1)
         scheduler = SlurmScheduler(max_parallel, Stages(stage, stage), profile, f"bench{n}", root, poll_interval_s)
-        launcher = Launcher(scheduler, 1, poll_interval_s, Budget(), StateTree(root), lambda *a: None)
+        launcher = Launcher(scheduler, 1, poll_interval_s, Budget(), StateTree(root), TrainTrack(lambda *a: None))
         meter = PollMeter(scheduler)
         before, children, started = _cpu_s(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
         launcher.run(candidates, lambda line: None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hpc_aevo.campaign.config import Campaign
+from hpc_aevo.campaign.config import STAGES, Campaign
 from hpc_aevo.campaign.reader import ConfigError
 from hpc_aevo.jobs.scheduler import Scheduler
 
@@ -13,15 +13,14 @@ def make_scheduler(campaign: Campaign) -> Scheduler:
     if config.backend == "local":
         from hpc_aevo.jobs.backends.local import LocalScheduler
 
-        return LocalScheduler(max_parallel=config.max_parallel,
-                              timeout_min=config.stages.train.timeout_min + config.stages.eval.timeout_min)
+        return LocalScheduler(max_parallel=config.max_parallel, stages=config.stages)
     if config.backend == "slurm":
         from hpc_aevo.campaign.profile import load_profile, task_resources
         from hpc_aevo.jobs.backends.slurm import SlurmScheduler
 
         profile = load_profile(campaign.paths.profile)
-        for name in ("train", "eval"):  # the campaign's GPUs apply where the profile's shape leaves them unset
-            gpus = task_resources(getattr(config.stages, name), getattr(profile.stages, name)).gpus_per_node
+        for name in STAGES:  # the campaign's GPUs apply where the profile's shape leaves them unset
+            gpus = task_resources(config.stages.of(name), getattr(profile.stages, name)).gpus_per_node
             if gpus > profile.gpus_per_node_available:
                 raise ConfigError(f"scheduler.stages.{name}.gpus", f"at most the profile's gpus_per_node_available "
                                   f"({profile.gpus_per_node_available}, {campaign.paths.profile})", gpus)

@@ -12,6 +12,7 @@ import os
 
 import submitit
 
+from hpc_aevo.campaign.config import Stages
 from hpc_aevo.jobs.body import process_start_time, run_job
 from hpc_aevo.jobs.scheduler import JobStatus, Scheduler, Submission, Submitted
 from hpc_aevo.jobs.spec import JobSpec
@@ -28,8 +29,12 @@ def _reap(pid: int) -> None:
 class LocalScheduler(Scheduler):
     backend = "local"
 
-    def __init__(self, max_parallel: int, timeout_min: int):
-        self.max_parallel, self.timeout_min = max_parallel, timeout_min
+    def __init__(self, max_parallel: int, stages: Stages):
+        self.max_parallel, self.stages = max_parallel, stages
+
+    def timeout_min(self, spec: JobSpec) -> int:
+        """The job's time limit: its stages' together (training and evaluation run in one job)."""
+        return sum(self.stages.of(stage).timeout_min for stage in spec.stages)
 
     def free_slots(self, running: int) -> int:
         return max(0, self.max_parallel - running)
@@ -38,7 +43,7 @@ class LocalScheduler(Scheduler):
         out = []
         for spec in specs:
             executor = submitit.AutoExecutor(folder=spec.files.submitit_dir, cluster="local")
-            executor.update_parameters(timeout_min=self.timeout_min, name=spec.key)
+            executor.update_parameters(timeout_min=self.timeout_min(spec), name=f"{spec.key}.{spec.stages[-1]}")
             job = executor.submit(run_job, spec)
             job._cancel_at_deletion = False
             out.append(Submitted(job.job_id, process_start_time(int(job.job_id))))

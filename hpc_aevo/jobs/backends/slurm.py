@@ -1,4 +1,5 @@
-"""The SLURM backend: one train job array per batch, and an eval array chained to it task by task.
+"""The SLURM backend: one train job array per batch, and an eval array chained to it task by task;
+after the round's dev evaluation, one score array for the candidates chosen for the leaderboard.
 
 Array task i is candidate i (submitit numbers array tasks 0..n-1, so `CandidateArrayExecutor`
 hands SLURM the candidate numbers instead). The eval array depends on the train array with
@@ -35,7 +36,7 @@ from submitit.core.utils import DelayedSubmission, JobPaths, UncompletedJobError
 from submitit.helpers import Checkpointable
 from submitit.slurm.slurm import SlurmJob, _make_sbatch_string
 
-from hpc_aevo.campaign.config import Stages
+from hpc_aevo.campaign.config import STAGES, Stages
 from hpc_aevo.campaign.profile import ClusterProfile, task_resources
 from hpc_aevo.jobs.body import run_job, run_rank
 from hpc_aevo.jobs.scheduler import JobStatus, Scheduler, SchedulerUnavailable, Submission, Submitted, TaskUsage
@@ -203,6 +204,18 @@ def _round(spec: JobSpec) -> int:
     return CandidateRef.parse(spec.key).round
 
 
+def _stage(spec: JobSpec) -> str:
+    """What a spec's batch submits: "score" (one array) or "train" (the train and the eval arrays)."""
+    return "score" if spec.stages == ("score",) else "train"
+
+
+def _tasks(submission: Submission) -> list[tuple[str, str | None]]:
+    """(stage, task id) of each scheduler task of an attempt."""
+    if submission.stage == "score":
+        return [("score", submission.job_id)]
+    return [("train", submission.job_id), ("eval", submission.eval_job_id)]
+
+
 def _age_s(iso: str) -> float:
     return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
 
@@ -230,8 +243,7 @@ class SlurmScheduler(Scheduler):
     def __init__(self, max_parallel: int, stages: Stages, profile: ClusterProfile, campaign: str, state_root: Path,
                  poll_interval_s: float):
         self.max_parallel, self.profile, self.campaign = max_parallel, profile, campaign
-        self.resources = {name: task_resources(getattr(stages, name), getattr(profile.stages, name))
-                          for name in ("train", "eval")}
+        self.resources = {name: task_resources(stages.of(name), getattr(profile.stages, name)) for name in STAGES}
         self.tree = StateTree(state_root)
         self.campaign_id = f"{campaign}-{hashlib.sha256(str(state_root).encode()).hexdigest()[:10]}"
         self.min_query_interval_s = max(poll_interval_s, 1.0)
@@ -282,18 +294,24 @@ class SlurmScheduler(Scheduler):
                                      self.max_parallel)
 
     def submit(self, specs: list[JobSpec], batch: str) -> list[Submitted]:
+        if _stage(specs[0]) == "score":
+            scoring = self._submit_stage(specs, "score", batch, None)
+            return [Submitted(f"{scoring}_{_candidate(s)}") for s in specs]
         train = self._submit_stage(specs, "train", batch, None)
         crashpoint(f"r{_round(specs[0])}:train:between-arrays")
         evaluation = self._submit_stage(specs, "eval", batch, f"aftercorr:{train}")
         return [Submitted(f"{train}_{_candidate(s)}", None, f"{evaluation}_{_candidate(s)}") for s in specs]
 
     def render(self, specs: list[JobSpec]) -> str:
-        """The two sbatch scripts submit() would write, with the dependency between them."""
+        """The sbatch scripts submit() would write: the train and eval arrays with the dependency between
+        them, or the score array."""
         if not specs:
             return "nothing to submit"
         array = f"{index_ranges([_candidate(s) for s in specs])}%{min(self.max_parallel, len(specs))}"
         out = []
-        for stage, dependency in (("train", None), ("eval", "aftercorr:<train array job id>")):
+        arrays = [("score", None)] if _stage(specs[0]) == "score" else \
+            [("train", None), ("eval", "aftercorr:<train array job id>")]
+        for stage, dependency in arrays:
             params = self._parameters(stage, _round(specs[0]), "<batch>", dependency)
             params["additional_parameters"] = {**params["additional_parameters"], "array": array}
             folder = self.tree.slurm_dir(_round(specs[0]))
@@ -341,7 +359,7 @@ class SlurmScheduler(Scheduler):
         oldest_s = max((_age_s(s.submitted_at) for s in submissions), default=0.0)
         try:
             rows = self._sacct(arrays, since_days=int(oldest_s // 86400) + 2) if arrays else {}
-            unlisted = frozenset(_array(j) for s in submissions for j in (s.job_id, s.eval_job_id) if j and j not in rows)
+            unlisted = frozenset(_array(j) for s in submissions for _, j in _tasks(s) if j and j not in rows)
             if unlisted:
                 rows = {**self._squeue(unlisted), **rows}
         except SchedulerUnavailable as error:
@@ -351,7 +369,7 @@ class SlurmScheduler(Scheduler):
         for s in submissions:
             young = _age_s(s.submitted_at) < SACCT_LAG_S
             tasks, states = [], []
-            for stage, job in (("train", s.job_id), ("eval", s.eval_job_id)):
+            for stage, job in _tasks(s):
                 state, elapsed, alloc = rows.get(job, ("PENDING" if young else "UNKNOWN", 0.0, ""))
                 states.append(state)
                 tasks.append(TaskUsage(job, stage, state, elapsed, _tres(alloc, "cpu"), _tres(alloc, "gres/gpu")))
@@ -385,22 +403,31 @@ class SlurmScheduler(Scheduler):
                 found[(parts[2], parts[3])] = job.split("_")[0]
         orphans: dict[str, list[JobSpec]] = {}  # batch -> specs whose train array has no eval array
         for intent, spec in zip(intents, specs):
-            if (intent.batch, "train") in found and (intent.batch, "eval") not in found:
+            if intent.stage == "train" and (intent.batch, "train") in found and (intent.batch, "eval") not in found:
                 orphans.setdefault(intent.batch, []).append(spec)
         for batch, orphaned in orphans.items():
             train = found[(batch, "train")]
             found[(batch, "eval")] = self._submit_stage(orphaned, "eval", batch, f"aftercorr:{train}")
         out: list[Submitted | None] = []
         for intent, spec in zip(intents, specs):
-            train, evaluation = found.get((intent.batch, "train")), found.get((intent.batch, "eval"))
-            index = _candidate(spec)
-            out.append(None if train is None else Submitted(f"{train}_{index}", None, f"{evaluation}_{index}"))
+            first, index = found.get((intent.batch, intent.stage)), _candidate(spec)
+            if first is None:
+                out.append(None)
+            elif intent.stage == "score":
+                out.append(Submitted(f"{first}_{index}"))
+            else:
+                out.append(Submitted(f"{first}_{index}", None, f"{found.get((intent.batch, 'eval'))}_{index}"))
         return out
 
     # ---- budget ----------------------------------------------------------------------------
-    def worst_case_hours(self) -> tuple[float, float]:
-        """Time limit x allocation of both stages, times the requeues a timeout may add."""
+    def worst_case_hours(self, stage: str = "train") -> tuple[float, float]:
+        """Time limit x allocation of the attempt's tasks (train and eval, or score), times the requeues a
+        timeout may add to training."""
+        if stage == "score":
+            res = self.resources["score"]
+            return res.time_min / 60 * res.cpus, res.time_min / 60 * res.gpus
+        chained = [self.resources["train"], self.resources["eval"]]
         runs = self.profile.max_requeues + 1
-        cpu = sum(r.time_min / 60 * r.cpus for r in self.resources.values()) * runs
-        gpu = sum(r.time_min / 60 * r.gpus for r in self.resources.values()) * runs
+        cpu = sum(r.time_min / 60 * r.cpus for r in chained) * runs
+        gpu = sum(r.time_min / 60 * r.gpus for r in chained) * runs
         return cpu, gpu
