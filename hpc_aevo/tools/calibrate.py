@@ -93,13 +93,16 @@ def run_candidate(substrate: Path, recipe: dict, workdir: Path, leaderboard: Hel
                    "--out", str(eval_file)], substrate, workdir / "evaluate.log")
     result = EvalResult.load(eval_file)
     chosen = result.selected()
-    started = time.time()
     selected = result.selected_checkpoint
-    board = leaderboard.submit(name, selected_file(ckpts, selected), selected.sha256, recipe_file,
-                               workdir / "leaderboard-score.json")
+    checkpoint = selected_file(ckpts, selected)
+    score_file = workdir / "leaderboard-score.json"
+    heldout_s = _run([python, "evaluate.py", "--checkpoint", str(checkpoint), "--sha256", selected.sha256, "--recipe",
+                      str(recipe_file), "--split-file", str(leaderboard.split_file), "--out", str(score_file)],
+                     substrate, workdir / "heldout.log")
+    board = leaderboard.record(name, score_file, str(checkpoint.relative_to(ckpts)), selected.sha256, selected.step)
     return {"selected_step": chosen.step, "dev": chosen.dev, "dev_per_domain": dict(chosen.per_domain),
             "heldout": board.score, "heldout_per_domain": board.per_domain,
-            "train_s": train_s, "eval_s": eval_s, "heldout_s": time.time() - started,
+            "train_s": train_s, "eval_s": eval_s, "heldout_s": heldout_s,
             "final_loss": json.loads((ckpts / "train_summary.json").read_text())["final_loss"]}
 
 
