@@ -197,7 +197,7 @@ def job(tmp_path: Path) -> JobSpec:
                    jobs_dir=str(jobs), stages=("train",), confine="off")
 
 
-def test_a_job_refuses_a_recipe_that_is_a_link_or_a_fifo(tmp_path, box):
+def test_a_job_refuses_a_recipe_that_is_a_link_a_fifo_or_missing(tmp_path, box):
     _, secret = box
     spec = job(tmp_path)
     os.symlink(secret, Path(spec.sandbox) / RECIPE_FILE)
@@ -211,6 +211,10 @@ def test_a_job_refuses_a_recipe_that_is_a_link_or_a_fifo(tmp_path, box):
     thread.start()
     thread.join(10)
     assert fails and fails[0].state == "FAILED" and "a FIFO" in fails[0].message
+    os.unlink(Path(spec.sandbox) / RECIPE_FILE)
+    spec.attempt = 3
+    outcome = run_job(spec)  # removed: a failed stage with its outcome recorded, not a crashed job
+    assert outcome.state == "FAILED" and outcome.message.endswith(f"{RECIPE_FILE}: missing"), outcome.message
     assert secret.read_text() == SECRET
 
 
@@ -236,3 +240,24 @@ def test_a_charge_of_the_wrong_type_never_enters_the_compute_ledger():
     with pytest.raises(RecordError, match="refusing to charge r000/cand-01#1"):
         ledger.add(TaskCharge("r000/cand-01", 1, "train", "7_1", "COMPLETED", "12 s", 1, 0, 0.003, 0.0))
     assert ledger.charges == {}
+
+
+def test_a_recipe_removed_in_a_debug_turn_is_traced_not_a_daemon_crash(tmp_path, monkeypatch):
+    """The worker's debug session deleted recipe.yaml: the daemon records the turn and goes on (the retry's
+    job then fails on the missing recipe), as for a recipe left as a link."""
+    from tiny_campaign import write_campaign
+
+    from hpc_aevo.campaign.config import load_campaign
+    from hpc_aevo.jobs.launcher import JobFailure
+    from hpc_aevo.loop.daemon import Daemon
+    from hpc_aevo.search.policy import Policy
+
+    daemon = Daemon(load_campaign(write_campaign(tmp_path)))
+    record = daemon.prepare()
+    daemon.phase_fork(0, Policy.load(daemon.tree.policy(0)), record)
+    cand = daemon.candidate(0, 1)
+    monkeypatch.setattr(daemon.roles, "debug", lambda task, reason: (task.sandbox / RECIPE_FILE).unlink())
+    manifest = cand.manifest()
+    daemon._debug_turn(cand, manifest, "train exited 1", JobFailure(1, "FAILED", "", "", [], ""))
+    assert manifest.proposal.observed_failure_modes == ["train exited 1"]
+    assert [e["event"] for e in cand.trace().events()][-1] == "recipe-unreadable"

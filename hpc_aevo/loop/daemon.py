@@ -284,7 +284,7 @@ class Daemon:
         for m in manifests:
             try:
                 recipes[m.name] = load_recipe(self.tree.sandbox(rnd, m.candidate))
-            except (FileNotFoundError, UntrustedFile):
+            except UntrustedFile:
                 continue
         return recipes
 

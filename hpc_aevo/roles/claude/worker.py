@@ -251,7 +251,7 @@ class ClaudeWorker:
         try:
             after = load_recipe(task.sandbox)
             _set_seed(task)
-        except (FileNotFoundError, UntrustedFile) as exc:
+        except UntrustedFile as exc:
             raise WorkerFailed(f"the worker left no readable recipe: {exc}") from None
         return WorkerResult(mutation_signature(recipe_diff(before, after)), _proposal(tools.proposal))
 
@@ -265,7 +265,7 @@ class ClaudeWorker:
         try:
             _set_seed(task)
             recipe = load_recipe(task.sandbox)
-        except (FileNotFoundError, UntrustedFile) as exc:  # the retry's recipe guard refuses it the same way
+        except UntrustedFile as exc:  # the retry's recipe guard refuses it the same way
             task.trace.log("daemon", "recipe-unreadable", reason=str(exc))
             return None
         if not session.ok or tools.proposal is None:
