@@ -29,6 +29,7 @@ from hpc_aevo.jobs.spec import JobSpec
 from hpc_aevo.sandbox import bwrap
 from hpc_aevo.state.contract import RECIPE_FILE
 
+
 class ConfinementUnavailable(RuntimeError):
     """`scheduler.confine_jobs: required`, and bubblewrap cannot run on this host."""
 
@@ -49,10 +50,6 @@ def views(spec: JobSpec, stage: str) -> list[tuple[Path, bool]]:
         seen = [(spec.evaluator_dir, False), (spec.checkpoints, False), (Path(spec.sandbox) / RECIPE_FILE, False),
                 (eval_out_dir(spec), True)]
     return [(Path(os.path.realpath(p)), writable) for p, writable in seen]
-
-
-def hidden(spec: JobSpec) -> list[Path]:
-    return hidden_paths(spec.hidden)
 
 
 def hidden_paths(daemons: Iterable[str]) -> list[Path]:
@@ -95,5 +92,6 @@ def confine(spec: JobSpec, stage: str, argv: list[str], cwd: str) -> tuple[list[
         if spec.confine == "required":
             raise ConfinementUnavailable(f"scheduler.confine_jobs is required, but {why}")
         return argv, why
-    wrapped = bwrap.command(argv, Path(cwd), hidden(spec), views(spec, stage), network=True, accelerators=True)
+    wrapped = bwrap.command(argv, Path(cwd), hidden_paths(spec.hidden), views(spec, stage), network=True,
+                            accelerators=True)
     return [sys.executable, "-P", bwrap.__file__, *wrapped], None  # -P: the relay imports the standard library only
