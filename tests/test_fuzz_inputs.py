@@ -161,6 +161,8 @@ def test_what_the_scheduler_cannot_give_and_a_state_root_that_cannot_be_made_are
     doc["scheduler"]["stages"]["train"]["gpus"] = 4  # the devcluster's nodes have none
     base.write_text(yaml.safe_dump(doc))
     assert refused_in_one_line(check_campaign_main, base, capsys) == 2
+    assert round_main([str(base), "--dry-run"]) == 2  # the same line from the dry run
+    assert f"{base}: scheduler.stages.train.gpus: expected at most" in capsys.readouterr().err
     doc = yaml.safe_load(text)
     doc["state_root"] = "/proc/hpc-aevo-nowhere/state"
     base.write_text(yaml.safe_dump(doc))

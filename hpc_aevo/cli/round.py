@@ -31,10 +31,7 @@ def dry_run(campaign: Campaign) -> str:
     tree = StateTree(campaign.paths.state_root)
     rnd = next((r for r in tree.rounds() if not (RoundState.load_or_none(tree.round_state(r)) or RoundState(r)).complete()),
                len(tree.rounds()))
-    try:
-        scheduler = make_scheduler(campaign)
-    except ConfigError as exc:
-        raise (exc if exc.source else ConfigError.of(exc, campaign.source)) from None
+    scheduler = make_scheduler(campaign)
     specs = [Candidate(rnd, c, tree).spec(1) for c in range(campaign.candidates)]
     return f"# dry run of {campaign.name} round {rnd}: nothing is submitted\n" + scheduler.render(specs)
 
