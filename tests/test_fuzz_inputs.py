@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import yaml
 
+from bounded import within
 from tiny_campaign import REPO, write_campaign
 
 from hpc_aevo.cli.check import check_campaign_main, check_profile_main
@@ -79,26 +79,13 @@ def mutations(text: str, seed: int) -> Iterator[tuple[str, str, bool]]:
 
 def refused_in_one_line(main, path: Path, capsys) -> int:
     """Run the check command on `path` in a thread (a hang fails the case); its exit code."""
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(_run(main, path)), daemon=True)
-    thread.start()
-    thread.join(20)
-    assert result, f"{path}: the check hung"
-    code = result[0]
-    assert not isinstance(code, BaseException), f"{path}: {type(code).__name__}: {code}"
+    code = within(20, lambda: main([str(path)]), f"the check of {path}")
     err = capsys.readouterr().err
     if code == 2:
         assert err.count("\n") == 1 and "Traceback" not in err, err
     else:
         assert code == 0 and err == "", (code, err)
     return code
-
-
-def _run(main, path: Path):
-    try:
-        return main([str(path)])
-    except BaseException as exc:  # noqa: BLE001 (returned to the test thread)
-        return exc
 
 
 def campaign_text(tmp_path: Path) -> tuple[Path, str]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import threading
 from pathlib import Path
 
 import pytest
 
+from bounded import within
 from tiny_campaign import remove, run_daemon, state_snapshot, truncate, write_campaign
 
 from hpc_aevo.cli.round import main as round_main
@@ -76,13 +76,9 @@ def test_damage_stops_the_daemon_in_one_line_and_changes_nothing(stopped, tmp_pa
         raise AssertionError(f"the daemon went on to submit with {damaged} damaged")
 
     monkeypatch.setattr(LocalScheduler, "submit", no_submission)
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(round_main([str(campaign)])), daemon=True)
-    thread.start()
-    thread.join(60)
-    assert result, f"the daemon hung on {damaged}"
+    code = within(60, lambda: round_main([str(campaign)]), f"the daemon with {damaged} damaged")
     err = capsys.readouterr().err
-    assert result[0] == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert state_snapshot(tmp_path / "c" / "state") == before
 
 
