@@ -108,13 +108,13 @@ def test_generated_bad_files_are_refused_in_one_line(tmp_path, capsys, kind):
     assert refused_in_one_line(main, base, capsys) == 0
     cases = list(mutations(text, seed=len(kind)))
     target = {"campaign": base.with_name("fuzzed.yaml"), "initial policy": base}.get(kind, tmp_path / "fuzzed.yaml")
-    accepted_nan = []
+    wrongly_accepted = []
     for name, body, must_refuse in cases:
         target.write_bytes(body.encode("latin-1") if name.startswith("byte flips") else body.encode())
         code = refused_in_one_line(main, target, capsys)
         if must_refuse and code != 2:
-            accepted_nan.append(name)
-    assert not accepted_nan, accepted_nan
+            wrongly_accepted.append(name)
+    assert not wrongly_accepted, wrongly_accepted
     assert len(cases) >= 100, len(cases)
 
 
