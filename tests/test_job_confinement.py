@@ -154,6 +154,8 @@ def test_a_normal_candidate_trains_and_evaluates_confined(tree, job_sandbox):
 
 
 class Payload:
+    """Unpickling this runs a shell command that creates `marker`."""
+
     def __init__(self, marker: Path):
         self.marker = marker
 
