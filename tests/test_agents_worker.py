@@ -43,6 +43,12 @@ def propose(daemon: Daemon) -> list[CandidateManifest]:
     return daemon.manifests(0)
 
 
+def minimal_proposal() -> dict:
+    """A worker's record_proposal call with every field, and nothing more."""
+    return mcp("hpc", "record_proposal", hypothesis="h", axis="mixture", rationale="r", expected_effect="e",
+               failure_modes=[])
+
+
 def sessions(daemon: Daemon) -> list[AgentSession]:
     return [AgentSession.load(p) for p in sorted((daemon.tree.round_dir(0) / "agents").glob("*.json"))]
 
@@ -106,8 +112,7 @@ def test_a_recipe_left_as_a_link_to_the_held_out_split_fails_the_candidate(tmp_p
     sandbox, heldout = daemon.tree.sandbox(0, 1), daemon.tree.heldout_split
     stub.add("r000/cand-01", [
         [tool_use("Bash", command="ln -sf ../../../../leader''board/heldout.jsonl recipe.yaml && ls -l recipe.yaml")],
-        [mcp("hpc", "record_proposal", hypothesis="h", axis="mixture", rationale="r", expected_effect="e",
-             failure_modes=[])],
+        [minimal_proposal()],
         [text("done")]])
     split = heldout.read_bytes()
     anchor, worker = propose(daemon)
@@ -125,8 +130,7 @@ def test_a_background_command_dies_with_its_session(tmp_path, stub, os_sandbox):
     daemon = claude_daemon(tmp_path)
     stub.add("r000/cand-01", [
         [tool_use("Bash", command="sleep 300", run_in_background=True)],
-        [mcp("hpc", "record_proposal", hypothesis="h", axis="mixture", rationale="r", expected_effect="e",
-             failure_modes=[])],
+        [minimal_proposal()],
         [text("done")]])
     started = time.monotonic()
     _anchor, worker = propose(daemon)
@@ -154,8 +158,7 @@ def test_what_a_killed_daemon_s_session_left_running_is_reaped_before_the_rerun(
     Trace(daemon.tree.trace(0, 1)).log("agent:worker", "session-start", who="cand-01", marker=marker)
     orphan = subprocess.Popen(["sleep", "300"], env={**os.environ, reaper.MARKER: marker}, start_new_session=True)
     try:
-        stub.add("r000/cand-01", [[mcp("hpc", "record_proposal", hypothesis="h", axis="mixture", rationale="r",
-                                       expected_effect="e", failure_modes=[])], [text("done")]])
+        stub.add("r000/cand-01", [[minimal_proposal()], [text("done")]])
         _anchor, worker = propose(daemon)
         events = read_jsonl(daemon.tree.trace(0, 1))
         assert orphan.wait(timeout=10) == -signal.SIGKILL, events

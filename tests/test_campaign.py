@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_campaign import REPO, run_daemon, status, write_campaign
+from tiny_campaign import REPO, remove, run_daemon, state_snapshot, status, truncate, write_campaign
 
 from hpc_aevo.sandbox import bwrap
 
@@ -113,26 +112,18 @@ def test_killed_at_each_crash_point_in_turn_the_campaign_ends_as_if_uninterrupte
     assert comparable(state) == expected
 
 
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
-
-
-def _remove(path: Path) -> None:
-    shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
 # (what is damaged, how, what the one line must say), each to a copy of the finished two-round campaign:
 # the damage only a later round can reveal (tests/test_fuzz_state.py takes every record of round 0).
 DAMAGE = [
-    ("rounds/r001/policy.json", _truncate, "not a readable JSON record"),
-    ("rounds/r000/round.json", _remove, "round 1 already exists"),
-    ("rounds/r000", _remove, "round 0's policy"),
-    ("rounds/r001/cand-01", _remove, "has 1 of its 2 candidates"),
+    ("rounds/r001/policy.json", truncate, "not a readable JSON record"),
+    ("rounds/r000/round.json", remove, "round 1 already exists"),
+    ("rounds/r000", remove, "round 0's policy"),
+    ("rounds/r001/cand-01", remove, "has 1 of its 2 candidates"),
 ]
 
 
 @pytest.mark.xdist_group("two_rounds")
-@pytest.mark.parametrize("damaged, damage, said", DAMAGE, ids=[f"{d[1].__name__[1:]} {d[0]}" for d in DAMAGE])
+@pytest.mark.parametrize("damaged, damage, said", DAMAGE, ids=[f"{d[1].__name__} {d[0]}" for d in DAMAGE])
 def test_damaged_or_lost_state_stops_the_campaign_in_one_line_and_changes_nothing(tmp_path, two_rounds, damaged,
                                                                                  damage, said):
     """Nothing the campaign spent or decided is silently recreated: a lost ledger would reset the quota,
@@ -144,21 +135,11 @@ def test_damaged_or_lost_state_stops_the_campaign_in_one_line_and_changes_nothin
     target = tmp_path / "state" / damaged
     assert target.exists(), target
     damage(target)
-    before = tree_snapshot(tmp_path / "state")
+    before = state_snapshot(tmp_path / "state")
     stopped = run_daemon(campaign, timeout=120)
     assert stopped.returncode == 2, stopped.stdout + stopped.stderr
     assert stopped.stderr.count("\n") == 1 and "Traceback" not in stopped.stderr and said in stopped.stderr, stopped.stderr
-    assert tree_snapshot(tmp_path / "state") == before
-
-
-def tree_snapshot(root: Path) -> dict[str, str]:
-    """Every file's bytes (hashed) and every directory, but the daemon's own lock and pid files."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        if path.name in ("daemon.json", "daemon.lock") or path.name.endswith(".lock"):
-            continue
-        out[str(path.relative_to(root))] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
+    assert state_snapshot(tmp_path / "state") == before
 
 
 def test_second_daemon_is_refused(tmp_path):

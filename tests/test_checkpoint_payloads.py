@@ -24,6 +24,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from test_job_confinement import Payload
+
 from hpc_aevo.tools.calibrate import apply_overrides
 
 SUBSTRATE = Path(__file__).resolve().parents[1] / "substrate"
@@ -33,16 +35,6 @@ TINY = {"data.train_examples": 400, "model.hidden": 32, "model.layers": 1, "opti
 
 # Every test here shares the module's trained model: one pytest-xdist worker trains it once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_checkpoint_payloads")]
-
-
-class Payload:
-    """Unpickling this runs a shell command that creates `marker`."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def evaluate(*args: str) -> subprocess.CompletedProcess:

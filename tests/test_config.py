@@ -90,7 +90,7 @@ BAD_VALUES = [
     ("zero max_turns", "agents.max_turns", 0, "agents.max_turns", "an integer >= 1"),
     ("name not a slug", "name", "Demo_1", "name", "a slug"),
     ("state_root is a file", "state_root", "../policy/constitution.md", "state_root", "constitution.md is a file)"),
-    ("state_root is the campaign's folder", "state_root", ".", "state_root", "neither inside nor holding the campaign"),
+    ("state_root is the campaign's folder", "state_root", ".", "state_root", "not holding the campaign file's folder"),
     ("state_root holds the campaign's folder", "state_root", "..", "state_root", "neither inside nor holding"),
     ("state_root inside the substrate", "state_root", "../substrate/state", "state_root", "nor holding substrate"),
     ("empty constitution", "policy.constitution", "../policy/empty.md", "policy.constitution", "is empty)"),

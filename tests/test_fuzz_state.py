@@ -6,26 +6,21 @@ replaced by a directory or a FIFO. Fast: nothing trains (a submission would fail
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
-import threading
 from pathlib import Path
 
 import pytest
 
-from tiny_campaign import run_daemon, write_campaign
+from bounded import within
+from tiny_campaign import remove, run_daemon, state_snapshot, truncate, write_campaign
 
 from hpc_aevo.cli.round import main as round_main
 from hpc_aevo.jobs.backends.local import LocalScheduler
 
 RECORDS = ["campaign.json", "default.manifest.json", "leaderboard/ledger.json", "rounds/r000/policy.json",
            "rounds/r000/round.json", "rounds/r000/cand-00/manifest.json", "rounds/r000/cand-01/manifest.json"]
-
-
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
 
 
 def _garbage(path: Path) -> None:
@@ -50,12 +45,12 @@ def _fifo(path: Path) -> None:
     os.mkfifo(path)
 
 
-DAMAGES = [_truncate, _garbage, _json_list, _other_schema, _directory, _fifo]
+DAMAGES = [truncate, _garbage, _json_list, _other_schema, _directory, _fifo]
 # Lost, not damaged: each is something the started campaign spent or decided.
 LOST = ["leaderboard/ledger.json", "leaderboard/heldout.jsonl", "default.manifest.json", "rounds/r000/policy.json",
         "rounds/r000/cand-01/manifest.json", "leaderboard"]
-CASES = [(f"{d.__name__[1:]} {r}", r, d) for r in RECORDS for d in DAMAGES] + \
-        [(f"lost {r}", r, lambda p: shutil.rmtree(p) if p.is_dir() else p.unlink()) for r in LOST]
+CASES = [(f"{d.__name__.lstrip('_')} {r}", r, d) for r in RECORDS for d in DAMAGES] + \
+        [(f"lost {r}", r, remove) for r in LOST]
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +62,6 @@ def stopped(tmp_path_factory) -> Path:
     return root
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    out = {}
-    for path in sorted(root.rglob("*")):
-        if path.name in ("daemon.json", "daemon.lock") or path.name.endswith(".lock"):
-            continue
-        kind = "dir" if path.is_dir() else "fifo" if path.is_fifo() else hashlib.sha256(path.read_bytes()).hexdigest()
-        out[str(path.relative_to(root))] = kind
-    return out
-
-
 @pytest.mark.xdist_group("test_fuzz_state")
 @pytest.mark.parametrize("damaged, damage", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_damage_stops_the_daemon_in_one_line_and_changes_nothing(stopped, tmp_path, monkeypatch, capsys, damaged,
@@ -85,20 +70,16 @@ def test_damage_stops_the_daemon_in_one_line_and_changes_nothing(stopped, tmp_pa
     campaign = tmp_path / "c" / "campaign.yaml"
     campaign.write_text(campaign.read_text().replace(str(stopped), str(tmp_path / "c")))
     damage(tmp_path / "c" / "state" / damaged)
-    before = snapshot(tmp_path / "c" / "state")
+    before = state_snapshot(tmp_path / "c" / "state")
 
     def no_submission(*args, **kwargs):
         raise AssertionError(f"the daemon went on to submit with {damaged} damaged")
 
     monkeypatch.setattr(LocalScheduler, "submit", no_submission)
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(round_main([str(campaign)])), daemon=True)
-    thread.start()
-    thread.join(60)
-    assert result, f"the daemon hung on {damaged}"
+    code = within(60, lambda: round_main([str(campaign)]), f"the daemon with {damaged} damaged")
     err = capsys.readouterr().err
-    assert result[0] == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    assert snapshot(tmp_path / "c" / "state") == before
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert state_snapshot(tmp_path / "c" / "state") == before
 
 
 def test_the_cases_are_many():

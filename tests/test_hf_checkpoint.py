@@ -88,6 +88,16 @@ def test_bad_init_from_and_contradicting_recipe_are_one_line_errors(tmp_path):
         resolve_config({"init_from": str(hf_dir), "hidden": 128, "seq_len": 32})
 
 
+def test_export_names_round_trip_past_six_digits():
+    """`ckpt-<step:06d>` grows a digit at step 1,000,000: the trainer's cleanup and the evaluator still read it;
+    another spelling of a step (a leading zero too many) is not an export."""
+    for step in (0, 24, 999_999, 1_000_000, 12_345_678):
+        assert safe_weights.step_of(safe_weights.export_name(step)) == step
+    for name in ("ckpt-0000024.safetensors", "ckpt-24.safetensors", "ckpt-000024.safetensors.tmp"):
+        with pytest.raises(safe_weights.ExportError):
+            safe_weights.step_of(name)
+
+
 def test_init_from_stays_inside_the_recipe_directory_or_the_model_roots(tmp_path, monkeypatch):
     """The recipe names its model; the evaluator reads a config and a tokenizer only where the recipe may
     point: inside its own directory, or under the operator's HPC_AEVO_MODEL_ROOTS."""

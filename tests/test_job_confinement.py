@@ -239,6 +239,8 @@ def test_the_score_stage_sees_one_checkpoint_the_split_and_its_output_and_no_net
 
 
 class Payload:
+    """Unpickling this runs a shell command that creates `marker`."""
+
     def __init__(self, marker: Path):
         self.marker = marker
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import pytest
+
+from bounded import within
 
 from hpc_aevo.jobs.body import _recipe_guard, run_job
 from hpc_aevo.jobs.spec import JobSpec
@@ -36,20 +37,9 @@ def box(tmp_path: Path) -> tuple[Path, Path]:
 
 def fails_fast(call, match: str) -> None:
     """`call` raises UntrustedFile matching `match` within seconds (a FIFO must never block the daemon)."""
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(_raised(call)), daemon=True)
-    thread.start()
-    thread.join(10)
-    assert result, f"blocked: {call}"
-    assert isinstance(result[0], UntrustedFile), result[0]
-    assert match in str(result[0]) and "\n" not in str(result[0]), str(result[0])
-
-
-def _raised(call):
-    try:
-        return call()
-    except Exception as exc:  # noqa: BLE001 (returned for the assertion)
-        return exc
+    with pytest.raises(UntrustedFile) as caught:
+        within(10, call)
+    assert match in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
 
 
 def test_a_plain_file_inside_is_read(box):
@@ -134,12 +124,7 @@ def evaluate(cand: Path, summary: bytes | None = None, plant=None) -> tuple[Cand
     if plant is not None:
         plant(checkpoints / TRAIN_SUMMARY)
     m, trace = manifest(), Trace(cand / "trace.jsonl")
-    done: list = []
-    thread = threading.Thread(target=lambda: done.append(record_evaluation(m, cand / EVAL_RESULT, checkpoints, trace)),
-                              daemon=True)
-    thread.start()
-    thread.join(10)
-    assert done, "record_evaluation blocked"
+    within(10, lambda: record_evaluation(m, cand / EVAL_RESULT, checkpoints, trace), "record_evaluation")
     m.save(cand / "manifest.json")
     return CandidateManifest.load(cand / "manifest.json"), trace.events()
 
@@ -197,7 +182,7 @@ def job(tmp_path: Path) -> JobSpec:
                    jobs_dir=str(jobs), stages=("train",), confine="off")
 
 
-def test_a_job_refuses_a_recipe_that_is_a_link_or_a_fifo(tmp_path, box):
+def test_a_job_refuses_a_recipe_that_is_a_link_a_fifo_or_missing(tmp_path, box):
     _, secret = box
     spec = job(tmp_path)
     os.symlink(secret, Path(spec.sandbox) / RECIPE_FILE)
@@ -206,11 +191,12 @@ def test_a_job_refuses_a_recipe_that_is_a_link_or_a_fifo(tmp_path, box):
     os.unlink(Path(spec.sandbox) / RECIPE_FILE)
     os.mkfifo(Path(spec.sandbox) / RECIPE_FILE)
     spec.attempt = 2
-    fails = []
-    thread = threading.Thread(target=lambda: fails.append(run_job(spec)), daemon=True)
-    thread.start()
-    thread.join(10)
-    assert fails and fails[0].state == "FAILED" and "a FIFO" in fails[0].message
+    outcome = within(10, lambda: run_job(spec), "run_job")
+    assert outcome.state == "FAILED" and "a FIFO" in outcome.message
+    os.unlink(Path(spec.sandbox) / RECIPE_FILE)
+    spec.attempt = 3
+    outcome = run_job(spec)  # removed: a failed stage with its outcome recorded, not a crashed job
+    assert outcome.state == "FAILED" and outcome.message.endswith(f"{RECIPE_FILE}: missing"), outcome.message
     assert secret.read_text() == SECRET
 
 
@@ -236,3 +222,24 @@ def test_a_charge_of_the_wrong_type_never_enters_the_compute_ledger():
     with pytest.raises(RecordError, match="refusing to charge r000/cand-01#1"):
         ledger.add(TaskCharge("r000/cand-01", 1, "train", "7_1", "COMPLETED", "12 s", 1, 0, 0.003, 0.0))
     assert ledger.charges == {}
+
+
+def test_a_recipe_removed_in_a_debug_turn_is_traced_not_a_daemon_crash(tmp_path, monkeypatch):
+    """The worker's debug session deleted recipe.yaml: the daemon records the turn and goes on (the retry's
+    job then fails on the missing recipe), as for a recipe left as a link."""
+    from tiny_campaign import write_campaign
+
+    from hpc_aevo.campaign.config import load_campaign
+    from hpc_aevo.jobs.launcher import JobFailure
+    from hpc_aevo.loop.daemon import Daemon
+    from hpc_aevo.search.policy import Policy
+
+    daemon = Daemon(load_campaign(write_campaign(tmp_path)))
+    record = daemon.prepare()
+    daemon.phase_fork(0, Policy.load(daemon.tree.policy(0)), record)
+    cand = daemon.candidate(0, 1)
+    monkeypatch.setattr(daemon.roles, "debug", lambda task, reason: (task.sandbox / RECIPE_FILE).unlink())
+    manifest = cand.manifest()
+    daemon._debug_turn(cand, manifest, "train exited 1", JobFailure(1, "FAILED", "", "", [], ""))
+    assert manifest.proposal.observed_failure_modes == ["train exited 1"]
+    assert [e["event"] for e in cand.trace().events()][-1] == "recipe-unreadable"

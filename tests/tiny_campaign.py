@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +52,24 @@ def status(campaign: Path) -> dict:
     out = subprocess.run([sys.executable, "-m", "hpc_aevo.status", str(campaign), "--json"], cwd=REPO,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
+
+
+def state_snapshot(root: Path) -> dict[str, str]:
+    """Every file's bytes (hashed), directory and FIFO under `root`, but the daemon's own lock and pid files."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.name in ("daemon.json", "daemon.lock") or path.name.endswith(".lock"):
+            continue
+        kind = "dir" if path.is_dir() else "fifo" if path.is_fifo() else hashlib.sha256(path.read_bytes()).hexdigest()
+        out[str(path.relative_to(root))] = kind
+    return out
+
+
+def truncate(path: Path) -> None:
+    """Damage a record: its first half only."""
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def remove(path: Path) -> None:
+    """Lose a file or a directory."""
+    shutil.rmtree(path) if path.is_dir() else path.unlink()

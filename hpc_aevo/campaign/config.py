@@ -224,12 +224,15 @@ def _resolve_paths(campaign: Campaign, base: Path) -> CampaignPaths:
         raise SchemaError("state_root", f"a directory this user can create ({existing} is not a writable directory)",
                           campaign.state_root)
     # Every job stage hides the state tree: holding the substrate or the campaign's own files, it would
-    # hide them from the stages that need them (and a fork would copy the state tree into each sandbox).
-    state, substrate = os.path.realpath(paths.state_root), os.path.realpath(paths.substrate)
-    for name, other in (("substrate", substrate), ("the campaign file's folder", os.path.realpath(base))):
-        if Path(state) == Path(other) or Path(other).is_relative_to(state) or Path(state).is_relative_to(substrate):
-            raise SchemaError("state_root", f"a directory of its own, neither inside nor holding {name} ({other})",
-                              campaign.state_root)
+    # hide them from the stages that need them (and inside the substrate, a fork would copy it into each
+    # sandbox). Inside the campaign file's folder it may be.
+    state, substrate, folder = (Path(os.path.realpath(p)) for p in (paths.state_root, paths.substrate, base))
+    if state.is_relative_to(substrate) or substrate.is_relative_to(state):
+        raise SchemaError("state_root", f"a directory of its own, neither inside nor holding substrate ({substrate})",
+                          campaign.state_root)
+    if folder.is_relative_to(state):
+        raise SchemaError("state_root", f"a directory of its own, not holding the campaign file's folder ({folder})",
+                          campaign.state_root)
     if not paths.substrate.is_dir():
         raise SchemaError("substrate", f"an existing directory (no directory at {paths.substrate})")
     missing = [name for name in REQUIRED_FILES if not (paths.substrate / name).is_file()]
@@ -237,7 +240,7 @@ def _resolve_paths(campaign: Campaign, base: Path) -> CampaignPaths:
         raise SchemaError("substrate", f"a directory with {', '.join(REQUIRED_FILES)} "
                                        f"({paths.substrate} lacks {', '.join(missing)})")
     _require_file("policy.constitution", paths.constitution)
-    if paths.constitution.is_file() and not paths.constitution.read_bytes().strip():
+    if not paths.constitution.read_bytes().strip():
         raise SchemaError("policy.constitution", f"a constitution with its rules ({paths.constitution} is empty)")
     _require_file("policy.initial", paths.initial_policy)
     if paths.profile is not None:

@@ -113,7 +113,6 @@ class ClusterProfile:
                                   f"at most gpus_per_node_available ({self.gpus_per_node_available})",
                                   shape.gpus_per_node)
 
-
     def _rendered_strings(self) -> list[tuple[str, str]]:
         """(key path, value) of every string that reaches an #SBATCH line or srun's command line."""
         found = [(k, v) for k, v in (("name", self.name), ("partition", self.partition), ("account", self.account),

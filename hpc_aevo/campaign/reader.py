@@ -46,7 +46,7 @@ def read_bytes(path: Path) -> bytes:
         if info.st_size > MAX_FILE_BYTES:
             raise ConfigError("<root>", f"a file of at most {MAX_FILE_BYTES} bytes (it has {info.st_size})",
                               source=str(path))
-        return os.read(fd, MAX_FILE_BYTES + 1)[:MAX_FILE_BYTES]
+        return os.read(fd, MAX_FILE_BYTES)
     finally:
         os.close(fd)
 

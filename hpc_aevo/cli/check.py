@@ -37,10 +37,7 @@ def check_command(argv: list[str] | None, usage: str, check: Callable[[str], str
 def _check_campaign(path: str) -> str:
     campaign = load_campaign(path)
     load_initial_policy(campaign)
-    try:
-        make_scheduler(campaign)  # the profile, and the campaign's stages against it
-    except ConfigError as exc:
-        raise (exc if exc.source else ConfigError.of(exc, campaign.source)) from None
+    make_scheduler(campaign)  # the profile, and the campaign's stages against it
     return campaign.name
 
 

@@ -33,10 +33,7 @@ def dry_run(campaign: Campaign) -> str:
     tree = StateTree(campaign.paths.state_root)
     rnd = next((r for r in tree.rounds() if not (RoundState.load_or_none(tree.round_state(r)) or RoundState(r)).complete()),
                len(tree.rounds()))
-    try:
-        scheduler = make_scheduler(campaign)
-    except ConfigError as exc:
-        raise (exc if exc.source else ConfigError.of(exc, campaign.source)) from None
+    scheduler = make_scheduler(campaign)
     candidates = [Candidate(rnd, c, tree) for c in range(campaign.candidates)]
     scored = [score_spec(c, 1, None) for c in candidates[: campaign.leaderboard.per_round]]
     return (f"# dry run of {campaign.name} round {rnd}: nothing is submitted\n"

@@ -80,8 +80,12 @@ def _claim(spec: JobSpec) -> bool:
 
 def _recipe_hash(spec: JobSpec) -> str:
     """The hash of the sandbox's recipe, read as untrusted (the worker wrote it): `UntrustedFile` when it
-    is a link, a FIFO, a device or too big."""
-    return hashlib.sha256(read_bytes(Path(spec.sandbox) / RECIPE_FILE, Path(spec.sandbox), MAX_RECIPE_BYTES)).hexdigest()
+    is missing, a link, a FIFO, a device or too big."""
+    path = Path(spec.sandbox) / RECIPE_FILE
+    try:
+        return hashlib.sha256(read_bytes(path, Path(spec.sandbox), MAX_RECIPE_BYTES)).hexdigest()
+    except FileNotFoundError:
+        raise UntrustedFile(f"{path}: missing") from None
 
 
 def _marker_matches(spec: JobSpec, recipe_hash: str) -> bool:

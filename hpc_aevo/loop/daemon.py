@@ -8,6 +8,7 @@ part of one phase: candidates already forked, proposed, trained or scored are le
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -69,6 +70,11 @@ class RoundState(Record):
 def candidate_seed(campaign_seed: int, rnd: int, index: int) -> int:
     """Every candidate of every round trains with its own seed (anchors too: that is the noise they measure)."""
     return campaign_seed * 1_000_003 + rnd * 1_009 + index + 1
+
+
+def _edit_of(policy: Policy, sandbox: Path) -> dict[str, list]:
+    """The sandbox recipe's diff from the standing recipe, seeds aside (`UntrustedFile`: unreadable)."""
+    return recipe_diff(without_seed(policy.standing_recipe), without_seed(load_recipe(sandbox)))
 
 
 class Daemon:
@@ -193,7 +199,7 @@ class Daemon:
                 fork_candidate(self.tree.default_dir, substrate, sandbox, policy.standing_recipe)
                 try:
                     result = self.roles.propose(self._task(cand, manifest, policy))
-                    diff = recipe_diff(without_seed(policy.standing_recipe), without_seed(load_recipe(sandbox)))
+                    diff = _edit_of(policy, sandbox)
                 except (WorkerFailed, UntrustedFile) as exc:  # it fails its candidate, not the round
                     crashpoint(f"r{rnd}:propose:mid")
                     manifest.status, manifest.failure = "failed", f"worker: {exc}"
@@ -237,7 +243,7 @@ class Daemon:
         manifest.proposal.observed_failure_modes.append(reason)
         sandbox = self.tree.sandbox(cand.round, cand.index)
         try:
-            manifest.recipe_diff = recipe_diff(without_seed(policy.standing_recipe), without_seed(load_recipe(sandbox)))
+            manifest.recipe_diff = _edit_of(policy, sandbox)
         except UntrustedFile as exc:  # the retry's recipe guard reads it the same way and fails the job
             cand.trace().log("daemon", "recipe-unreadable", reason=str(exc))
 
@@ -287,7 +293,7 @@ class Daemon:
         for m in manifests:
             try:
                 recipes[m.name] = load_recipe(self.tree.sandbox(rnd, m.candidate))
-            except (FileNotFoundError, UntrustedFile):
+            except UntrustedFile:
                 continue
         return recipes
 

@@ -17,7 +17,7 @@ import yaml
 
 from hpc_aevo.loop.install import SubstrateManifest, ignore_debris, make_writable, remove_tree, verify_substrate
 from hpc_aevo.state.contract import MAX_RECIPE_BYTES, RECIPE_FILE
-from hpc_aevo.state.untrusted import read_yaml_mapping
+from hpc_aevo.state.untrusted import UntrustedFile, read_yaml_mapping
 
 
 def fork_candidate(default_dir: Path, manifest: SubstrateManifest, sandbox: Path, recipe: dict[str, Any]) -> None:
@@ -36,9 +36,13 @@ def fork_candidate(default_dir: Path, manifest: SubstrateManifest, sandbox: Path
 
 
 def load_recipe(sandbox: Path) -> dict[str, Any]:
-    """The sandbox's recipe, which its worker wrote: read as untrusted (`UntrustedFile` when it is not a
-    plain, small YAML mapping inside the sandbox)."""
-    return read_yaml_mapping(Path(sandbox) / RECIPE_FILE, sandbox, MAX_RECIPE_BYTES)
+    """The sandbox's recipe, which its worker wrote: read as untrusted (`UntrustedFile` when it is missing
+    or not a plain, small YAML mapping inside the sandbox)."""
+    path = Path(sandbox) / RECIPE_FILE
+    try:
+        return read_yaml_mapping(path, sandbox, MAX_RECIPE_BYTES)
+    except FileNotFoundError:  # the worker removed it: its candidate fails like one that left a link
+        raise UntrustedFile(f"{path}: missing") from None
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

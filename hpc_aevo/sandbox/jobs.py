@@ -53,10 +53,6 @@ def views(spec: JobSpec, stage: str) -> list[tuple[Path, bool]]:
     return [(Path(os.path.realpath(p)), writable) for p, writable in seen]
 
 
-def hidden(spec: JobSpec) -> list[Path]:
-    return hidden_paths(spec.hidden)
-
-
 def hidden_paths(daemons: Iterable[str]) -> list[Path]:
     """The daemon's list as real paths (the builder adds the host's secrets and its temp dir)."""
     return sorted({Path(os.path.realpath(p)) for p in daemons if os.path.lexists(p)})
@@ -98,6 +94,6 @@ def confine(spec: JobSpec, stage: str, argv: list[str], cwd: str) -> tuple[list[
             raise ConfinementUnavailable(f"scheduler.confine_jobs is required, but {why}")
         return argv, why
     # The network stays for training's rendezvous; scoring reads only files, so it has none.
-    wrapped = bwrap.command(argv, Path(cwd), hidden(spec), views(spec, stage), network=stage != "score",
+    wrapped = bwrap.command(argv, Path(cwd), hidden_paths(spec.hidden), views(spec, stage), network=stage != "score",
                             accelerators=True)
     return [sys.executable, "-P", bwrap.__file__, *wrapped], None  # -P: the relay imports the standard library only

@@ -80,6 +80,11 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error's text on one line (a parser's message may span several)."""
+    return " ".join(str(exc).split())
+
+
 def _text(path: Path, raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
@@ -104,7 +109,7 @@ def read_json(path: Path, within: Path, limit: int = MIB) -> Any:
     try:
         return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
-        raise UntrustedFile(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+        raise UntrustedFile(f"{path}: not valid JSON ({_one_line(exc)})") from None
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -124,7 +129,7 @@ def read_yaml_mapping(path: Path, within: Path, limit: int = MIB) -> dict[str, A
     try:
         data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
     except (yaml.YAMLError, RecursionError) as exc:
-        raise UntrustedFile(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        raise UntrustedFile(f"{path}: not valid YAML ({_one_line(exc)})") from None
     if not isinstance(data, dict):
         raise UntrustedFile(f"{path}: expected a mapping at the top level (got {type(data).__name__})")
     _check_plain(data, path)
@@ -153,7 +158,7 @@ def load_record(cls: type[R], path: Path, within: Path, limit: int = MIB) -> R:
     try:
         return cls.from_dict(data, str(path))
     except SchemaError as exc:
-        raise UntrustedFile(" ".join(str(exc).split())) from None
+        raise UntrustedFile(_one_line(exc)) from None
 
 
 def typed_fields(tp: type[T], data: dict[str, Any], path: Path) -> T:
@@ -162,4 +167,4 @@ def typed_fields(tp: type[T], data: dict[str, Any], path: Path) -> T:
     try:
         return from_data(tp, {k: v for k, v in data.items() if k in names})
     except SchemaError as exc:
-        raise UntrustedFile(" ".join(str(exc.with_source(str(path))).split())) from None
+        raise UntrustedFile(_one_line(exc.with_source(str(path)))) from None

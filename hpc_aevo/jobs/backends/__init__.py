@@ -8,7 +8,8 @@ from hpc_aevo.jobs.scheduler import Scheduler
 
 
 def make_scheduler(campaign: Campaign) -> Scheduler:
-    """The campaign's backend. A bad cluster profile raises a ConfigError that names the profile file."""
+    """The campaign's backend. A bad cluster profile raises a ConfigError that names the profile file, a
+    campaign the backend cannot serve one that names the campaign file."""
     config = campaign.scheduler
     if config.backend == "local":
         from hpc_aevo.jobs.backends.local import LocalScheduler
@@ -23,8 +24,9 @@ def make_scheduler(campaign: Campaign) -> Scheduler:
             gpus = task_resources(config.stages.of(name), getattr(profile.stages, name)).gpus_per_node
             if gpus > profile.gpus_per_node_available:
                 raise ConfigError(f"scheduler.stages.{name}.gpus", f"at most the profile's gpus_per_node_available "
-                                  f"({profile.gpus_per_node_available}, {campaign.paths.profile})", gpus)
+                                  f"({profile.gpus_per_node_available}, {campaign.paths.profile})", gpus,
+                                  str(campaign.source))
         return SlurmScheduler(max_parallel=config.max_parallel, stages=config.stages,
                               profile=profile, campaign=campaign.name,
                               state_root=campaign.paths.state_root, poll_interval_s=config.poll_interval_s)
-    raise ConfigError("scheduler.backend", "'local' or 'slurm'", config.backend)
+    raise ConfigError("scheduler.backend", "'local' or 'slurm'", config.backend, str(campaign.source))

@@ -249,9 +249,8 @@ class ClaudeWorker:
         if tools.proposal is None:
             raise WorkerFailed("worker session ended without record_proposal")
         try:
-            after = load_recipe(task.sandbox)
-            _set_seed(task)
-        except (FileNotFoundError, UntrustedFile) as exc:
+            after = _set_seed(task)
+        except UntrustedFile as exc:
             raise WorkerFailed(f"the worker left no readable recipe: {exc}") from None
         return WorkerResult(mutation_signature(recipe_diff(before, after)), _proposal(tools.proposal))
 
@@ -263,9 +262,8 @@ class ClaudeWorker:
         resume = previous.session_id if previous and previous.session_id else None
         session = self._run(self._spec(task, "debug", _debug_prompt(reason, tools.job_logs()), tools, resume))
         try:
-            _set_seed(task)
-            recipe = load_recipe(task.sandbox)
-        except (FileNotFoundError, UntrustedFile) as exc:  # the retry's recipe guard refuses it the same way
+            recipe = _set_seed(task)
+        except UntrustedFile as exc:  # the retry's recipe guard refuses it the same way
             task.trace.log("daemon", "recipe-unreadable", reason=str(exc))
             return None
         if not session.ok or tools.proposal is None:
@@ -279,12 +277,13 @@ def _unfinished_sessions(trace, role: str) -> int:
     return events.count("session-start") - events.count("session-end")
 
 
-def _set_seed(task: WorkerTask) -> None:
-    """The candidate's seed is the daemon's, whatever the agent wrote."""
+def _set_seed(task: WorkerTask) -> dict[str, Any]:
+    """The candidate's seed is the daemon's, whatever the agent wrote; returns the recipe as it now is."""
     recipe = load_recipe(task.sandbox)
     if recipe.get(SEED_KEY) != task.seed:
         recipe[SEED_KEY] = task.seed
         atomic_write_text(task.sandbox / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
+    return recipe
 
 
 def _proposal(fields: dict[str, Any]) -> Proposal:
