@@ -150,7 +150,7 @@ def render(doc: dict[str, Any]) -> str:
                          + ", ".join(f"{s['who']} {s['role']} {s['outcome']}" for s in a["each"]))
         if rnd["calibration"]:
             cal = rnd["calibration"]
-            lines.append(f"  calibration: rank corr {cal['spearman']}, decoupled {cal['decoupled']}"
+            lines.append(f"  calibration: rank corr {_score(cal['spearman'])}, decoupled {cal['decoupled']}"
                          + (f", suspect {', '.join(cal['suspect_domains'])}" if cal["suspect_domains"] else ""))
         if rnd["decision"]:
             d = rnd["decision"]

@@ -1,0 +1,83 @@
+"""The campaign report: its files, the numbers its figures plot, and one line for what it cannot do."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from report_fixture import build_fixture
+from tiny_campaign import REPO, write_campaign
+
+from hpc_aevo.campaign.config import load_campaign
+from hpc_aevo.report import build, figures
+from hpc_aevo.report.story import CampaignReport
+from hpc_aevo.state.tree import StateTree
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def campaign(tmp_path):
+    return load_campaign(build_fixture(tmp_path / "c"))
+
+
+def test_report_writes_markdown_record_and_four_figures(campaign):
+    out = build.write_report(campaign)
+    tree = StateTree(campaign.paths.state_root)
+    assert out == tree.report_dir
+    for path in tree.report_figures.values():
+        assert path.read_bytes().startswith(PNG), path
+    story = CampaignReport.load(tree.report_record)
+    assert [r.round for r in story.rounds] == [0, 1, 2] and [r.decided for r in story.rounds] == [True, True, False]
+    assert story.lineage() == [(0, "initial-policy"), (2, "r001/cand-02")] and story.standing_now == "r001/cand-02"
+    text = tree.report_markdown.read_text()
+    for expected in ("**Promotion:** `r001/cand-02`, leaderboard +0.050 over the anchors, clearing the band 0.016",
+                     "**Dead end:** `data.mixture.sequence:down` (schedule): lost 0.05 on the leaderboard",
+                     "**Axis rotation:** retired schedule; activated capacity", "**decoupling flagged**",
+                     "| `r001/cand-02` | worker | schedule |", "## Round r002 (in progress)", "![", "trajectory.png"):
+        assert expected in text, expected
+    assert "0.3333333" not in text and "0.0499999" not in text  # rounded for people
+
+
+def test_trajectory_plots_anchors_candidates_band_promotion_dead_end_and_decoupling(campaign):
+    _, data = figures.trajectory(build.campaign_story(campaign))
+    assert data["rounds"] == [0, 1, 2]
+    assert data["standing"] == [0.20, 0.21, 0.26]  # the anchors run the standing recipe
+    assert data["band_high"][0] == pytest.approx(0.216) and data["band_low"][1] == pytest.approx(0.194)
+    assert [p[:2] for p in data["worker_leaderboard"]] == [[0, 0.21], [0, 0.15], [1, 0.20], [1, 0.26]]
+    assert [p[:2] for p in data["worker_dev"]][-1] == [2, 0.37]
+    assert data["promotions"] == [[1, 0.26, "r001/cand-02", 0.05]]
+    assert data["dead_ends"] == [[0, ["data.mixture.sequence:down"]]]
+    assert data["decoupled_rounds"] == [1]
+
+
+def test_dev_vs_leaderboard_per_subset_and_compute_series(campaign):
+    story = build.campaign_story(campaign)
+    _, dev = figures.dev_vs_leaderboard(story)
+    assert [len(r["points"]) for r in dev["rounds"]] == [3, 3, 1]
+    rho = dev["rounds"][0]["spearman"]
+    assert rho == round(rho, 3) and dev["rounds"][1]["decoupled"] is True
+    _, subsets = figures.per_subset(story)
+    assert subsets["leaderboard"]["arithmetic"] == pytest.approx([0.21, 0.22, 0.27])
+    assert subsets["dev"]["sequence"] == pytest.approx([0.28, 0.29, 0.33])
+    _, spend = figures.compute(story)
+    assert spend["cpu_hours"] == pytest.approx([0.3, 0.3, 0.2]) and spend["api_usd"] == [0.0, 0.125, 0.0]
+
+
+def test_report_command_prints_the_directory_and_refuses_a_campaign_that_never_ran(campaign, tmp_path):
+    run = lambda path: subprocess.run([sys.executable, "-m", "hpc_aevo.report", str(path)], cwd=REPO,  # noqa: E731
+                                      capture_output=True, text=True)
+    done = run(campaign.source)
+    assert done.returncode == 0 and done.stdout.strip() == str(StateTree(campaign.paths.state_root).report_dir)
+    never = run(write_campaign(tmp_path / "never"))
+    assert never.returncode == 2 and len(never.stderr.strip().splitlines()) == 1
+    assert "never ran" in never.stderr
+
+
+def test_a_failing_report_is_one_line_and_does_not_raise(campaign):
+    tree = StateTree(campaign.paths.state_root)
+    tree.report_dir.write_text("not a directory")
+    lines = []
+    build.refresh(campaign, lines.append)
+    assert len(lines) == 1 and lines[0].startswith("[tiny] report not refreshed:")
