@@ -31,6 +31,7 @@ DOMAINS = ("arithmetic", "sequence")
 SCORES = {0: [(0.30, 0.20), (0.33, 0.21), (0.25, 0.15)],
           1: [(0.31, 0.21), (0.36, 0.20), (0.34, 0.26)],
           2: [(0.35, 0.26), (0.37, None), (None, None)]}
+RUNNING_RECIPE = "model: {seq_len: 9}\noptim: {steps: 100, batch_size: 4}\n"  # 32 tokens a step
 METRIC_LINES = [{"step": s, "loss": 2.0 - s / 100, "lr": 0.001, "loop_s": s * 0.5} for s in (25, 50, 75)]
 
 
@@ -95,6 +96,8 @@ def build_fixture(root: Path) -> Path:
     AgentSession(role="worker", round=1, who="cand-01", session_id="s1", model="m", started_at=now_iso(), wall_s=3.0,
                  outcome="success", is_error=False, cost_usd=0.125).save(tree.agent_record(1, "cand-01", "worker", 1))
     ledger.save(tree.leaderboard_ledger)
+    tree.sandbox(2, 2).mkdir(parents=True)
+    tree.sandbox(2, 2).joinpath("recipe.yaml").write_text(RUNNING_RECIPE)
     log = tree.attempt(2, 2, 1).log("train")
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("hpc_aevo: r002/cand-02 attempt 1 train on host: confined by bubblewrap\n"

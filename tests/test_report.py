@@ -10,7 +10,7 @@ from report_fixture import build_fixture
 from tiny_campaign import REPO, write_campaign
 
 from hpc_aevo.campaign.config import load_campaign
-from hpc_aevo.report import build, figures
+from hpc_aevo.report import build, figures, metrics, tensorboard
 from hpc_aevo.report.story import CampaignReport
 from hpc_aevo.state.tree import StateTree
 
@@ -81,3 +81,29 @@ def test_a_failing_report_is_one_line_and_does_not_raise(campaign):
     lines = []
     build.refresh(campaign, lines.append)
     assert len(lines) == 1 and lines[0].startswith("[tiny] report not refreshed:")
+
+
+def test_tensorboard_runs_per_candidate_and_for_the_campaign_read_back(campaign):
+    build.write_report(campaign)
+    tree = StateTree(campaign.paths.state_root)
+    running = tensorboard.read_scalars(tree.tensorboard(2, 2))
+    assert running["train/loss"] == [(25, 1.75), (50, 1.5), (75, 1.25)]
+    assert running["train/lr"][0] == (25, pytest.approx(0.001))
+    assert running["train/tokens_per_s"] == [(50, 64.0), (75, 64.0)]  # 25 steps x 32 tokens in 12.5 s
+    anchor = tensorboard.read_scalars(tree.tensorboard(0, 0))
+    assert anchor["dev/score"] == [(50, pytest.approx(0.25)), (100, pytest.approx(0.30))]
+    assert anchor["leaderboard/score"] == [(100, pytest.approx(0.20))] and "dev/arithmetic" in anchor
+    whole = tensorboard.read_scalars(tree.campaign_tensorboard)
+    assert [(s, round(v, 3)) for s, v in whole["standing/leaderboard"]] == [(0, 0.2), (1, 0.21), (2, 0.26)]
+    assert whole["decision/promotion_gain"] == [(1, pytest.approx(0.05))]
+    assert tensorboard.write_runs(tree, build.campaign_story(campaign)) == 0  # nothing new: nothing rewritten
+    tree.manifest(2, 2).touch()
+    assert tensorboard.write_runs(tree, build.campaign_story(campaign)) == 1
+    assert len(list(tree.tensorboard(2, 2).glob("events.out.tfevents.*"))) == 1  # rewritten whole, not appended
+
+
+def test_metric_lines_skip_what_is_not_a_metric():
+    text = "\n".join(['hpc_aevo: header', '{"event": "resumed", "step": 50}', '{"step": 75, "loss": NaN}',
+                      '{"step": true, "loss": 1}', '{"step": 100, "loss": 0.5, "grad_norm": 2.5, "tokens_per_s": 9}',
+                      '{"step": 1'])
+    assert metrics.parse_metric_lines(text) == [metrics.MetricPoint(100, 0.5, grad_norm=2.5, tokens_per_s=9.0)]

@@ -1,4 +1,5 @@
-"""Write `report/` under a campaign's state root: report.json, report.md and the four PNG figures.
+"""Write `report/` under a campaign's state root (report.json, report.md, the four PNG figures) and the
+TensorBoard runs (every candidate's, the campaign's).
 
 Why a separate step the daemon calls at each round's end: the report is for people and must never
 stand in the campaign's way, so `refresh` turns any failure into one line and the campaign goes on.
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from hpc_aevo.campaign.config import Campaign
-from hpc_aevo.report import figures, markdown
+from hpc_aevo.report import figures, markdown, tensorboard
 from hpc_aevo.report.story import CampaignReport, build_story
 from hpc_aevo.state.records import atomic_write_text
 from hpc_aevo.state.tree import StateTree
@@ -47,8 +48,9 @@ def write_report(campaign: Campaign) -> Path:
     """Build the story from the records and write every file of `report/`; returns the directory."""
     try:
         import matplotlib  # noqa: F401
-    except ImportError:
-        raise ReportUnavailable("the report needs matplotlib: pip install -e '.[report]'") from None
+        import tensorboardX  # noqa: F401
+    except ImportError as exc:
+        raise ReportUnavailable(f"the report needs {exc.name}: pip install -e '.[report]'") from None
     tree = StateTree(campaign.paths.state_root)
     if not tree.campaign_record.exists():
         raise ReportUnavailable(f"campaign {campaign.name} never ran: {tree.campaign_record} is missing "
@@ -58,6 +60,7 @@ def write_report(campaign: Campaign) -> Path:
     for name, path in tree.report_figures.items():
         fig, _ = figures.BUILDERS[name](story)
         _save_figure(fig, path)
+    tensorboard.write_runs(tree, story)
     atomic_write_text(tree.report_markdown, markdown.render(story))
     story.save(tree.report_record)
     return tree.report_dir
