@@ -2,18 +2,20 @@
 
 Three rounds of one anchor and two workers: r000 promotes nothing and registers a dead end, r001 promotes
 r001/cand-02, is flagged decoupled and rotates an axis, r002 is in progress (cand-01 evaluated, cand-02
-still training with a metric log). The evidence is the rule-based collector's (collect_evidence); only
+still training: claimed, with a metric log). The evidence is the rule-based collector's (collect_evidence); only
 r001's decoupling flag is set by hand, so that the figures have one to mark.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tiny_campaign import write_campaign
 
 from hpc_aevo.campaign.config import load_campaign, load_initial_policy
+from hpc_aevo.jobs.spec import Claim
 from hpc_aevo.loop.daemon import PhaseDone, RoundState
 from hpc_aevo.roles.claude.session import AgentSession
 from hpc_aevo.scoring.leaderboard import LeaderboardEntry, LeaderboardLedger
@@ -100,6 +102,7 @@ def build_fixture(root: Path) -> Path:
     tree.sandbox(2, 2).joinpath("recipe.yaml").write_text(RUNNING_RECIPE)
     log = tree.attempt(2, 2, 1).log("train")
     log.parent.mkdir(parents=True, exist_ok=True)
+    Claim("r002/cand-02", 1, os.getpid(), None, "host", now_iso()).save(tree.attempt(2, 2, 1).claim())
     log.write_text("hpc_aevo: r002/cand-02 attempt 1 train on host: confined by bubblewrap\n"
                    + "".join(json.dumps(line) + "\n" for line in METRIC_LINES))
     return path

@@ -1,9 +1,11 @@
-"""`python -m hpc_aevo.status CAMPAIGN.yaml [--json]`: what the campaign has done, from its files.
+"""`python -m hpc_aevo.status CAMPAIGN.yaml [--json] [--watch [SECONDS]]`: what the campaign has done, from its files.
 
-Read-only and safe to run while the daemon works. `--json` prints one stable document
-(schema "hpc_aevo.status", version 1): per round the policy that governed it, every candidate
-with its axis, mutation, status, dev and leaderboard scores, the calibration verdict and the meta
-decision with the numbers behind it.
+Read-only and safe to run while the daemon works: it reads files only and never asks the scheduler.
+`--json` prints one stable document (schema "hpc_aevo.status", version 1): per round the policy that
+governed it, every candidate with its axis, mutation, status, dev and leaderboard scores, the live
+progress of every running task (step of total, last loss, tokens/s, ETA, from the job's metric lines),
+the calibration verdict and the meta decision with the numbers behind it. `--watch` redraws the
+text view in place every few seconds.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from hpc_aevo.campaign.config import load_campaign
 from hpc_aevo.campaign.reader import ConfigError
 from hpc_aevo.jobs.spec import JobOutcome
 from hpc_aevo.loop.daemon import PHASES, RoundState
+from hpc_aevo.report.progress import TaskProgress, describe, task_progress
 from hpc_aevo.roles.claude.spend import RoundSpend
 from hpc_aevo.scoring.leaderboard import LeaderboardLedger
 from hpc_aevo.search.constitution import PolicyDecision
@@ -56,10 +60,13 @@ def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
     policy = Policy.load_or_none(tree.policy(rnd))
     evidence = RoundEvidence.load_or_none(tree.evidence_json(rnd))
     decision = PolicyDecision.load_or_none(tree.decision(rnd))
-    candidates, unconfined = [], 0
+    candidates, unconfined, progress = [], 0, []
     for path in tree.candidate_manifests(rnd):
         m = CandidateManifest.load(path)
         unconfined += unconfined_stage_runs(tree, rnd, m.candidate)
+        running = task_progress(tree, m)
+        if running is not None:
+            progress.append(to_data(running))
         candidates.append({
             "name": m.name, "role": m.role, "axis": m.axis, "mutation": m.mutation, "status": m.status,
             "attempts": m.attempts, "seed": m.seed, "dev": m.measured.dev, "leaderboard": m.measured.leaderboard,
@@ -78,6 +85,7 @@ def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
             "evidence": to_data(policy.evidence),
         },
         "candidates": candidates,
+        "progress": progress,
         "unconfined_stage_runs": unconfined,
         "agents": _agents(tree, rnd),
         "calibration": None if evidence is None else {
@@ -140,6 +148,7 @@ def render(doc: dict[str, Any]) -> str:
         for c in rnd["candidates"]:
             lines.append(f"  {c['name']:<8}{c['role']:<7}{(c['mutation'] or '-'):<34}{c['status']:<10}"
                          f"{_score(c['dev']):>7}{_score(c['leaderboard']):>7}")
+        lines.extend(f"  running: {describe(TaskProgress(**p))}" for p in rnd["progress"])
         if rnd["unconfined_stage_runs"]:
             lines.append(f"  jobs: {rnd['unconfined_stage_runs']} stage run(s) UNCONFINED (no bubblewrap where they ran, "
                          "or scheduler.confine_jobs off); their logs say why")
@@ -165,14 +174,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpc_aevo.status", description=__doc__.splitlines()[0])
     parser.add_argument("campaign")
     parser.add_argument("--json", action="store_true", help="print the stable JSON document")
+    parser.add_argument("--watch", nargs="?", type=float, const=5.0, default=None, metavar="SECONDS",
+                        help="redraw the text view in place every SECONDS (default 5) until Ctrl-C")
     args = parser.parse_args(argv)
+    if args.watch is not None and (args.json or args.watch <= 0):
+        parser.error("--watch takes a positive number of seconds and the text view (not --json)")
     try:
-        doc = status_document(args.campaign)
+        if args.watch is None:
+            doc = status_document(args.campaign)
+            print(json.dumps(doc, indent=2) if args.json else render(doc))
+        else:
+            watch(args.campaign, args.watch)
     except (ConfigError, RecordError) as exc:
         print(f"hpc_aevo.status: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(doc, indent=2) if args.json else render(doc))
     return 0
+
+
+def watch(campaign_path: str, every_s: float, frames: int | None = None) -> None:
+    """Redraw the status in place (cursor home, clear the screen below) until Ctrl-C, or `frames` times."""
+    shown = 0
+    try:
+        while frames is None or shown < frames:
+            text = render(status_document(campaign_path))
+            sys.stdout.write("\x1b[H\x1b[J" + text + f"\n\n(refreshed {time.strftime('%H:%M:%S')}, "
+                             f"every {every_s:g}s; Ctrl-C to stop)\n")
+            sys.stdout.flush()
+            shown += 1
+            if frames is None or shown < frames:
+                time.sleep(every_s)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
 
 
 if __name__ == "__main__":
