@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
 from contextlib import redirect_stdout
 
 import pytest
 from report_fixture import build_fixture
-from tiny_campaign import REPO
+from tiny_campaign import REPO, write_campaign
 
+from hpc_aevo.campaign.config import load_campaign
 from hpc_aevo.cli import status
+from hpc_aevo.jobs.spec import JobOutcome, StageRun
 from hpc_aevo.report.progress import TaskProgress, describe
+from hpc_aevo.state.tree import StateTree
 
 
 @pytest.fixture
@@ -50,3 +54,38 @@ def test_watch_refuses_json_in_one_line(campaign_file):
     done = subprocess.run([sys.executable, "-m", "hpc_aevo.status", campaign_file, "--watch", "--json"], cwd=REPO,
                           capture_output=True, text=True)
     assert done.returncode == 2 and "--watch takes" in done.stderr.splitlines()[-1]
+
+
+def test_a_campaign_that_never_ran_is_said_in_one_line(tmp_path):
+    path = write_campaign(tmp_path / "never")
+    doc = status.status_document(str(path))
+    assert doc["ran"] is False and doc["rounds"] == []
+    lines = status.render(doc).splitlines()
+    assert len(lines) == 2 and "campaign tiny never ran" in lines[1] and "python -m hpc_aevo.round" in lines[1]
+
+
+def test_missing_or_damaged_candidates_and_records_are_named_and_the_rest_is_shown(campaign_file):
+    tree = StateTree(load_campaign(campaign_file).paths.state_root)
+    shutil.rmtree(tree.candidate_dir(1, 1))
+    tree.manifest(0, 2).unlink()
+    tree.manifest(0, 1).write_text("{")
+    tree.evidence_json(0).unlink()
+    doc = status.status_document(campaign_file)
+    r0, r1 = doc["rounds"][0], doc["rounds"][1]
+    assert [c["name"] for c in r0["candidates"]] == ["cand-00"] and [c["name"] for c in r1["candidates"]] == ["cand-00", "cand-02"]
+    assert any("r001/cand-01: its directory is missing" in line for line in r1["cannot_show"])
+    assert any("r000/cand-02: its manifest.json is missing" in line for line in r0["cannot_show"])
+    assert any(line.startswith("unreadable, not shown:") and "cand-01/manifest.json" in line for line in r0["cannot_show"])
+    assert any("the evidence record" in line and "collect is done" in line for line in r0["cannot_show"])
+    text = status.render(doc)
+    assert text.count("  cannot show: ") == 4 and "round 2" in text  # the later rounds are still shown
+
+
+def test_unconfined_stages_are_named(campaign_file):
+    tree = StateTree(load_campaign(campaign_file).paths.state_root)
+    JobOutcome("r000/cand-01", 1, "COMPLETED", [StageRun("train", 0, 1.0, "log", confined=False),
+                                                 StageRun("eval", 0, 1.0, "log", confined=True)]).save(
+        tree.attempt(0, 1, 1).outcome())
+    doc = status.status_document(campaign_file)
+    assert doc["rounds"][0]["unconfined"] == ["cand-01#1 train"] and doc["rounds"][0]["unconfined_stage_runs"] == 1
+    assert "jobs: 1 stage run(s) UNCONFINED (cand-01#1 train)" in status.render(doc)

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from hpc_aevo.campaign.config import load_campaign
@@ -26,10 +27,10 @@ from hpc_aevo.scoring.leaderboard import LeaderboardLedger
 from hpc_aevo.search.constitution import PolicyDecision
 from hpc_aevo.search.evidence import RoundEvidence
 from hpc_aevo.search.policy import Policy
-from hpc_aevo.state.ledger import load_ledger
+from hpc_aevo.state.ledger import Ledger
 from hpc_aevo.state.manifest import CandidateManifest
-from hpc_aevo.state.records import RecordError
-from hpc_aevo.state.tree import StateTree, attempt_outcomes
+from hpc_aevo.state.records import R, RecordError
+from hpc_aevo.state.tree import CandidateRef, StateTree, attempt_outcomes
 from hpc_aevo.state.typed import to_data
 
 SCHEMA, VERSION = "hpc_aevo.status", 1
@@ -46,24 +47,67 @@ def _agents(tree: StateTree, rnd: int) -> dict[str, Any]:
                       "tool_calls": s.tool_calls, "denials": s.denials} for s in sessions]}
 
 
-def unconfined_stage_runs(tree: StateTree, rnd: int, c: int) -> int:
-    """How many of the candidate's job stages ran without bubblewrap (their outcome records say so)."""
-    runs = 0
+def unconfined_stages(tree: StateTree, rnd: int, c: int) -> list[str]:
+    """The candidate's job stages that ran without bubblewrap, as their outcome records say ("cand-01#1 train")."""
+    found = []
     for path in attempt_outcomes(tree.jobs(rnd, c)):
         outcome = JobOutcome.load_or_none(path)
-        runs += 0 if outcome is None else sum(not stage.confined for stage in outcome.stages)
-    return runs
+        if outcome is not None:
+            found += [f"{CandidateRef(rnd, c).name}#{outcome.attempt} {stage.stage}"
+                      for stage in outcome.stages if not stage.confined]
+    return sorted(set(found))  # a slurm attempt's train stage is in both its train and its final outcome
 
 
-def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
-    state = RoundState.load_or_none(tree.round_state(rnd))
-    policy = Policy.load_or_none(tree.policy(rnd))
-    evidence = RoundEvidence.load_or_none(tree.evidence_json(rnd))
-    decision = PolicyDecision.load_or_none(tree.decision(rnd))
-    candidates, unconfined, progress = [], 0, []
+def unconfined_stage_runs(tree: StateTree, rnd: int, c: int) -> int:
+    """How many of the candidate's job stages ran without bubblewrap (their outcome records say so)."""
+    return len(unconfined_stages(tree, rnd, c))
+
+
+def _readable(cls: type[R], path: Path, cannot: list[str]) -> R | None:
+    """The record at `path` (None when absent); a damaged one is named in `cannot` and the rest is still shown."""
+    try:
+        return cls.load_or_none(path)
+    except RecordError as exc:
+        cannot.append(f"unreadable, not shown: {exc}")
+        return None
+
+
+# The record a finished phase leaves, that status shows: without it the phase's numbers cannot be shown.
+PHASE_RECORDS = {"collect": ("evidence", StateTree.evidence_json), "meta": ("decision", StateTree.decision)}
+
+
+def _missing(tree: StateTree, rnd: int, state: RoundState | None, expected: int) -> list[str]:
+    """What a round's own state says should be there and is not: a forked candidate, a finished phase's record."""
+    if state is None:
+        return []
+    lines = []
+    if "fork" in state.phases:
+        for c in range(expected):
+            ref = CandidateRef(rnd, c)
+            if not tree.manifest(rnd, c).exists():
+                where = "its manifest.json" if tree.candidate_dir(rnd, c).is_dir() else "its directory"
+                lines.append(f"{ref.key}: {where} is missing, though the round forked {expected} candidates; "
+                             "it is not shown (README: damaged state)")
+    for phase, (what, path_of) in PHASE_RECORDS.items():
+        if phase in state.phases and not path_of(tree, rnd).exists():
+            lines.append(f"r{rnd:03d}: the {what} record {path_of(tree, rnd)} is missing though {phase} is done; "
+                         f"its {what} is not shown")
+    return lines
+
+
+def _round(tree: StateTree, rnd: int, expected: int) -> dict[str, Any]:
+    cannot: list[str] = []
+    state = _readable(RoundState, tree.round_state(rnd), cannot)
+    policy = _readable(Policy, tree.policy(rnd), cannot)
+    evidence = _readable(RoundEvidence, tree.evidence_json(rnd), cannot)
+    decision = _readable(PolicyDecision, tree.decision(rnd), cannot)
+    cannot += _missing(tree, rnd, state, expected)
+    candidates, unconfined, progress = [], [], []
     for path in tree.candidate_manifests(rnd):
-        m = CandidateManifest.load(path)
-        unconfined += unconfined_stage_runs(tree, rnd, m.candidate)
+        m = _readable(CandidateManifest, path, cannot)
+        if m is None:
+            continue
+        unconfined += unconfined_stages(tree, rnd, m.candidate)
         running = task_progress(tree, m)
         if running is not None:
             progress.append(to_data(running))
@@ -86,7 +130,9 @@ def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
         },
         "candidates": candidates,
         "progress": progress,
-        "unconfined_stage_runs": unconfined,
+        "unconfined_stage_runs": len(unconfined),
+        "unconfined": unconfined,
+        "cannot_show": cannot,
         "agents": _agents(tree, rnd),
         "calibration": None if evidence is None else {
             "spearman": evidence.calibration.spearman, "decoupled": evidence.calibration.decoupled,
@@ -104,22 +150,32 @@ def _round(tree: StateTree, rnd: int) -> dict[str, Any]:
 def status_document(campaign_path: str) -> dict[str, Any]:
     campaign = load_campaign(campaign_path)
     tree = StateTree(campaign.paths.state_root)
-    ledger = LeaderboardLedger.load_or_none(tree.leaderboard_ledger)
-    compute = load_ledger(tree).summary()
+    cannot: list[str] = []
+    ran = tree.campaign_record.exists()
+    if not ran:
+        cannot.append(f"campaign {campaign.name} never ran: {tree.campaign_record} is missing; start it with "
+                      f"python -m hpc_aevo.round {campaign.source}")
+    ledger = _readable(LeaderboardLedger, tree.leaderboard_ledger, cannot)
+    compute = (_readable(Ledger, tree.compute_ledger, cannot) or Ledger()).summary()
     return {
         "schema": SCHEMA, "version": VERSION, "campaign": campaign.name, "state_root": str(tree.root),
+        "ran": ran, "cannot_show": cannot,
         "rounds_planned": campaign.rounds,
         "compute": {"cpu_hours_used": compute["cpu_hours"], "cpu_hours_budget": campaign.budget.cpu_hours,
                     "gpu_hours_used": compute["gpu_hours"], "gpu_hours_budget": campaign.budget.gpu_hours,
                     "backend": campaign.scheduler.backend},
         "ledger": compute["rounds"],
         "leaderboard": {"quota": campaign.leaderboard.quota, "used": len(ledger.submissions) if ledger else 0},
-        "rounds": [_round(tree, r) for r in tree.rounds()],
+        "rounds": [_round(tree, r, campaign.candidates) for r in tree.rounds()],
     }
 
 
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _budget(cap: float | None) -> str:
+    return "no budget cap" if cap is None else f"budget {cap:g}"
 
 
 def _ledger_lines(ledger: dict[str, Any]) -> list[str]:
@@ -134,10 +190,13 @@ def _ledger_lines(ledger: dict[str, Any]) -> list[str]:
 
 
 def render(doc: dict[str, Any]) -> str:
+    if not doc["ran"]:
+        return f"campaign {doc['campaign']}  ({doc['state_root']})\n" + "\n".join(f"  {line}" for line in doc["cannot_show"])
     lines = [f"campaign {doc['campaign']}  ({doc['state_root']})",
-             f"  compute {doc['compute']['cpu_hours_used']:.3f} CPU-h (budget {doc['compute']['cpu_hours_budget']}), "
-             f"{doc['compute']['gpu_hours_used']:.3f} GPU-h (budget {doc['compute']['gpu_hours_budget']}); "
+             f"  compute {doc['compute']['cpu_hours_used']:.3f} CPU-h ({_budget(doc['compute']['cpu_hours_budget'])}), "
+             f"{doc['compute']['gpu_hours_used']:.3f} GPU-h ({_budget(doc['compute']['gpu_hours_budget'])}); "
              f"leaderboard {doc['leaderboard']['used']}/{doc['leaderboard']['quota']} submissions"]
+    lines += [f"  cannot show: {line}" for line in doc["cannot_show"]]
     lines += _ledger_lines(doc["ledger"])
     for rnd in doc["rounds"]:
         policy = rnd["policy"] or {}
@@ -149,9 +208,11 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"  {c['name']:<8}{c['role']:<7}{(c['mutation'] or '-'):<34}{c['status']:<10}"
                          f"{_score(c['dev']):>7}{_score(c['leaderboard']):>7}")
         lines.extend(f"  running: {describe(TaskProgress(**p))}" for p in rnd["progress"])
-        if rnd["unconfined_stage_runs"]:
-            lines.append(f"  jobs: {rnd['unconfined_stage_runs']} stage run(s) UNCONFINED (no bubblewrap where they ran, "
-                         "or scheduler.confine_jobs off); their logs say why")
+        lines += [f"  cannot show: {line}" for line in rnd["cannot_show"]]
+        if rnd["unconfined"]:
+            lines.append(f"  jobs: {rnd['unconfined_stage_runs']} stage run(s) UNCONFINED ({', '.join(rnd['unconfined'])}): "
+                         "no bubblewrap where they ran, or scheduler.confine_jobs off; the first line of their "
+                         "jobs/attempt-N.<stage>.log says why")
         if rnd["agents"]["sessions"]:
             a = rnd["agents"]
             lines.append(f"  agents: {a['sessions']} sessions, ${a['cost_usd']:.4f}, {a['input_tokens']} in / "
