@@ -120,24 +120,26 @@ def dev_vs_leaderboard(story: CampaignReport):
 
 
 def per_subset(story: CampaignReport):
-    """The standing recipe's (the anchors') per-domain scores over rounds: leaderboard solid, dev dashed."""
-    fig = _figure(9, 5)
-    ax = fig.add_subplot()
+    """The standing recipe's (the anchors') per-domain scores over rounds: leaderboard left, dev right, one
+    colour per domain in both, on one score scale."""
+    fig = _figure(11, 4.8)
+    board_ax, dev_ax = fig.subplots(1, 2, sharey=True)
     domains = sorted({d for r in story.rounds for d in (*r.standing_leaderboard_per_domain, *r.standing_dev_per_domain)})
     data: Series = {"rounds": [r.round for r in story.rounds], "leaderboard": {}, "dev": {}}
     cmap = _colours(len(domains))
-    for i, domain in enumerate(domains):
-        for kind, style in (("leaderboard", "-"), ("dev", "--")):
+    for kind, ax in (("leaderboard", board_ax), ("dev", dev_ax)):
+        for i, domain in enumerate(domains):
             values = [getattr(r, f"standing_{kind}_per_domain").get(domain) for r in story.rounds]
             data[kind][domain] = values
             points = [(x, v) for x, v in zip(data["rounds"], values) if v is not None]
             if points:
-                ax.plot(*zip(*points), style, marker="o", color=cmap[i], label=f"{domain} ({kind})")
-    ax.set_title(f"{story.campaign}: standing recipe per domain (anchors' mean)")
-    ax.set_ylabel("score (fraction correct)")
-    _rounds_axis(ax, story)
+                ax.plot(*zip(*points), marker="o", color=cmap[i], label=domain)
+        ax.set_title(f"{kind} (held-out)" if kind == "leaderboard" else "dev")
+        _rounds_axis(ax, story)
+    board_ax.set_ylabel("score (fraction correct)")
+    fig.suptitle(f"{story.campaign}: standing recipe per domain (anchors' mean)")
     if domains:
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+        dev_ax.legend(title="domain", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     return fig, data
 
 

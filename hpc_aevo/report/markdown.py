@@ -91,7 +91,9 @@ def _round(r: RoundStory) -> list[str]:
         if r.retired_axes or r.new_axes:
             lines.append(f"- **Axis rotation:** retired {', '.join(r.retired_axes) or 'none'}; "
                          f"activated {', '.join(r.new_axes) or 'none'}.")
-        lines += [f"- Change: {change}" for change in r.changes]
+        if r.changes:
+            lines.append("- **Policy changes for the next round:**")
+            lines += [f"  - {change}" for change in r.changes]
     lines.append(f"- **Compute:** {hours(r.cpu_hours)} CPU-h, {hours(r.gpu_hours)} GPU-h; agents: {r.agent_sessions} "
                  f"session(s), ${r.api_usd:.2f}.")
     return lines + [""]
