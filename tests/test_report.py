@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -75,10 +76,14 @@ def test_report_command_prints_the_directory_and_refuses_a_campaign_that_never_r
     assert "never ran" in never.stderr
 
 
-def test_a_failing_report_is_one_line_and_does_not_raise(campaign):
+def test_the_daemons_refresh_says_where_or_in_one_line_why_not(campaign):
     tree = StateTree(campaign.paths.state_root)
-    tree.report_dir.write_text("not a directory")
     lines = []
+    build.refresh(campaign, lines.append)
+    assert lines == [f"[tiny] report refreshed: {tree.report_markdown} (tensorboard --logdir {tree.root})"]
+    shutil.rmtree(tree.report_dir)
+    tree.report_dir.write_text("not a directory")
+    lines.clear()
     build.refresh(campaign, lines.append)
     assert len(lines) == 1 and lines[0].startswith("[tiny] report not refreshed:")
 

@@ -43,7 +43,7 @@ def test_live_progress_then_report_and_tensorboard_after_the_round(tmp_path):
     assert seen is not None, "status never showed a training task's progress"
     assert seen["total"] == STEPS and 0 < seen["step"] <= STEPS and seen["loss"] > 0
     assert seen["tokens_per_s"] is None or seen["tokens_per_s"] > 0  # None: the first line of the attempt
-    assert "report not refreshed" not in out
+    assert "report not refreshed" not in out and "report refreshed: " in out
     tree = StateTree(load_campaign(path).paths.state_root)
     assert all(p.stat().st_size > 0 for p in [tree.report_markdown, *tree.report_figures.values()])
     story = CampaignReport.load(tree.report_record)

@@ -69,6 +69,8 @@ def write_report(campaign: Campaign) -> Path:
 def refresh(campaign: Campaign, print_line: Callable[[str], None]) -> None:
     """The daemon's call at the end of a round: write the report, or say in one line why not and go on."""
     try:
-        write_report(campaign)
+        out = write_report(campaign)
+        print_line(f"[{campaign.name}] report refreshed: {StateTree(campaign.paths.state_root).report_markdown} "
+                   f"(tensorboard --logdir {out.parent})")
     except Exception as exc:  # noqa: BLE001 - the report is never a reason to stop a campaign
         print_line(f"[{campaign.name}] report not refreshed: {type(exc).__name__}: {' '.join(str(exc).split())}")
