@@ -69,16 +69,18 @@ def test_missing_or_damaged_candidates_and_records_are_named_and_the_rest_is_sho
     shutil.rmtree(tree.candidate_dir(1, 1))
     tree.manifest(0, 2).unlink()
     tree.manifest(0, 1).write_text("{")
-    tree.evidence_json(0).unlink()
+    tree.decision(1).unlink()
+    shutil.rmtree(tree.candidate_dir(2, 2))  # the last one of a round still running: the campaign's count implies it
     doc = status.status_document(campaign_file)
     r0, r1 = doc["rounds"][0], doc["rounds"][1]
     assert [c["name"] for c in r0["candidates"]] == ["cand-00"] and [c["name"] for c in r1["candidates"]] == ["cand-00", "cand-02"]
     assert any("r001/cand-01: its directory is missing" in line for line in r1["cannot_show"])
-    assert any("r000/cand-02: its manifest.json is missing" in line for line in r0["cannot_show"])
+    assert any("r000/cand-02: its manifest.json is missing" in line for line in r0["cannot_show"])  # evidence names it
     assert any(line.startswith("unreadable, not shown:") and "cand-01/manifest.json" in line for line in r0["cannot_show"])
-    assert any("the evidence record" in line and "collect is done" in line for line in r0["cannot_show"])
+    assert any("the decision record" in line and "meta is done" in line for line in r1["cannot_show"])
+    assert any("r002/cand-02: its directory is missing" in line for line in doc["rounds"][2]["cannot_show"])
     text = status.render(doc)
-    assert text.count("  cannot show: ") == 4 and "round 2" in text  # the later rounds are still shown
+    assert text.count("  cannot show: ") == 5 and "round 2" in text  # the later rounds are still shown
 
 
 def test_unconfined_stages_are_named(campaign_file):

@@ -76,18 +76,22 @@ def _readable(cls: type[R], path: Path, cannot: list[str]) -> R | None:
 PHASE_RECORDS = {"collect": ("evidence", StateTree.evidence_json), "meta": ("decision", StateTree.decision)}
 
 
-def _missing(tree: StateTree, rnd: int, state: RoundState | None, expected: int) -> list[str]:
-    """What a round's own state says should be there and is not: a forked candidate, a finished phase's record."""
+def _missing(tree: StateTree, rnd: int, state: RoundState | None, evidence: RoundEvidence | None,
+             count: int) -> list[str]:
+    """What a round's own records say should be there and is not: a forked candidate (one below the highest
+    present, one its evidence names, or, in a round still running, one the campaign's count implies), a
+    finished phase's record. Finished rounds are not held to today's count: it may change between rounds."""
     if state is None:
         return []
     lines = []
     if "fork" in state.phases:
-        for c in range(expected):
-            ref = CandidateRef(rnd, c)
-            if not tree.manifest(rnd, c).exists():
-                where = "its manifest.json" if tree.candidate_dir(rnd, c).is_dir() else "its directory"
-                lines.append(f"{ref.key}: {where} is missing, though the round forked {expected} candidates; "
-                             "it is not shown (README: damaged state)")
+        present = {CandidateRef.named(rnd, p.parent.name).index for p in tree.candidate_manifests(rnd)}
+        expected = set(range(max(present, default=-1) + 1)) | set(range(0 if "meta" in state.phases else count))
+        expected |= {CandidateRef.named(rnd, c.name).index for c in (evidence.candidates if evidence else [])}
+        for c in sorted(expected - present):
+            where = "its manifest.json" if tree.candidate_dir(rnd, c).is_dir() else "its directory"
+            lines.append(f"{CandidateRef(rnd, c).key}: {where} is missing, though the round forked it; it is not "
+                         "shown (README: damaged state)")
     for phase, (what, path_of) in PHASE_RECORDS.items():
         if phase in state.phases and not path_of(tree, rnd).exists():
             lines.append(f"r{rnd:03d}: the {what} record {path_of(tree, rnd)} is missing though {phase} is done; "
@@ -95,13 +99,13 @@ def _missing(tree: StateTree, rnd: int, state: RoundState | None, expected: int)
     return lines
 
 
-def _round(tree: StateTree, rnd: int, expected: int) -> dict[str, Any]:
+def _round(tree: StateTree, rnd: int, count: int) -> dict[str, Any]:
     cannot: list[str] = []
     state = _readable(RoundState, tree.round_state(rnd), cannot)
     policy = _readable(Policy, tree.policy(rnd), cannot)
     evidence = _readable(RoundEvidence, tree.evidence_json(rnd), cannot)
     decision = _readable(PolicyDecision, tree.decision(rnd), cannot)
-    cannot += _missing(tree, rnd, state, expected)
+    cannot += _missing(tree, rnd, state, evidence, count)
     candidates, unconfined, progress = [], [], []
     for path in tree.candidate_manifests(rnd):
         m = _readable(CandidateManifest, path, cannot)
