@@ -8,7 +8,7 @@ predicting the leaderboard) before the per-candidate detail, which follows per r
 from __future__ import annotations
 
 from hpc_aevo.report.story import CampaignReport, RoundStory
-from hpc_aevo.state.tree import REPORT_FIGURES
+from hpc_aevo.state.tree import REPORT_FIGURES, StateTree
 
 FIGURE_TITLES = {
     "trajectory": "Scores per round: candidates, anchors, the standing recipe and its band",
@@ -61,7 +61,9 @@ def _lineage(story: CampaignReport) -> list[str]:
         lines.append(f"| r{r.round:03d} | `{r.standing_source}` | {score(r.standing_leaderboard)} | "
                      f"{score(r.standing_dev)} | {r.noise_band:.3f} |")
     steps = story.lineage()
-    chain = " → ".join(f"`{source}` (from r{rnd:03d})" for rnd, source in steps)
+    mutations = {c.key: c.mutation for r in story.rounds for c in r.candidates}
+    chain = " → ".join(f"`{source}` (" + (f"{mutations[source]}, " if mutations.get(source) else "")
+                       + f"standing from r{rnd:03d})" for rnd, source in steps)
     if story.standing_now != (steps[-1][1] if steps else None):
         chain += f" → `{story.standing_now}` (next round)"
     return [f"Lineage: {chain}.", "", *lines]
@@ -100,17 +102,22 @@ def _round(r: RoundStory) -> list[str]:
 
 
 def render(story: CampaignReport) -> str:
+    """The page; figures and runs are named by the tree's paths, relative to the report's directory."""
+    tree = StateTree(story.state_root)
+    figure = {name: path.relative_to(tree.report_dir) for name, path in tree.report_figures.items()}
+    run = tree.tensorboard(0, 0).relative_to(tree.root)
     lines = [f"# Campaign `{story.campaign}`", "",
              f"Generated {story.generated_at} from the state tree `{story.state_root}`. Every number below comes from "
-             "the records the daemon wrote (`python -m hpc_aevo.status` shows the same); `report.json` holds them all.",
+             f"the records the daemon wrote (`python -m hpc_aevo.status` shows the same); "
+             f"`{tree.report_record.name}` holds them all.",
              "", *_headline(story), "",
-             f"![{FIGURE_TITLES['trajectory']}](trajectory.png)", "",
+             f"![{FIGURE_TITLES['trajectory']}]({figure['trajectory']})", "",
              "## Lineage of the standing recipe", "", *_lineage(story), ""]
     for r in story.rounds:
         lines += _round(r)
     lines += ["## Figures", ""]
     for name in REPORT_FIGURES:
-        lines += [f"### {FIGURE_TITLES[name]}", "", f"![{FIGURE_TITLES[name]}]({name}.png)", ""]
-    lines += ["TensorBoard: `tensorboard --logdir " + story.state_root + "` shows every candidate's run "
-              "(`rounds/rNNN/cand-NN/tensorboard`) and the campaign's (`report/campaign`).", ""]
+        lines += [f"### {FIGURE_TITLES[name]}", "", f"![{FIGURE_TITLES[name]}]({figure[name]})", ""]
+    lines += [f"TensorBoard: `tensorboard --logdir {tree.root}` shows every candidate's run (e.g. `{run}`) and the "
+              f"campaign's (`{tree.campaign_tensorboard.relative_to(tree.root)}`).", ""]
     return "\n".join(lines)
