@@ -11,6 +11,7 @@ from report_fixture import build_fixture
 from tiny_campaign import REPO, write_campaign
 
 from hpc_aevo.campaign.config import load_campaign
+from hpc_aevo.cli import report as report_cli
 from hpc_aevo.report import build, figures, metrics, tensorboard
 from hpc_aevo.report.story import CampaignReport
 from hpc_aevo.state.tree import StateTree
@@ -67,14 +68,17 @@ def test_dev_vs_leaderboard_per_subset_and_compute_series(campaign):
     assert spend["cpu_hours"] == pytest.approx([0.3, 0.3, 0.2]) and spend["api_usd"] == [0.0, 0.125, 0.0]
 
 
-def test_report_command_prints_the_directory_and_refuses_a_campaign_that_never_ran(campaign, tmp_path):
-    run = lambda path: subprocess.run([sys.executable, "-m", "hpc_aevo.report", str(path)], cwd=REPO,  # noqa: E731
-                                      capture_output=True, text=True)
-    done = run(campaign.source)
-    assert done.returncode == 0 and done.stdout.strip() == str(StateTree(campaign.paths.state_root).report_dir)
-    never = run(write_campaign(tmp_path / "never"))
-    assert never.returncode == 2 and len(never.stderr.strip().splitlines()) == 1
-    assert "never ran" in never.stderr
+def test_report_command_prints_the_directory_and_refuses_a_campaign_that_never_ran(campaign, tmp_path, capsys):
+    assert report_cli.main([str(campaign.source)]) == 0
+    assert capsys.readouterr().out.strip() == str(StateTree(campaign.paths.state_root).report_dir)
+    assert report_cli.main([str(write_campaign(tmp_path / "never"))]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "never ran" in err and "python -m hpc_aevo.round" in err
+
+
+def test_report_runs_as_a_module():
+    done = subprocess.run([sys.executable, "-m", "hpc_aevo.report", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and "python -m hpc_aevo.report" in done.stdout
 
 
 def test_the_daemons_refresh_says_where_or_in_one_line_why_not(campaign):

@@ -46,15 +46,15 @@ def _save_figure(fig, path: Path) -> None:
 
 def write_report(campaign: Campaign) -> Path:
     """Build the story from the records and write every file of `report/`; returns the directory."""
+    tree = StateTree(campaign.paths.state_root)
+    if not tree.campaign_record.exists():
+        raise ReportUnavailable(f"campaign {campaign.name} never ran: {tree.campaign_record} is missing "
+                                f"(start it with python -m hpc_aevo.round {campaign.source})")
     try:
         import matplotlib  # noqa: F401
         import tensorboardX  # noqa: F401
     except ImportError as exc:
         raise ReportUnavailable(f"the report needs {exc.name}: pip install -e '.[report]'") from None
-    tree = StateTree(campaign.paths.state_root)
-    if not tree.campaign_record.exists():
-        raise ReportUnavailable(f"campaign {campaign.name} never ran: {tree.campaign_record} is missing "
-                                f"(start it with python -m hpc_aevo.round {campaign.source})")
     story = campaign_story(campaign)
     tree.report_dir.mkdir(parents=True, exist_ok=True)
     for name, path in tree.report_figures.items():
