@@ -1,5 +1,5 @@
-"""End to end on the local backend: status shows a running task's live progress, and the round's end leaves
-the report and every candidate's TensorBoard run with its loss curve."""
+"""End to end, on the local backend and on the devcluster: status shows a running task's live progress, and
+the round's end leaves the report and every candidate's TensorBoard run with its loss curve."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 
 import pytest
 import yaml
+from slurm_cluster import devcluster, slurm_campaign  # noqa: F401 (devcluster: the fixture)
 from tiny_campaign import REPO, write_campaign
 
 from hpc_aevo.campaign.config import load_campaign
@@ -23,8 +24,13 @@ pytestmark = pytest.mark.slow
 STEPS = 240
 
 
-def test_live_progress_then_report_and_tensorboard_after_the_round(tmp_path):
-    path = write_campaign(tmp_path, rounds=1, workers=1)
+@pytest.mark.parametrize("backend", ["local", pytest.param("slurm", marks=pytest.mark.xdist_group("devcluster"))])
+def test_live_progress_then_report_and_tensorboard_after_the_round(tmp_path, backend, request):
+    if backend == "slurm":
+        request.getfixturevalue("devcluster")  # skips without a reachable devcluster (CI starts one)
+        path = slurm_campaign(tmp_path, "progress", rounds=1, workers=1)
+    else:
+        path = write_campaign(tmp_path, rounds=1, workers=1)
     initial = yaml.safe_load((tmp_path / "initial.yaml").read_text())
     initial["standing_recipe"]["optim"]["steps"] = STEPS  # long enough to be seen running, with a line every 10 steps
     initial["standing_recipe"]["checkpoints"]["every"] = STEPS
