@@ -70,9 +70,9 @@ def build_fixture(root: Path) -> Path:
         for m in manifests:
             m.save(tree.manifest(rnd, m.candidate))
             if m.measured.leaderboard is not None:
-                ledger.submissions.append(LeaderboardEntry(f"r{rnd:03d}/{m.name}", "export/ckpt-000100.safetensors", 100,
-                                                           m.measured.leaderboard, m.measured.leaderboard_per_domain,
-                                                           now_iso()))
+                ledger.submissions.append(LeaderboardEntry(
+                    f"r{rnd:03d}/{m.name}", "export/ckpt-000100.safetensors", 100, m.measured.leaderboard,
+                    m.measured.leaderboard_per_domain, now_iso()))
         record_charges(tree, [TaskCharge(f"r{rnd:03d}/{m.name}", 1, "job", None, "COMPLETED", 360.0, 1, 0, 0.1, 0.0)
                               for m in manifests if m.status == "evaluated"])
         state = RoundState(round=rnd, phases={p: PhaseDone(now_iso(), 1.0) for p in ("fork", "propose")})
@@ -89,7 +89,8 @@ def build_fixture(root: Path) -> Path:
         PolicyDecision(round=rnd + 1, proposer="rule-based", accepted=True, violations=[], fallback_used=False,
                        promotion=promotion, changes=[f"round {rnd} change"]).save(tree.decision(rnd))
         if rnd == 0:
-            policy.dead_ends.append(DeadEnd("schedule", "data.mixture.sequence:down", 0, "lost 0.05 on the leaderboard"))
+            policy.dead_ends.append(DeadEnd("schedule", "data.mixture.sequence:down", 0,
+                                            "lost 0.05 on the leaderboard"))
         if rnd == 1:
             policy.standing_source = "r001/cand-02"
             policy.active_axes, policy.retired_axes = ["mixture", "budget", "capacity"], ["schedule"]

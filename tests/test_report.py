@@ -39,7 +39,8 @@ def test_report_writes_markdown_record_and_four_figures(campaign):
                      "**Axis rotation:** retired schedule; activated capacity", "**decoupling flagged**",
                      "| `r001/cand-02` | worker | schedule |", "## Round r002 (in progress)", "![", "trajectory.png"):
         assert expected in text, expected
-    assert "Lineage: `initial-policy` (standing from r000) → `r001/cand-02` (data.mixture.sequence:down, standing from r002)." in text
+    assert ("Lineage: `initial-policy` (standing from r000) → `r001/cand-02` (data.mixture.sequence:down, "
+            "standing from r002).") in text
     assert "0.3333333" not in text and "0.0499999" not in text  # rounded for people
 
 

@@ -36,7 +36,8 @@ def test_running_task_shows_step_loss_throughput_and_eta(campaign_file):
 
 
 def test_progress_lines_for_each_stage():
-    assert describe(TaskProgress("r000/cand-01", 2, "queued")) == "r000/cand-01 #2 queued (waiting for the scheduler to start it)"
+    assert describe(TaskProgress("r000/cand-01", 2, "queued")) == (
+        "r000/cand-01 #2 queued (waiting for the scheduler to start it)")
     assert describe(TaskProgress("r000/cand-01", 1, "train")) == "r000/cand-01 #1 train, no metric line yet"
     assert describe(TaskProgress("r000/cand-01", 1, "eval", 500, 500, 0.5, None, None, 7200.0)) == (
         "r000/cand-01 #1 eval step 500/500 (100%), loss 0.500, last line 2h00m ago")
@@ -73,10 +74,12 @@ def test_missing_or_damaged_candidates_and_records_are_named_and_the_rest_is_sho
     shutil.rmtree(tree.candidate_dir(2, 2))  # the last one of a round still running: the campaign's count implies it
     doc = status.status_document(campaign_file)
     r0, r1 = doc["rounds"][0], doc["rounds"][1]
-    assert [c["name"] for c in r0["candidates"]] == ["cand-00"] and [c["name"] for c in r1["candidates"]] == ["cand-00", "cand-02"]
+    assert [c["name"] for c in r0["candidates"]] == ["cand-00"]
+    assert [c["name"] for c in r1["candidates"]] == ["cand-00", "cand-02"]
     assert any("r001/cand-01: its directory is missing" in line for line in r1["cannot_show"])
     assert any("r000/cand-02: its manifest.json is missing" in line for line in r0["cannot_show"])  # evidence names it
-    assert any(line.startswith("unreadable, not shown:") and "cand-01/manifest.json" in line for line in r0["cannot_show"])
+    assert any(line.startswith("unreadable, not shown:") and "cand-01/manifest.json" in line
+               for line in r0["cannot_show"])
     assert any("the decision record" in line and "meta is done" in line for line in r1["cannot_show"])
     assert any("r002/cand-02: its directory is missing" in line for line in doc["rounds"][2]["cannot_show"])
     text = status.render(doc)

@@ -195,7 +195,7 @@ def _ledger_lines(ledger: dict[str, Any]) -> list[str]:
 
 def render(doc: dict[str, Any]) -> str:
     if not doc["ran"]:
-        return f"campaign {doc['campaign']}  ({doc['state_root']})\n" + "\n".join(f"  {line}" for line in doc["cannot_show"])
+        return "\n".join([f"campaign {doc['campaign']}  ({doc['state_root']})", *(f"  {x}" for x in doc["cannot_show"])])
     lines = [f"campaign {doc['campaign']}  ({doc['state_root']})",
              f"  compute {doc['compute']['cpu_hours_used']:.3f} CPU-h ({_budget(doc['compute']['cpu_hours_budget'])}), "
              f"{doc['compute']['gpu_hours_used']:.3f} GPU-h ({_budget(doc['compute']['gpu_hours_budget'])}); "
@@ -214,7 +214,8 @@ def render(doc: dict[str, Any]) -> str:
         lines.extend(f"  running: {describe(TaskProgress(**p))}" for p in rnd["progress"])
         lines += [f"  cannot show: {line}" for line in rnd["cannot_show"]]
         if rnd["unconfined"]:
-            lines.append(f"  jobs: {rnd['unconfined_stage_runs']} stage run(s) UNCONFINED ({', '.join(rnd['unconfined'])}): "
+            lines.append(f"  jobs: {rnd['unconfined_stage_runs']} stage run(s) UNCONFINED "
+                         f"({', '.join(rnd['unconfined'])}): "
                          "no bubblewrap where they ran, or scheduler.confine_jobs off; the first line of their "
                          "jobs/attempt-N.<stage>.log says why")
         if rnd["agents"]["sessions"]:

@@ -58,7 +58,8 @@ def trajectory(story: CampaignReport):
     def xy(points, jitter: float = 0.0):
         return [p[0] + jitter for p in points], [p[1] for p in points]
 
-    standing = [(x, y, r.noise_band) for x, y, r in zip(data["rounds"], data["standing"], story.rounds) if y is not None]
+    standing = [(r.round, r.standing_leaderboard, r.noise_band) for r in story.rounds
+                if r.standing_leaderboard is not None]
     for i, (x, y, band) in enumerate(standing):  # each round's standing score and band span the round's width
         ax.fill_between([x - 0.35, x + 0.35], y - band, y + band, color="tab:blue", alpha=0.12,
                         label="noise band (standing ± band)" if i == 0 else None)
@@ -67,8 +68,10 @@ def trajectory(story: CampaignReport):
     if len(standing) > 1:
         ax.plot([p[0] for p in standing], [p[1] for p in standing], color="tab:blue", lw=0.8, ls="--")
     ax.scatter(*xy(data["worker_leaderboard"], 0.08), color="tab:orange", s=30, label="candidate leaderboard", zorder=3)
-    ax.scatter(*xy(data["worker_dev"], 0.08), facecolors="none", edgecolors="tab:orange", s=30, label="candidate dev", zorder=3)
-    ax.scatter(*xy(data["anchor_leaderboard"], -0.08), color="tab:blue", marker="s", s=30, label="anchor leaderboard", zorder=3)
+    ax.scatter(*xy(data["worker_dev"], 0.08), facecolors="none", edgecolors="tab:orange", s=30, label="candidate dev",
+               zorder=3)
+    ax.scatter(*xy(data["anchor_leaderboard"], -0.08), color="tab:blue", marker="s", s=30, label="anchor leaderboard",
+               zorder=3)
     ax.scatter(*xy(data["anchor_dev"], -0.08), facecolors="none", edgecolors="tab:blue", marker="s", s=30,
                label="anchor dev", zorder=3)
     for rnd, score, key, gain_ in data["promotions"]:
@@ -103,7 +106,8 @@ def dev_vs_leaderboard(story: CampaignReport):
     data: Series = {"rounds": []}
     cmap = _colours(len(story.rounds))
     for i, r in enumerate(story.rounds):
-        points = [[c.dev, c.leaderboard, c.key] for c in r.candidates if c.dev is not None and c.leaderboard is not None]
+        points = [[c.dev, c.leaderboard, c.key] for c in r.candidates
+                  if c.dev is not None and c.leaderboard is not None]
         rho = None if r.spearman is None else round(r.spearman, 3)
         data["rounds"].append({"round": r.round, "points": points, "spearman": rho, "decoupled": r.decoupled})
         if points:
@@ -124,7 +128,8 @@ def per_subset(story: CampaignReport):
     colour per domain in both, on one score scale."""
     fig = _figure(11, 4.8)
     board_ax, dev_ax = fig.subplots(1, 2, sharey=True)
-    domains = sorted({d for r in story.rounds for d in (*r.standing_leaderboard_per_domain, *r.standing_dev_per_domain)})
+    domains = sorted({d for r in story.rounds
+                      for d in (*r.standing_leaderboard_per_domain, *r.standing_dev_per_domain)})
     data: Series = {"rounds": [r.round for r in story.rounds], "leaderboard": {}, "dev": {}}
     cmap = _colours(len(domains))
     for kind, ax in (("leaderboard", board_ax), ("dev", dev_ax)):
@@ -147,7 +152,8 @@ def compute(story: CampaignReport):
     """Compute charged per round (CPU- and GPU-hours, from the ledger) and agent API dollars on a second axis."""
     fig = _figure(8, 4.5)
     ax = fig.add_subplot()
-    data: Series = {"rounds": [r.round for r in story.rounds], "cpu_hours": [round(r.cpu_hours, 4) for r in story.rounds],
+    data: Series = {"rounds": [r.round for r in story.rounds],
+                    "cpu_hours": [round(r.cpu_hours, 4) for r in story.rounds],
                     "gpu_hours": [round(r.gpu_hours, 4) for r in story.rounds],
                     "api_usd": [round(r.api_usd, 4) for r in story.rounds]}
     width = 0.38

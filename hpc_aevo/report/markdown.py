@@ -44,7 +44,7 @@ def _headline(story: CampaignReport) -> list[str]:
         f"- **Standing recipe now:** `{story.standing_now}`; {len(promotions)} promotion(s)"
         + (": " + ", ".join(f"`{p.candidate}` (+{p.leaderboard_gain:.3f} > band {p.band:.3f})" for p in promotions)
            if promotions else "") + ".",
-        f"- **Best leaderboard score:** " + (f"{best[0]:.3f} (`{best[1]}`)" if best else "none yet") + ".",
+        "- **Best leaderboard score:** " + (f"{best[0]:.3f} (`{best[1]}`)" if best else "none yet") + ".",
         f"- **Dead ends registered:** {dead}. **Decoupling flagged in:** {', '.join(flagged) or 'no round'}.",
         f"- **Compute:** {hours(cpu)} CPU-h" + (f" of {story.cpu_hours_budget}" if story.cpu_hours_budget else "")
         + f", {hours(gpu)} GPU-h" + (f" of {story.gpu_hours_budget}" if story.gpu_hours_budget else "")
