@@ -26,6 +26,7 @@ from hpc_aevo.loop.install import (
     remove_tree,
     verify_substrate,
 )
+from hpc_aevo.report import build as report
 from hpc_aevo.roles.factory import make_roles
 from hpc_aevo.roles.interface import WorkerFailed, WorkerTask
 from hpc_aevo.sandbox.jobs import preflight, unconfined_here
@@ -341,6 +342,7 @@ class Daemon:
             state.save(state_path)
             self.print_line(f"[{self.campaign.name} r{rnd:03d}] {phase:<7} {time.time() - started:6.1f}s  {summary}")
         self._verify_frozen(record)
+        report.refresh(self.campaign, self.print_line)
 
     def run(self, rounds: int | None = None) -> None:
         record = self.prepare()

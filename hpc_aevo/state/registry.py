@@ -27,6 +27,7 @@ STATE_TREE_RECORDS = (  # under a campaign's state root: docs/state-tree.md
     "hpc_aevo.jobs.scheduler:Submission",
     "hpc_aevo.jobs.spec:Claim",
     "hpc_aevo.jobs.spec:JobOutcome",
+    "hpc_aevo.report.story:CampaignReport",
 )
 
 BENCHMARK_RECORDS = (  # written by `python -m hpc_aevo.bench`: docs/benchmarks.md

@@ -19,6 +19,7 @@ from hpc_aevo.state.records import Record
 _ROUND_DIR = re.compile(r"r(\d{3,})")
 _CANDIDATE_KEY = re.compile(r"r(\d{3,})/cand-(\d{2,})")
 
+REPORT_FIGURES = ("trajectory", "dev_vs_leaderboard", "per_subset", "compute")  # report/<name>.png
 RECIPE_MARKER = "recipe.sha256"  # in checkpoints/: the recipe they were trained from, so a changed recipe restarts
 
 
@@ -146,6 +147,29 @@ class StateTree:
     def daemon_info(self) -> Path:
         return self.root / "daemon.json"
 
+    @property
+    def report_dir(self) -> Path:
+        """`python -m hpc_aevo.report`'s output, refreshed by the daemon at the end of every round."""
+        return self.root / "report"
+
+    @property
+    def report_record(self) -> Path:
+        return self.report_dir / "report.json"
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.report_dir / "report.md"
+
+    @property
+    def report_figures(self) -> dict[str, Path]:
+        """The report's PNG figures, by name."""
+        return {name: self.report_dir / f"{name}.png" for name in REPORT_FIGURES}
+
+    @property
+    def campaign_tensorboard(self) -> Path:
+        """The campaign-level TensorBoard run: per-round scores, band and compute."""
+        return self.report_dir / "campaign"
+
     def round_dir(self, r: int) -> Path:
         return self.root / "rounds" / f"r{r:03d}"
 
@@ -211,6 +235,10 @@ class StateTree:
 
     def eval_result(self, r: int, c: int) -> Path:
         return self.candidate_dir(r, c) / EVAL_RESULT
+
+    def tensorboard(self, r: int, c: int) -> Path:
+        """The candidate's TensorBoard run (training metrics, dev scores per checkpoint), written by the report."""
+        return self.candidate_dir(r, c) / "tensorboard"
 
     def jobs(self, r: int, c: int) -> Path:
         return self.candidate_dir(r, c) / "jobs"

@@ -38,7 +38,31 @@ class UntrustedFile(ValueError):
 
 def read_bytes(path: Path, within: Path, limit: int) -> bytes:
     """The bytes of regular file `path`, which must lie inside directory `within` (itself not a link)."""
-    path, within = Path(path), Path(within)
+    fd, info = _open_checked(Path(path), Path(within))
+    try:
+        if info.st_size > limit:
+            raise UntrustedFile(f"{path}: {info.st_size} bytes, more than the {limit} allowed")
+        data = os.read(fd, limit + 1)
+        if len(data) > limit:  # it grew while we read
+            raise UntrustedFile(f"{path}: more than the {limit} bytes allowed")
+        return data
+    finally:
+        os.close(fd)
+
+
+def read_tail(path: Path, within: Path, limit: int) -> bytes:
+    """The last `limit` bytes (at most) of regular file `path` inside `within`, checked as `read_bytes` does:
+    for a log that grows while its job runs, whose newest lines are what a reader wants."""
+    fd, info = _open_checked(Path(path), Path(within))
+    try:
+        return os.pread(fd, limit, max(0, info.st_size - limit))
+    finally:
+        os.close(fd)
+
+
+def _open_checked(path: Path, within: Path) -> tuple[int, os.stat_result]:
+    """An fd on `path`, opened without following a link, checked to be a regular, singly linked file
+    inside `within`; the caller closes it."""
     try:
         root = os.lstat(within)
     except OSError as exc:
@@ -62,14 +86,10 @@ def read_bytes(path: Path, within: Path, limit: int) -> bytes:
         real = Path(os.readlink(f"/proc/self/fd/{fd}"))
         if not real.is_relative_to(os.path.realpath(within)):
             raise UntrustedFile(f"{path}: resolves to {real}, outside {within}")
-        if info.st_size > limit:
-            raise UntrustedFile(f"{path}: {info.st_size} bytes, more than the {limit} allowed")
-        data = os.read(fd, limit + 1)
-        if len(data) > limit:  # it grew while we read
-            raise UntrustedFile(f"{path}: more than the {limit} bytes allowed")
-        return data
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd, info
 
 
 def _kind(mode: int) -> str:
