@@ -3,9 +3,12 @@
     python evaluate.py --checkpoints DIR --recipe recipe.yaml --out eval.json [--engine E]
     python evaluate.py --checkpoint DIR/export/ckpt-000500.safetensors --sha256 HEX --recipe recipe.yaml \
         --split-file heldout.jsonl --out score.json [--engine E]
+    python evaluate.py --checkpoint DIR/export/ckpt-000500.safetensors --sha256 HEX --recipe recipe.yaml \
+        --prompts-file prompts.jsonl --predictions predictions.json [--engine E]
     python evaluate.py --base-recipe recipe.yaml --split-file heldout.jsonl --out base.json
 
-The third form scores the recipe's model before any training (an `init_from` model's pretrained
+The third form answers a prompts file without scoring (the toolkit's jsonl leaderboard scores the
+answers by its own rule). The fourth scores the recipe's model before any training (an `init_from` model's pretrained
 weights): the baseline a post-training campaign is measured against.
 
 What a training job wrote is the candidate's, so it is read as data only: the evaluator loads the
@@ -47,16 +50,22 @@ MAX_ANSWER_TOKENS = 9
 RECIPE_BYTES = 1 << 20
 
 
+def answers(engine, prompts: list[str], batch: int = 250) -> list[str]:
+    """The engine's greedy answers to `prompts`, decoded, in order."""
+    outputs = []
+    for start in range(0, len(prompts), batch):
+        outputs += [decode(out) for out in engine.generate([encode(p) for p in prompts[start : start + batch]],
+                                                           MAX_ANSWER_TOKENS)]
+    return outputs
+
+
 def score(engine, rows: list[dict], batch: int = 250) -> tuple[float, dict[str, float], dict[str, int]]:
     """Exact-match accuracy overall and per domain of the engine's greedy answers."""
     hits: dict[str, int] = defaultdict(int)
     counts: dict[str, int] = defaultdict(int)
-    for start in range(0, len(rows), batch):
-        chunk = rows[start : start + batch]
-        outputs = engine.generate([encode(r["prompt"]) for r in chunk], MAX_ANSWER_TOKENS)
-        for row, out in zip(chunk, outputs):
-            counts[row["domain"]] += 1
-            hits[row["domain"]] += decode(out) == row["answer"]
+    for row, output in zip(rows, answers(engine, [r["prompt"] for r in rows], batch)):
+        counts[row["domain"]] += 1
+        hits[row["domain"]] += output == row["answer"]
     per_domain = {d: hits[d] / counts[d] for d in sorted(counts)}
     return sum(hits.values()) / sum(counts.values()), per_domain, dict(sorted(counts.items()))
 
@@ -150,6 +159,22 @@ def evaluate_split(checkpoint: Path, sha256: str, recipe_path: Path, split_file:
     return score_split(model, cfg, split_file, out, engine, checkpoint, digest, step)
 
 
+def predict_split(checkpoint: Path, sha256: str, recipe_path: Path, prompts_file: Path, out: Path,
+                  engine: str = "auto") -> dict:
+    """Answer every prompt of a JSONL file with one export (only if its bytes have `sha256`); the caller
+    scores the answers (the toolkit's jsonl leaderboard keeps them from this process)."""
+    step = safe_weights.step_of(checkpoint.name)
+    _, cfg, model = recipe_model(recipe_path)
+    digest = load_export(model, checkpoint, sha256=sha256)
+    prompts = [json.loads(line)["prompt"] for line in prompts_file.read_text().splitlines() if line.strip()]
+    with open_engine(engine, model, cfg) as generator:
+        outputs = answers(generator, prompts)
+    body = {"schema": "hpc_aevo.predictions", "version": 1, "checkpoint_sha256": digest, "step": step,
+            "outputs": outputs}
+    write_json(out, body)
+    return body
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", type=Path, help="a training output directory: scores its export/*.safetensors")
@@ -158,23 +183,28 @@ def main() -> None:
     parser.add_argument("--sha256", help="with --checkpoint: the sha256 the file must have")
     parser.add_argument("--split-file", type=Path)
     parser.add_argument("--base-recipe", type=Path, help="score this recipe's model before training")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--prompts-file", type=Path, help="with --checkpoint: a JSONL of prompts to answer")
+    parser.add_argument("--predictions", type=Path, help="with --prompts-file: where the answers go")
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="who generates the answers (auto: vLLM on a GPU, transformers on CPU, megatron for the GPT)")
     args = parser.parse_args()
     init_parallel(seed=0)
     torch.manual_seed(0)
     try:
-        if args.base_recipe and args.split_file:
+        if args.base_recipe and args.split_file and args.out:
             _, cfg, model = recipe_model(args.base_recipe, before_training=True)
             score_split(model, cfg, args.split_file, args.out, args.engine, None, None, 0)
-        elif args.checkpoint and args.split_file and args.recipe and args.sha256:
+        elif args.checkpoint and args.prompts_file and args.predictions and args.recipe and args.sha256:
+            predict_split(args.checkpoint, args.sha256, args.recipe, args.prompts_file, args.predictions, args.engine)
+        elif args.checkpoint and args.split_file and args.recipe and args.sha256 and args.out:
             evaluate_split(args.checkpoint, args.sha256, args.recipe, args.split_file, args.out, args.engine)
-        elif args.checkpoints and args.recipe:
+        elif args.checkpoints and args.recipe and args.out:
             evaluate_checkpoints(args.checkpoints, args.recipe, args.out, args.engine)
         else:
-            parser.error("give --checkpoints DIR --recipe RECIPE, or --checkpoint FILE --sha256 HEX --recipe RECIPE "
-                         "--split-file SPLIT, or --base-recipe RECIPE --split-file SPLIT")
+            parser.error("give --checkpoints DIR --recipe RECIPE --out OUT, or --checkpoint FILE --sha256 HEX --recipe "
+                         "RECIPE --split-file SPLIT --out OUT (or --prompts-file PROMPTS --predictions OUT), or "
+                         "--base-recipe RECIPE --split-file SPLIT --out OUT")
     except (ValueError, yaml.YAMLError) as error:  # a refused checkpoint or recipe: one line, no traceback
         sys.exit(f"evaluate: {' '.join(str(error).split())}")
 

@@ -26,7 +26,9 @@ from tiny_campaign import REPO, tiny_recipe
 from hpc_aevo.sandbox import bwrap
 from hpc_aevo.loop.fork import fork_candidate
 from hpc_aevo.jobs.candidate import Candidate
-from hpc_aevo.jobs.spec import JobOutcome, ScoreInput
+from hpc_aevo.jobs.spec import JobOutcome
+from hpc_aevo.campaign.config import Leaderboard
+from hpc_aevo.scoring.adapters import JsonlHeldout
 from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardLedger, heldout_params
 from hpc_aevo.scoring.score_stage import ScoreTrack, choose, score_spec
 from hpc_aevo.state.contract import SCORE_RESULT
@@ -176,6 +178,27 @@ def test_a_normal_candidate_trains_evaluates_and_is_scored_confined(tree, job_sa
     track.completed(cand, manifest, scoring)
     assert manifest.scoring.status == "scored" and 0.0 <= manifest.measured.leaderboard <= 1.0, manifest.scoring
     assert adapter.ledger().submissions[0].checkpoint_sha256 == body["selected_checkpoint"]["sha256"]
+    puzzle_scores = (manifest.measured.leaderboard, manifest.measured.leaderboard_per_domain)
+
+    # The same items as a team's JSONL (rule exact): the score job answers the prompts alone, the daemon
+    # scores the answers, and the numbers are the puzzle evaluator's.
+    source = tree.root.parent / "team-heldout.jsonl"
+    source.write_text("".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"], "subset": r["domain"]}) + "\n"
+                              for r in rows))
+    tree.leaderboard_ledger.unlink()
+    jsonl = JsonlHeldout(tree, 1, Leaderboard(quota=1, per_round=1, adapter="jsonl", heldout=str(source)), source)
+    jsonl.prepare()
+    assert "answer" not in jsonl.prompts_file.read_text()
+    manifest = CandidateManifest(round=0, candidate=1, name="cand-01", role="anchor", seed=1, axis=None,
+                                 status="evaluated")
+    [manifest] = choose([cand], [manifest], 1, jsonl)
+    manifest.scoring.attempts = 2
+    track = ScoreTrack(jsonl)
+    scoring = run_job(track.spec(cand, manifest, 2))
+    assert [(s.stage, s.confined) for s in scoring.stages] == [("score", True)], scoring.message
+    track.completed(cand, manifest, scoring)
+    assert manifest.scoring.status == "scored", manifest.scoring
+    assert (manifest.measured.leaderboard, manifest.measured.leaderboard_per_domain) == puzzle_scores
 
 
 # The score stage's evaluator stand-in: every attempt to reach past the one checkpoint, the split and its output.
@@ -222,8 +245,10 @@ def test_the_score_stage_sees_one_checkpoint_the_split_and_its_output_and_no_net
     monkeypatch.setenv("T_ROOT", str(tree.root))
     monkeypatch.setenv("T_PORT", str(listener.getsockname()[1]))
     before = snapshot(tree.root, [tree.jobs(0, 1)])
-    spec = score_spec(Candidate(0, 1, tree), 1, ScoreInput(str(export / "ckpt-000024.safetensors"), "ab" * 32,
-                                                         str(tree.heldout_split)))
+    spec = score_spec(Candidate(0, 1, tree), 1, None)
+    checkpoint = export / "ckpt-000024.safetensors"
+    spec.score = HeldoutPuzzles(tree, 1, 0).score_input(checkpoint, hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+                                                        tree.sandbox(0, 1) / "recipe.yaml", spec.files.out("score"))
     spec = dataclasses.replace(spec, evaluator_dir=str(probe))
 
     outcome = run_job(spec)

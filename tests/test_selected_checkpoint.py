@@ -61,13 +61,13 @@ def round_of(tmp_path: Path, devs: list[float | None], quota: int = 8) -> tuple[
 
 
 def result(out: Path, **change) -> Path:
-    """A score job's score.json as the evaluator writes it, with `change` applied."""
+    """A score job's output directory with its score.json as the evaluator writes it, `change` applied."""
     body = {"schema": "hpc_aevo.split_score", "version": 2, "checkpoint": "/x/export/ckpt-000024.safetensors",
             "checkpoint_sha256": SHA, "step": 24, "score": 0.25, "per_domain": {"bits": 0.25},
             "examples_per_domain": {"bits": 100}, **change}
     out.mkdir(parents=True, exist_ok=True)
     (out / SCORE_RESULT).write_text(json.dumps(body))
-    return out / SCORE_RESULT
+    return out
 
 
 def test_the_selected_file_stays_inside_the_checkpoints_directory(checkpoints, tmp_path):
@@ -121,7 +121,11 @@ def test_the_score_job_gets_the_one_file_its_hash_and_the_held_out_split(tmp_pat
     tree = candidates[0].tree
     assert spec.stages == ("score",) and spec.jobs_dir == str(tree.score_jobs(0, 0))
     assert (spec.score.checkpoint, spec.score.sha256) == (str(tree.checkpoints(0, 0) / "export/ckpt-000024.safetensors"), SHA)
-    assert spec.score.split_file == str(tree.heldout_split)
+    out = tree.score_jobs(0, 0) / "attempt-1.score-out"
+    assert spec.score.views == (str(tree.heldout_split),) and spec.score.command == ()  # the frozen evaluator
+    assert spec.score.args == ("--checkpoint", spec.score.checkpoint, "--sha256", SHA, "--recipe",
+                               str(tree.sandbox(0, 0) / "recipe.yaml"), "--split-file", str(tree.heldout_split),
+                               "--out", str(out / SCORE_RESULT))
     assert spec.claim_path().parent == spec.outcome_path().parent == tree.score_jobs(0, 0)
 
 
@@ -161,13 +165,13 @@ def test_a_completed_score_job_is_recorded_once_and_a_refused_one_fails_only_its
 
 def test_a_result_that_is_a_link_or_a_fifo_is_refused(tmp_path):
     candidates, adapter = round_of(tmp_path, [0.1])
-    real = result(tmp_path / "real")
+    real = result(tmp_path / "real") / SCORE_RESULT
     for name, make in (("link", lambda p: p.symlink_to(real)), ("fifo", os.mkfifo)):
         path = tmp_path / name / SCORE_RESULT
         path.parent.mkdir()
         make(path)
         with pytest.raises(Exception, match="regular file|link"):
-            adapter.record("r000/cand-00", path, "export/ckpt-000024.safetensors", SHA, 24)
+            adapter.record("r000/cand-00", path.parent, "export/ckpt-000024.safetensors", SHA, 24)
     assert adapter.ledger().submissions == []
 
 

@@ -105,17 +105,53 @@ class SchedulerConfig:
             raise SchemaError("profile", "a cluster profile file with the slurm backend (e.g. ../sbatch/devcluster.yaml)")
 
 
+# The keys each leaderboard adapter takes besides quota, per_round and adapter.
+ADAPTER_KEYS = {"heldout-puzzles": (), "jsonl": ("heldout", "rule", "tolerance", "pattern"),
+                "command": ("heldout", "command")}
+
+
 @dataclass
 class Leaderboard:
     quota: int  # submissions allowed over the whole campaign
     per_round: int  # submissions per round (the best candidates by dev score go first)
-    adapter: Literal["heldout-puzzles"] = "heldout-puzzles"  # the external scorer workers cannot see
+    adapter: Literal["heldout-puzzles", "jsonl", "command"] = "heldout-puzzles"  # the external scorer
+    heldout: str | None = None  # jsonl: a JSONL of prompt/answer[/subset] rows; command: the data its scorer reads
+    rule: Literal["exact", "normalized", "numeric", "regex"] | None = None  # jsonl: how an answer is matched (exact)
+    tolerance: float | None = None  # jsonl, rule numeric: the absolute difference still counted equal (1e-6)
+    pattern: str | None = None  # jsonl, rule regex: extracts the answer from the output (its first group)
+    command: list[str] = field(default_factory=list)  # command: the site's scorer, as an argument list
 
     def validate(self) -> None:
         _at_least("quota", self.quota, 1)
         _at_least("per_round", self.per_round, 1)
         if self.per_round > self.quota:
             raise SchemaError("per_round", f"an integer <= leaderboard.quota ({self.quota})", self.per_round)
+        given = {"heldout": self.heldout, "rule": self.rule, "tolerance": self.tolerance, "pattern": self.pattern,
+                 "command": self.command or None}
+        takes = ADAPTER_KEYS[self.adapter]
+        for key, value in given.items():
+            if value is not None and key not in takes:
+                raise SchemaError(key, f"no such key with adapter {self.adapter} (it takes: "
+                                       f"{', '.join(takes) or 'none of its own'})", value)
+        if "heldout" in takes and self.heldout is None:
+            raise SchemaError("heldout", f"the held-out data's path, with adapter {self.adapter}")
+        if self.adapter == "command":
+            if not self.command or not all(arg.strip() and "\n" not in arg and "\0" not in arg for arg in self.command):
+                raise SchemaError("command", "the scorer's command line as a list of non-empty one-line strings",
+                                  self.command)
+        if self.tolerance is not None and self.tolerance < 0:
+            raise SchemaError("tolerance", "a number >= 0", self.tolerance)
+        if self.tolerance is not None and self.rule != "numeric":
+            raise SchemaError("tolerance", "no tolerance unless rule is numeric", self.tolerance)
+        if (self.rule == "regex") != (self.pattern is not None):
+            raise SchemaError("pattern", "a regular expression with rule regex, and only then", self.pattern)
+        if self.pattern is not None:
+            try:
+                groups = re.compile(self.pattern).groups
+            except re.error as exc:
+                raise SchemaError("pattern", f"a regular expression ({exc})", self.pattern) from None
+            if groups < 1:
+                raise SchemaError("pattern", "a regular expression with a group that captures the answer", self.pattern)
 
 
 @dataclass
@@ -151,6 +187,7 @@ class CampaignPaths:
     constitution: Path
     initial_policy: Path
     profile: Path | None
+    heldout: Path | None = None  # leaderboard.heldout: the adapter's held-out data
 
 
 @dataclass
@@ -216,6 +253,7 @@ def _resolve_paths(campaign: Campaign, base: Path) -> CampaignPaths:
         constitution=_resolve(base, campaign.policy.constitution),
         initial_policy=_resolve(base, campaign.policy.initial),
         profile=None if profile is None else _resolve(base, profile),
+        heldout=None if campaign.leaderboard.heldout is None else _resolve(base, campaign.leaderboard.heldout),
     )
     if paths.state_root.exists() and not paths.state_root.is_dir():
         raise SchemaError("state_root", f"a directory or a path not yet created ({paths.state_root} is a file)")
@@ -245,6 +283,12 @@ def _resolve_paths(campaign: Campaign, base: Path) -> CampaignPaths:
     _require_file("policy.initial", paths.initial_policy)
     if paths.profile is not None:
         _require_file("scheduler.profile", paths.profile)
+    if campaign.leaderboard.adapter == "jsonl":
+        _require_file("leaderboard.heldout", paths.heldout)
+    elif paths.heldout is not None and not paths.heldout.exists():
+        raise SchemaError("leaderboard.heldout", f"an existing file or directory (nothing at {paths.heldout})")
+    if paths.heldout is not None and Path(os.path.realpath(paths.heldout)).is_relative_to(state):
+        raise SchemaError("leaderboard.heldout", f"data outside the state tree ({state})", campaign.leaderboard.heldout)
     return paths
 
 

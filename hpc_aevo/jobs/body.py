@@ -33,7 +33,7 @@ from typing import Callable
 from hpc_aevo.jobs.spec import EXIT_PREEMPTED, Claim, JobOutcome, JobSpec, StageRun
 from hpc_aevo.sandbox import bwrap
 from hpc_aevo.sandbox.jobs import ConfinementUnavailable, confine
-from hpc_aevo.state.contract import EVAL_RESULT, EVALUATOR, MAX_RECIPE_BYTES, RECIPE_FILE, SCORE_RESULT, TRAIN_SCRIPT
+from hpc_aevo.state.contract import EVAL_RESULT, EVALUATOR, MAX_RECIPE_BYTES, RECIPE_FILE, TRAIN_SCRIPT
 from hpc_aevo.state.records import atomic_write_text, now_iso
 from hpc_aevo.state.tree import RECIPE_MARKER
 from hpc_aevo.state.untrusted import KIB, UntrustedFile, read_bytes
@@ -106,17 +106,32 @@ def _recipe_guard(spec: JobSpec) -> None:
     atomic_write_text(checkpoints / RECIPE_MARKER, recipe_hash)  # replaces a planted link, never writes through it
 
 
+def _checkpoint_guard(spec: JobSpec) -> None:
+    """Score only the bytes the eval stage scored: a site's scorer (the command adapter) cannot be asked to
+    check a hash, so the job checks it before any scorer starts. The file is opened without following a link."""
+    path = Path(spec.score.checkpoint)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UntrustedFile(f"{path}: the selected checkpoint is not readable ({exc.strerror})") from None
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    if digest.hexdigest() != spec.score.sha256:
+        raise UntrustedFile(f"{path}: sha256 is {digest.hexdigest()}, not the {spec.score.sha256} the eval stage scored")
+
+
 def _command(spec: JobSpec, stage: str) -> tuple[list[str], str]:
     if stage == "train":
         return [sys.executable, TRAIN_SCRIPT, "--recipe", RECIPE_FILE, "--out", spec.checkpoints], spec.sandbox
-    evaluator = [sys.executable, str(Path(spec.evaluator_dir) / EVALUATOR), "--recipe", str(Path(spec.sandbox) / RECIPE_FILE)]
     out = spec.files.out(stage)
     out.mkdir(parents=True, exist_ok=True)
     if stage == "eval":
-        return [*evaluator, "--checkpoints", spec.checkpoints, "--out", str(out / EVAL_RESULT)], str(out)
-    score = spec.score
-    return [*evaluator, "--checkpoint", score.checkpoint, "--sha256", score.sha256, "--split-file", score.split_file,
-            "--out", str(out / SCORE_RESULT)], str(out)
+        return [sys.executable, str(Path(spec.evaluator_dir) / EVALUATOR), "--recipe", str(Path(spec.sandbox) / RECIPE_FILE),
+                "--checkpoints", spec.checkpoints, "--out", str(out / EVAL_RESULT)], str(out)
+    program = list(spec.score.command) or [sys.executable, str(Path(spec.evaluator_dir) / EVALUATOR)]
+    return [*program, *spec.score.args], str(out)
 
 
 def _start(spec: JobSpec, stage: str, log) -> tuple[subprocess.Popen, bool]:
@@ -155,6 +170,8 @@ def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None
                 _recipe_guard(spec)
             else:  # eval and score are shown the recipe: a plain file inside the sandbox, never a link out of it
                 _recipe_hash(spec)
+            if stage == "score":
+                _checkpoint_guard(spec)
         except UntrustedFile as exc:
             outcome.state, outcome.message = "FAILED", f"{stage} not started: {exc}"
             break

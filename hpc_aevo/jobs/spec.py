@@ -21,12 +21,14 @@ JobEnd = Literal["COMPLETED", "FAILED", "PREEMPTED", "TIMEOUT", "DUPLICATE"]  # 
 
 @dataclass(frozen=True)
 class ScoreInput:
-    """What a leaderboard scoring job scores: the one file the candidate's eval stage selected, which the
-    evaluator loads only if its bytes still have `sha256`, on the held-out split."""
+    """What a leaderboard scoring job scores: the one file the candidate's eval stage selected, refused unless
+    its bytes still have `sha256`, and how (the leaderboard adapter's command line over its held-out data)."""
 
     checkpoint: str  # the selected pickle-free export, inside the candidate's checkpoints/
     sha256: str
-    split_file: str
+    args: tuple[str, ...]  # the command's arguments
+    views: tuple[str, ...] = ()  # the held-out data it reads (read-only), besides the checkpoint and the recipe
+    command: tuple[str, ...] = ()  # the site's scorer; empty: the frozen evaluator, under the job's Python
 
 
 @dataclass

@@ -30,7 +30,8 @@ from hpc_aevo.report import build as report
 from hpc_aevo.roles.factory import make_roles
 from hpc_aevo.roles.interface import WorkerFailed, WorkerTask
 from hpc_aevo.sandbox.jobs import preflight, unconfined_here
-from hpc_aevo.scoring.leaderboard import ADAPTERS, LeaderboardLedger
+from hpc_aevo.scoring.adapters import make_adapter
+from hpc_aevo.scoring.leaderboard import LeaderboardLedger
 from hpc_aevo.scoring.results import read_eval_result, record_evaluation
 from hpc_aevo.scoring.score_stage import ScoreTrack, choose
 from hpc_aevo.search.constitution import CheckContext, ConstitutionChanged, constitution_hash, without_seed
@@ -83,7 +84,7 @@ class Daemon:
         self.campaign = campaign
         self.tree = StateTree(campaign.paths.state_root)
         self.print_line = print_line
-        self.leaderboard = ADAPTERS[campaign.leaderboard.adapter](self.tree, campaign.leaderboard.quota, campaign.seed)
+        self.leaderboard = make_adapter(campaign, self.tree)
         try:
             self.roles = make_roles(campaign.agents.backend, campaign, self.tree)
             self.scheduler = make_scheduler(campaign)
@@ -125,7 +126,8 @@ class Daemon:
             "recreated, restore it (README: damaged state)")
         for path, what in ((tree.substrate_manifest, "it holds the substrate's hashes"),
                            (tree.leaderboard_ledger, "it holds the leaderboard quota spent"),
-                           (tree.heldout_split, "it is the held-out split every score was measured on"),
+                           *((data, "it is the held-out data every score was measured on")
+                             for data in self.leaderboard.data_files()),
                            (tree.policy(0), "it is round 0's policy")):
             if not path.exists():
                 raise lost(path, what)

@@ -49,7 +49,7 @@ def views(spec: JobSpec, stage: str) -> list[tuple[Path, bool]]:
                 (spec.files.out(stage), True)]
     else:  # score: one checkpoint file, the held-out split, nothing else of the candidate's but its recipe
         seen = [(spec.evaluator_dir, False), (spec.score.checkpoint, False), (Path(spec.sandbox) / RECIPE_FILE, False),
-                (spec.score.split_file, False), (spec.files.out(stage), True)]
+                *((view, False) for view in spec.score.views), (spec.files.out(stage), True)]
     return [(Path(os.path.realpath(p)), writable) for p, writable in seen]
 
 

@@ -1,15 +1,18 @@
 """The external target: a held-out leaderboard the workers can neither read nor call.
 
-The `heldout-puzzles` adapter draws the reference substrate's puzzles from a *shifted*
-distribution (other input ranges, longer words, a disjoint pool of sequence templates) and writes
-the split into the state tree's private leaderboard directory. The frozen evaluator of `default/`
-scores a candidate's selected checkpoint on it in a confined score job (`scoring/score_stage.py`);
-the adapter checks what that job wrote and records it. Every score is charged to a quota ledger
-kept under a lock, which only the daemon writes, and a candidate is recorded at most once.
+An adapter keeps its data in the state tree's private leaderboard directory, says what a candidate's
+confined score job runs on it (`scoring/score_stage.py`), and turns what that job wrote into a score
+and per-subset scores once it has checked it. Every score is charged to a quota ledger kept under a
+lock, which only the daemon writes, and a candidate is recorded at most once.
+
+The `heldout-puzzles` adapter draws the reference substrate's puzzles from a *shifted* distribution
+(other input ranges, longer words, a disjoint pool of sequence templates); the frozen evaluator of
+`default/` scores the selected checkpoint on it. `scoring/adapters.py` has a team's own benchmarks.
 """
 
 from __future__ import annotations
 
+import abc
 import importlib.util
 import json
 import math
@@ -17,6 +20,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpc_aevo.jobs.spec import ScoreInput
+from hpc_aevo.state.contract import SCORE_RESULT
 from hpc_aevo.state.records import Record, atomic_write_text, now_iso
 from hpc_aevo.state.tree import StateTree
 from hpc_aevo.state.untrusted import MIB, load_record
@@ -88,13 +93,75 @@ def _load_module(path: Path, name: str):
     return module
 
 
-class HeldoutPuzzles:
+class Adapter(abc.ABC):
+    """A leaderboard: its private data, the command a score job runs on it, and the check of what it wrote."""
+
+    def __init__(self, tree: StateTree, quota: int):
+        self.tree, self.quota = tree, quota
+        self.ledger_file = tree.leaderboard_ledger
+
+    @abc.abstractmethod
+    def data_files(self) -> list[Path]:
+        """The held-out data `prepare` wrote: what every recorded score was measured on."""
+
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """Write the held-out data into the private leaderboard directory and the ledger, once (idempotent)."""
+
+    @abc.abstractmethod
+    def score_input(self, checkpoint: Path, sha256: str, recipe: Path, out: Path) -> ScoreInput:
+        """What the score job runs to score `checkpoint` (the candidate's `recipe` beside it), writing into `out`."""
+
+    @abc.abstractmethod
+    def result(self, out: Path, sha256: str, step: int) -> tuple[float, dict[str, float]]:
+        """(score, per-subset scores) of what a score job wrote into `out`, read as untrusted and held to
+        what was asked; LeaderboardError (or UntrustedFile) when it is not that."""
+
+    def ledger(self) -> LeaderboardLedger:
+        return LeaderboardLedger.load(self.ledger_file)
+
+    def record(self, candidate: str, out: Path, checkpoint: str, sha256: str, step: int) -> LeaderboardEntry:
+        """Check the score job's output `out` for `candidate` and record it, charged to the quota; a repeat
+        returns the recorded score (a daemon restarted after recording finds it here)."""
+        done = self.ledger().find(candidate)
+        if done is not None:
+            return done
+        score, per_subset = self.result(out, sha256, step)
+        expected = self.ledger().examples_per_domain
+        problems = [f"its subsets {sorted(per_subset)} are not the split's {sorted(expected)}"
+                    if sorted(per_subset) != sorted(expected) else "",
+                    "a score outside [0, 1]" if not all(0.0 <= v <= 1.0 and math.isfinite(v)
+                                                       for v in (score, *per_subset.values())) else ""]
+        if any(problems):
+            raise LeaderboardError(f"{out}: refused ({'; '.join(p for p in problems if p)}); checkpoint {checkpoint}")
+        with LeaderboardLedger.locked_update(self.ledger_file, self.ledger()) as ledger:
+            existing = ledger.find(candidate)
+            if existing is not None:
+                return existing
+            if len(ledger.submissions) >= self.quota:
+                raise LeaderboardError(f"leaderboard quota of {self.quota} submissions is spent; {candidate} not recorded")
+            entry = LeaderboardEntry(candidate, checkpoint, step, score, per_subset, now_iso(), sha256)
+            ledger.submissions.append(entry)
+        return entry
+
+
+def evaluator_input(checkpoint: Path, sha256: str, recipe: Path, split: Path, *mode: str) -> ScoreInput:
+    """A score job that runs the frozen evaluator on `checkpoint` (refused unless its bytes have `sha256`) over
+    `split`, which it sees read-only: `mode` says what to write (`--out FILE` scores, `--predictions FILE` answers)."""
+    return ScoreInput(str(checkpoint), sha256, ("--checkpoint", str(checkpoint), "--sha256", sha256, "--recipe",
+                                                str(recipe), *mode), views=(str(split),))
+
+
+class HeldoutPuzzles(Adapter):
     """The `heldout-puzzles` adapter over the installed reference substrate."""
 
     def __init__(self, tree: StateTree, quota: int, seed: int):
-        self.tree, self.quota, self.seed = tree, quota, seed
+        super().__init__(tree, quota)
+        self.seed = seed
         self.split_file = tree.heldout_split
-        self.ledger_file = tree.leaderboard_ledger
+
+    def data_files(self) -> list[Path]:
+        return [self.split_file]
 
     def prepare(self) -> None:
         """Write the held-out split once (idempotent), outside every sandbox."""
@@ -108,46 +175,21 @@ class HeldoutPuzzles:
         counts = {d: HELDOUT_PER_DOMAIN for d in sorted(puzzles.DOMAINS)}
         LeaderboardLedger(quota=self.quota, examples_per_domain=counts).save(self.ledger_file)
 
-    def ledger(self) -> LeaderboardLedger:
-        return LeaderboardLedger.load(self.ledger_file)
+    def score_input(self, checkpoint: Path, sha256: str, recipe: Path, out: Path) -> ScoreInput:
+        return evaluator_input(checkpoint, sha256, recipe, self.split_file,
+                               "--split-file", str(self.split_file), "--out", str(out / SCORE_RESULT))
 
-    def check(self, result: Path, checkpoint: str, sha256: str, step: int) -> SplitScore:
-        """The score job's result, read as untrusted and held to what was asked: this checkpoint's bytes,
-        its step, every domain of the held-out split at its full size, scores that are fractions."""
-        score = load_record(SplitScore, result, result.parent, MIB)
+    def result(self, out: Path, sha256: str, step: int) -> tuple[float, dict[str, float]]:
+        """The evaluator's score.json, held to this checkpoint's bytes, its step and the split's full size."""
+        path = out / SCORE_RESULT
+        score = load_record(SplitScore, path, out, MIB)
         expected = self.ledger().examples_per_domain
         problems = [
             f"it scored sha256 {score.checkpoint_sha256!r}, not {sha256}" if score.checkpoint_sha256 != sha256 else "",
             f"it scored step {score.step}, not {step}" if score.step != step else "",
             f"it counted examples {score.examples_per_domain}, not the split's {expected}"
             if score.examples_per_domain != expected else "",
-            f"its domains {sorted(score.per_domain)} are not the split's {sorted(expected)}"
-            if sorted(score.per_domain) != sorted(expected) else "",
-            "a score outside [0, 1]" if not all(0.0 <= v <= 1.0 and math.isfinite(v)
-                                               for v in (score.score, *score.per_domain.values())) else "",
         ]
-        problems = [p for p in problems if p]
-        if problems:
-            raise LeaderboardError(f"{result}: refused ({'; '.join(problems)}); checkpoint {checkpoint}")
-        return score
-
-    def record(self, candidate: str, result: Path, checkpoint: str, sha256: str, step: int) -> LeaderboardEntry:
-        """Check the score job's `result` for `candidate` and record it, charged to the quota; a repeat
-        returns the recorded score (a daemon restarted after recording finds it here)."""
-        done = self.ledger().find(candidate)
-        if done is not None:
-            return done
-        score = self.check(result, checkpoint, sha256, step)
-        with LeaderboardLedger.locked_update(self.ledger_file, self.ledger()) as ledger:
-            existing = ledger.find(candidate)
-            if existing is not None:
-                return existing
-            if len(ledger.submissions) >= self.quota:
-                raise LeaderboardError(f"leaderboard quota of {self.quota} submissions is spent; {candidate} not recorded")
-            entry = LeaderboardEntry(candidate, checkpoint, score.step, score.score, dict(score.per_domain), now_iso(),
-                                     sha256)
-            ledger.submissions.append(entry)
-        return entry
-
-
-ADAPTERS = {"heldout-puzzles": HeldoutPuzzles}
+        if any(problems):
+            raise LeaderboardError(f"{path}: refused ({'; '.join(p for p in problems if p)})")
+        return score.score, dict(score.per_domain)

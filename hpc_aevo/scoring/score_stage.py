@@ -12,22 +12,23 @@ the frozen evaluator and the held-out split, and scores the file only if its byt
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_aevo.jobs.candidate import Candidate
 from hpc_aevo.jobs.launcher import JobState, Track
 from hpc_aevo.jobs.spec import JobOutcome, JobSpec, ScoreInput
-from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardError
+from hpc_aevo.scoring.leaderboard import Adapter, LeaderboardError
 from hpc_aevo.scoring.results import leaderboard_order, read_eval_result, selected_file
-from hpc_aevo.state.contract import SCORE_RESULT
+from hpc_aevo.state.contract import RECIPE_FILE
 from hpc_aevo.state.manifest import CandidateManifest, ScoreJob
-from hpc_aevo.state.records import atomic_write_text
+from hpc_aevo.state.records import Record, atomic_write_text
 from hpc_aevo.state.tree import AttemptFiles
 from hpc_aevo.state.untrusted import UntrustedFile
 
 
 def choose(candidates: list[Candidate], manifests: list[CandidateManifest], per_round: int,
-           adapter: HeldoutPuzzles) -> list[CandidateManifest]:
+           adapter: Adapter) -> list[CandidateManifest]:
     """Write the round's choice of candidates to score into their manifests (a choice once written stands:
     a restarted daemon makes the same one) and return the chosen. A candidate whose eval stage named no
     usable checkpoint is passed over, with the reason in its trace."""
@@ -60,6 +61,22 @@ def choose(candidates: list[Candidate], manifests: list[CandidateManifest], per_
     return chosen
 
 
+@dataclass
+class LeaderboardScore(Record):
+    """The candidate's leaderboard score as the daemon recorded it (jobs/leaderboard-score.json), whatever
+    the adapter: what it scored (the selected export and its hash) and the numbers."""
+
+    SCHEMA = "hpc_aevo.leaderboard_score"
+    VERSION = 1
+
+    candidate: str
+    checkpoint: str
+    checkpoint_sha256: str
+    step: int
+    score: float
+    per_subset: dict[str, float]
+
+
 def score_spec(cand: Candidate, attempt: int, score: ScoreInput | None) -> JobSpec:
     """Attempt `attempt` of the candidate's score job (`score` None: a dry run's, which renders but never runs)."""
     return dataclasses.replace(cand.spec(attempt), stages=("score",), score=score,
@@ -72,30 +89,34 @@ class ScoreTrack(Track):
 
     stage, waiting, done, logged = "score", "chosen", "scored", ("score",)
 
-    def __init__(self, adapter: HeldoutPuzzles):
+    def __init__(self, adapter: Adapter):
         self.adapter = adapter
 
     def state(self, manifest: CandidateManifest) -> JobState | None:
         return manifest.scoring
 
     def spec(self, cand: Candidate, manifest: CandidateManifest, attempt: int) -> JobSpec:
-        scoring = manifest.scoring
-        checkpoint = cand.tree.checkpoints(cand.round, cand.index) / scoring.checkpoint
-        return score_spec(cand, attempt, ScoreInput(str(checkpoint), scoring.sha256, str(self.adapter.split_file)))
+        scoring, tree = manifest.scoring, cand.tree
+        spec = score_spec(cand, attempt, None)
+        spec.score = self.adapter.score_input(tree.checkpoints(cand.round, cand.index) / scoring.checkpoint,
+                                              scoring.sha256, tree.sandbox(cand.round, cand.index) / RECIPE_FILE,
+                                              spec.files.out("score"))
+        return spec
 
     def submission_path(self, cand: Candidate, attempt: int) -> Path:
         return AttemptFiles(cand.tree.score_jobs(cand.round, cand.index), attempt).submission
 
     def completed(self, cand: Candidate, manifest: CandidateManifest, outcome: JobOutcome) -> str:
         scoring = manifest.scoring
-        result = self.spec(cand, manifest, scoring.attempts).files.out("score") / SCORE_RESULT
+        out = score_spec(cand, scoring.attempts, None).files.out("score")
         try:
-            entry = self.adapter.record(cand.key, result, scoring.checkpoint, scoring.sha256, scoring.step)
+            entry = self.adapter.record(cand.key, out, scoring.checkpoint, scoring.sha256, scoring.step)
         except (LeaderboardError, FileNotFoundError, UntrustedFile) as exc:
             scoring.status, scoring.failure = "failed", str(exc)
             cand.trace().log("daemon", "leaderboard-refused", reason=str(exc))
             return f"{cand.key} leaderboard result refused: {exc}"
-        atomic_write_text(cand.tree.leaderboard_score(cand.round, cand.index), result.read_text())
+        atomic_write_text(cand.tree.leaderboard_score(cand.round, cand.index), LeaderboardScore(
+            cand.key, scoring.checkpoint, scoring.sha256, entry.step, entry.score, dict(entry.per_domain)).to_json())
         scoring.status = "scored"
         manifest.measured.leaderboard = entry.score
         manifest.measured.leaderboard_per_domain = dict(entry.per_domain)

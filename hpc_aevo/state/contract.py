@@ -13,3 +13,4 @@ REQUIRED_FILES = (RECIPE_FILE, TRAIN_SCRIPT, EVALUATOR)
 TRAIN_SUMMARY = "train_summary.json"  # the trainer's summary, beside its checkpoints
 EVAL_RESULT = "eval.json"  # the evaluator's record of the dev split
 SCORE_RESULT = "score.json"  # the evaluator's record of one checkpoint scored on a split (the leaderboard's)
+PREDICTIONS = "predictions.json"  # the evaluator's answers to a prompts file (the jsonl leaderboard's score job)

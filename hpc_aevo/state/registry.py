@@ -24,6 +24,8 @@ STATE_TREE_RECORDS = (  # under a campaign's state root: docs/state-tree.md
     "hpc_aevo.state.manifest:CandidateManifest",
     "hpc_aevo.scoring.results:EvalResult",
     "hpc_aevo.scoring.leaderboard:SplitScore",
+    "hpc_aevo.scoring.score_stage:LeaderboardScore",
+    "hpc_aevo.scoring.adapters:Predictions",
     "hpc_aevo.jobs.scheduler:Submission",
     "hpc_aevo.jobs.spec:Claim",
     "hpc_aevo.jobs.spec:JobOutcome",

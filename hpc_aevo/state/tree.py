@@ -127,7 +127,18 @@ class StateTree:
 
     @property
     def heldout_split(self) -> Path:
+        """The held-out rows with their answers (heldout-puzzles, jsonl): the daemon's, a score job's for puzzles."""
         return self.leaderboard_dir / "heldout.jsonl"
+
+    @property
+    def heldout_prompts(self) -> Path:
+        """The jsonl leaderboard's prompts without their answers: what its score jobs see."""
+        return self.leaderboard_dir / "prompts.jsonl"
+
+    @property
+    def leaderboard_data(self) -> Path:
+        """The command leaderboard's data, copied in under its own name: what its score jobs see."""
+        return self.leaderboard_dir / "data"
 
     @property
     def leaderboard_ledger(self) -> Path:

@@ -36,6 +36,7 @@ from hpc_aevo.loop.install import install_substrate
 from hpc_aevo.scoring.leaderboard import HeldoutPuzzles
 from hpc_aevo.scoring.results import EvalResult, selected_file
 from hpc_aevo.search.decoupling import sample_std
+from hpc_aevo.state.contract import SCORE_RESULT
 from hpc_aevo.state.records import atomic_write_text
 from hpc_aevo.state.tree import StateTree
 
@@ -95,11 +96,12 @@ def run_candidate(substrate: Path, recipe: dict, workdir: Path, leaderboard: Hel
     chosen = result.selected()
     selected = result.selected_checkpoint
     checkpoint = selected_file(ckpts, selected)
-    score_file = workdir / "leaderboard-score.json"
+    scored = workdir / "heldout"
+    scored.mkdir()
     heldout_s = _run([python, "evaluate.py", "--checkpoint", str(checkpoint), "--sha256", selected.sha256, "--recipe",
-                      str(recipe_file), "--split-file", str(leaderboard.split_file), "--out", str(score_file)],
+                      str(recipe_file), "--split-file", str(leaderboard.split_file), "--out", str(scored / SCORE_RESULT)],
                      substrate, workdir / "heldout.log")
-    board = leaderboard.record(name, score_file, str(checkpoint.relative_to(ckpts)), selected.sha256, selected.step)
+    board = leaderboard.record(name, scored, str(checkpoint.relative_to(ckpts)), selected.sha256, selected.step)
     return {"selected_step": chosen.step, "dev": chosen.dev, "dev_per_domain": dict(chosen.per_domain),
             "heldout": board.score, "heldout_per_domain": board.per_domain,
             "train_s": train_s, "eval_s": eval_s, "heldout_s": heldout_s,
