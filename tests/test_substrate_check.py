@@ -20,6 +20,7 @@ import yaml
 from hpc_aevo.campaign.config import load_campaign
 from hpc_aevo.cli.substrate import main
 from hpc_aevo.loop.daemon import CampaignStopped, Daemon
+from hpc_aevo.sandbox import bwrap
 from tiny_campaign import REPO, write_campaign
 
 # A trainer in the contract's shape without a model: MODE says what it leaves in --out.
@@ -65,6 +66,9 @@ pathlib.Path(args.out).write_text(json.dumps(record))
 """
 
 
+CHECKS = ("files", "recipe", "axes", "train", "eval", "score")
+
+
 def fake_substrate(root: Path, train: str = "export", eval_break: str = "pass") -> Path:
     """The reference recipe with the tiny trainer and evaluator above."""
     root.mkdir(parents=True)
@@ -82,25 +86,33 @@ def split(tmp_path: Path) -> Path:
 
 
 def check(capsys, substrate: Path, *args: str) -> tuple[int, dict[str, str]]:
-    """Run the command in this process: its exit code and {check: its line}."""
+    """Run the command in this process: its exit code and {check: its line} ("scratch": where it kept its tree)."""
     code = main(["check", str(substrate), "--timeout", "60", *args])
     lines = capsys.readouterr().out.splitlines()
-    return code, {line.split()[1]: line for line in lines if not line.startswith("scratch")}
+    return code, {line.split()[0 if line.startswith("scratch") else 1]: line for line in lines}
 
 
 def test_a_substrate_in_the_contract_passes_every_check(tmp_path, capsys, split):
     code, lines = check(capsys, fake_substrate(tmp_path / "sub"), "--split-file", str(split),
                         "--scratch", str(tmp_path / "scratch"))
     assert code == 0, lines
-    assert [line.split()[0] for line in lines.values()] == ["ok"] * 6
+    assert [lines[c].split()[0] for c in CHECKS] == ["ok"] * 6 and lines["scratch"].endswith(str(tmp_path / "scratch"))
     assert "export/ckpt-000002.safetensors scored 0.500 on 2 examples" in lines["score"]
 
 
 def test_without_a_split_or_puzzles_the_score_check_is_skipped_and_says_why(tmp_path, capsys):
     code, lines = check(capsys, fake_substrate(tmp_path / "sub"))
-    assert code == 0
+    assert code == 0 and "scratch" not in lines  # a temp tree of its own, removed when no check fails
     assert lines["score"] == ("skip  score   no --split-file, and no puzzles.py to draw the heldout-puzzles split "
                               "from: held-out scoring not checked (give --split-file)")
+
+
+def test_without_bubblewrap_the_stages_run_unconfined_and_each_line_says_so(tmp_path, capsys, split, monkeypatch):
+    monkeypatch.setattr(bwrap, "available", lambda *flags: False)  # the host condition, as test_job_confinement does
+    code, lines = check(capsys, fake_substrate(tmp_path / "sub"), "--split-file", str(split))
+    assert code == 0
+    for stage in ("train", "eval", "score"):
+        assert lines[stage].startswith("ok") and "(UNCONFINED: bubblewrap cannot run on " in lines[stage]
 
 
 def test_a_missing_file_fails_the_files_check_and_runs_nothing(tmp_path, capsys):
@@ -111,7 +123,7 @@ def test_a_missing_file_fails_the_files_check_and_runs_nothing(tmp_path, capsys)
     assert lines["files"] == (f"FAIL  files   {substrate}: missing evaluate.py (a substrate has recipe.yaml, "
                               "train.py, evaluate.py; substrate/README.md)")
     assert all(lines[c].startswith("skip") and "the files check failed" in lines[c]
-               for c in ("recipe", "axes", "train", "eval", "score"))
+               for c in CHECKS[1:])
 
 
 def test_a_recipe_without_a_key_the_policy_axes_mutate_fails_with_the_key(tmp_path, capsys, split):
@@ -119,7 +131,7 @@ def test_a_recipe_without_a_key_the_policy_axes_mutate_fails_with_the_key(tmp_pa
     recipe = yaml.safe_load((substrate / "recipe.yaml").read_text())
     del recipe["optim"]["warmup_steps"], recipe["checkpoints"]["every"]
     (substrate / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    code, lines = check(capsys, substrate, "--split-file", str(split))
+    code, lines = check(capsys, substrate, "--split-file", str(split), "--scratch", str(tmp_path / "s"))
     assert code == 2
     assert lines["axes"] == (f"FAIL  axes    {substrate}/recipe.yaml: no key optim.warmup_steps (axis schedule), "
                              f"checkpoints.every (axis budget), which the active axes of {REPO}/policy/initial.yaml "
@@ -180,6 +192,5 @@ def test_the_reference_substrate_passes_every_check():
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[:2] for line in lines] == [["ok", c] for c in ("files", "recipe", "axes", "train", "eval",
-                                                                       "score")]
+    assert [line.split()[:2] for line in lines] == [["ok", c] for c in CHECKS]
     assert "on 500 examples of the heldout-puzzles split of its puzzles.py" in lines[-1]

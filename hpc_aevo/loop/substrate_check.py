@@ -125,7 +125,7 @@ def contract_failure(substrate: Path, policy_file: Path) -> CheckLine | None:
 
 
 @dataclass
-class StageRun:
+class StageEnd:
     """How one confined stage of the check ended."""
 
     code: int | None  # None: killed at the time limit
@@ -133,7 +133,7 @@ class StageRun:
     last_line: str  # the log's last line: what a failing stage said
 
 
-def _run_stage(spec: JobSpec, stage: str, timeout_s: float, extra: tuple[str, ...] = ()) -> StageRun:
+def _run_stage(spec: JobSpec, stage: str, timeout_s: float, extra: tuple[str, ...] = ()) -> StageEnd:
     """Run `stage` of `spec` as a job would (the same command line and confinement), within `timeout_s`."""
     log = spec.log_path(stage)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -150,14 +150,14 @@ def _run_stage(spec: JobSpec, stage: str, timeout_s: float, extra: tuple[str, ..
                 process.wait()
             code = None
     lines = log.read_text(errors="replace").strip().splitlines()
-    return StageRun(code, confined, lines[-1] if lines else "(nothing in its log)")
+    return StageEnd(code, confined, lines[-1] if lines else "(nothing in its log)")
 
 
-def _confinement(run: StageRun) -> str:
+def _confinement(run: StageEnd) -> str:
     return "confined by bubblewrap" if run.confined else f"UNCONFINED: {unconfined_here('auto')}"
 
 
-def _stage_failure(run: StageRun, what: str, timeout_s: float, log: Path) -> str | None:
+def _stage_failure(run: StageEnd, what: str, timeout_s: float, log: Path) -> str | None:
     if run.code is None:
         return f"{what} did not finish within {timeout_s:g}s ({_confinement(run)}; log: {log})"
     if run.code != 0:
@@ -185,18 +185,18 @@ def _safetensors_problem(path: Path) -> str | None:
     return None if isinstance(header, dict) else "a header that is not a JSON object"
 
 
-def _train_line(spec: JobSpec, timeout_s: float) -> tuple[CheckLine, Path | None]:
-    """train.py runs two steps confined and leaves a pickle-free export (the first one is returned)."""
+def _train_line(spec: JobSpec, timeout_s: float) -> CheckLine:
+    """train.py runs two steps confined and leaves a pickle-free export."""
     what = f"train.py --recipe {RECIPE_FILE} --out CK --max-steps {CHECK_STEPS}"
     problem = preflight(spec.hidden, "auto")
     if problem:
-        return CheckLine("train", "FAIL", problem), None
+        return CheckLine("train", "FAIL", problem)
     checkpoints = Path(spec.checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
     run = _run_stage(spec, "train", timeout_s, ("--max-steps", str(CHECK_STEPS)))
     failed = _stage_failure(run, what, timeout_s, spec.log_path("train"))
     if failed:
-        return CheckLine("train", "FAIL", failed), None
+        return CheckLine("train", "FAIL", failed)
     export = checkpoints / "export"
     exports = sorted(p for p in export.glob("*.safetensors") if EXPORT.fullmatch(p.name)) if export.is_dir() else []
     if not exports:
@@ -207,17 +207,17 @@ def _train_line(spec: JobSpec, timeout_s: float) -> tuple[CheckLine, Path | None
                    "the toolkit never unpickles a candidate's file, its evaluator reads the pickle-free export only")
         else:
             why = f"wrote no checkpoint: expected export/ckpt-<step>.safetensors (it wrote {written or 'nothing'})"
-        return CheckLine("train", "FAIL", f"{what} exited 0 but {why} (CK: {checkpoints})"), None
+        return CheckLine("train", "FAIL", f"{what} exited 0 but {why} (CK: {checkpoints})")
     bad = [(p, problem) for p in exports if (problem := _safetensors_problem(p))]
     if bad:
         path, problem = bad[0]
-        return CheckLine("train", "FAIL", f"{path}: not a safetensors file ({problem})"), None
+        return CheckLine("train", "FAIL", f"{path}: not a safetensors file ({problem})")
     try:
         read_train_summary(checkpoints)  # optional, but when written it is read into the manifest
     except UntrustedFile as exc:
-        return CheckLine("train", "FAIL", str(exc)), None
+        return CheckLine("train", "FAIL", str(exc))
     names = ", ".join(f"export/{p.name}" for p in exports)
-    return CheckLine("train", "ok", f"{CHECK_STEPS} steps wrote {names} ({_confinement(run)})"), exports[0]
+    return CheckLine("train", "ok", f"{CHECK_STEPS} steps wrote {names} ({_confinement(run)})")
 
 
 @dataclass(frozen=True)
@@ -341,7 +341,7 @@ def check_substrate(substrate: Path, policy_file: Path, scratch: Path, split_fil
         return
     cand = Candidate(0, 0, tree, confine="auto")
     spec = cand.spec(1)
-    line, _ = _train_line(spec, timeout_s)
+    line = _train_line(spec, timeout_s)
     yield line
     if line.status != "ok":
         yield from _skipped("train", "eval", "score")
