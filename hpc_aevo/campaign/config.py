@@ -313,7 +313,12 @@ _IMPLIED_POLICY_KEYS = ("round", "standing_source")
 def load_initial_policy(campaign: Campaign) -> Policy:
     """The round-0 policy: the initial policy file, with the substrate's recipe as standing recipe
     unless the file sets `standing_recipe` itself."""
-    path = campaign.paths.initial_policy
+    return read_initial_policy(campaign.paths.initial_policy, campaign.paths.substrate)
+
+
+def read_initial_policy(path: Path, substrate: Path) -> Policy:
+    """`load_initial_policy` from the two paths alone: `substrate check` has a policy file, no campaign."""
+    path, substrate = Path(path), Path(substrate)
     data = read_yaml_mapping(path)
     for key in _IMPLIED_POLICY_KEYS:
         if key in data:
@@ -321,14 +326,14 @@ def load_initial_policy(campaign: Campaign) -> Policy:
     if "standing_recipe" in data:
         data["standing_source"] = "initial-policy"
     else:
-        data["standing_recipe"] = read_yaml_mapping(campaign.paths.substrate / RECIPE_FILE)
+        data["standing_recipe"] = read_yaml_mapping(substrate / RECIPE_FILE)
         data["standing_source"] = "substrate"
     try:
         policy = from_data(Policy, {"round": 0, **data})
     except SchemaError as exc:
         raise ConfigError.of(exc, path) from None
     if not policy.standing_recipe:
-        source = path if data["standing_source"] == "initial-policy" else campaign.paths.substrate / RECIPE_FILE
+        source = path if data["standing_source"] == "initial-policy" else substrate / RECIPE_FILE
         raise ConfigError("standing_recipe" if source == path else "<root>", "a recipe with its keys (it is empty)",
                           source=str(source))
     broken = consistency_violations(policy)

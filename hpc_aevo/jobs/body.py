@@ -134,10 +134,12 @@ def _command(spec: JobSpec, stage: str) -> tuple[list[str], str]:
     return [*program, *spec.score.args], str(out)
 
 
-def _start(spec: JobSpec, stage: str, log) -> tuple[subprocess.Popen, bool]:
-    """Start `stage` confined (or, where it cannot be, unconfined with one line in its log saying so)."""
+def start_stage(spec: JobSpec, stage: str, log, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, bool]:
+    """Start `stage` confined (or, where it cannot be, unconfined with one line in its log saying so).
+
+    `extra` arguments go after the stage's command line (`substrate check` trains with `--max-steps 2`)."""
     argv, cwd = _command(spec, stage)
-    argv, unconfined = confine(spec, stage, argv, cwd)
+    argv, unconfined = confine(spec, stage, [*argv, *extra], cwd)
     note = f"UNCONFINED: {unconfined}" if unconfined else "confined by bubblewrap"
     log.write(f"hpc_aevo: {spec.key} attempt {spec.attempt} {stage} on {os.uname().nodename}: {note}\n".encode())
     log.flush()
@@ -179,7 +181,7 @@ def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None
         began = time.time()
         with open(log, "ab") as handle:
             try:
-                process, confined = _start(spec, stage, handle)
+                process, confined = start_stage(spec, stage, handle)
             except ConfinementUnavailable as exc:
                 outcome.state, outcome.message = "FAILED", f"{stage} not started: {exc}"
                 break
@@ -213,7 +215,7 @@ def run_rank(spec: JobSpec, rank: int, on_process: Callable[[subprocess.Popen], 
             raise RuntimeError(f"rank {rank}: rank 0 never prepared {spec.checkpoints} for this recipe")
         time.sleep(0.5)
     with open(spec.files.rank_log(rank), "ab") as handle:
-        process, _ = _start(spec, "train", handle)
+        process, _ = start_stage(spec, "train", handle)
         if on_process is not None:
             on_process(process)
         return process.wait()

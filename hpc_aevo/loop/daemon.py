@@ -26,6 +26,7 @@ from hpc_aevo.loop.install import (
     remove_tree,
     verify_substrate,
 )
+from hpc_aevo.loop.substrate_check import contract_failure
 from hpc_aevo.report import build as report
 from hpc_aevo.roles.factory import make_roles
 from hpc_aevo.roles.interface import WorkerFailed, WorkerTask
@@ -102,6 +103,8 @@ class Daemon:
             if record.name != campaign.name:
                 raise CampaignStopped(f"{tree.root} holds campaign {record.name!r}, not {campaign.name!r}")
             self._check_established(record)
+        elif (failed := contract_failure(campaign.paths.substrate, campaign.paths.initial_policy)) is not None:
+            raise CampaignStopped(str(failed))  # before round 0: a substrate the contract refuses costs one line
         problem = preflight((str(tree.root), *self._hidden()), campaign.confine_jobs)
         if problem:
             raise CampaignStopped(problem)
