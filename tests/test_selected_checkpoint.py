@@ -101,6 +101,18 @@ def test_the_round_chooses_anchors_first_then_by_dev_within_per_round_and_the_qu
     assert [m.name for m in choose(candidates, manifests, 5, adapter)] == ["cand-00", "cand-03", "cand-04", "cand-01"]
 
 
+def test_a_candidate_scored_before_the_score_stage_existed_gets_no_job(tmp_path):
+    """A state tree from before: its round's eval phase scored in the daemon, and its manifests have a
+    leaderboard score but no `scoring`; resumed now, the score phase keeps that score and submits nothing."""
+    candidates, adapter = round_of(tmp_path, [0.1, 0.3])
+    manifest = candidates[0].manifest()
+    manifest.measured.leaderboard = 0.05
+    candidates[0].save(manifest)
+    chosen = choose(candidates, [c.manifest() for c in candidates], 2, adapter)
+    assert [m.name for m in chosen] == ["cand-00", "cand-01"]
+    assert candidates[0].manifest().scoring is None and candidates[1].manifest().scoring.status == "chosen"
+
+
 def test_a_version_1_eval_json_loads_but_is_not_chosen(tmp_path):
     candidates, adapter = round_of(tmp_path, [0.1, 0.5])
     old = {k: v for k, v in BODY.items() if k != "selected_checkpoint"} | {"version": 1}

@@ -38,8 +38,8 @@ def choose(candidates: list[Candidate], manifests: list[CandidateManifest], per_
     chosen = []
     for manifest in leaderboard_order(manifests)[:per_round]:
         cand = by_index[manifest.candidate]
-        if manifest.scoring is not None:
-            chosen.append(manifest)
+        if manifest.scoring is not None or manifest.measured.leaderboard is not None:  # the latter: scored in the
+            chosen.append(manifest)  # daemon before the score stage existed (a state tree from then): no job
             continue
         if left <= 0:
             cand.trace().log("daemon", "leaderboard-refused",
