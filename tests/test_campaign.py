@@ -98,11 +98,17 @@ def test_killed_at_each_crash_point_in_turn_the_campaign_ends_as_if_uninterrupte
     reference, done = two_rounds
     assert done.returncode == 0, done.stderr
     campaign = write_campaign(tmp_path / "crashed")
+    said = {}
     for point in CRASH_POINTS:
         crashed = run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": point})
         assert crashed.returncode == -signal.SIGKILL, (point, crashed.stdout + crashed.stderr)
+        said[point] = crashed.stdout
     resumed = run_daemon(campaign)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # Each restart says where it picks up, and what it takes over, before anything else happens.
+    after_intent = said[CRASH_POINTS[CRASH_POINTS.index("r0:train:intent") + 1]]
+    assert "] resuming r000 at train" in after_intent and "adopting 2 train job(s)" in after_intent, after_intent
+    assert "] resuming r000 at meta" in resumed.stdout, resumed.stdout
     state = tmp_path / "crashed" / "state"
     assert set(launches(state).values()) == {1}, launches(state)
     for train_log in state.glob("rounds/r*/cand-*/jobs/attempt-1.train.log"):

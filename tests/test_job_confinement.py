@@ -168,15 +168,22 @@ def test_a_normal_candidate_trains_evaluates_and_is_scored_confined(tree, job_sa
     rows = [row for domain in puzzles.DOMAINS for row in puzzles.generate(domain, 2, 7, **params[domain])]
     tree.heldout_split.write_text("".join(json.dumps(row) + "\n" for row in rows))
     LeaderboardLedger(quota=1, examples_per_domain={d: 2 for d in puzzles.DOMAINS}).save(tree.leaderboard_ledger)
-    manifest = CandidateManifest(round=0, candidate=1, name="cand-01", role="anchor", seed=1, axis=None,
-                                 status="evaluated")
-    [manifest] = choose([cand], [manifest], 1, adapter)
-    manifest.scoring.attempts = 1
-    track = ScoreTrack(adapter)
-    scoring = run_job(track.spec(cand, manifest, 1))
-    assert [(s.stage, s.confined) for s in scoring.stages] == [("score", True)], scoring.message
-    track.completed(cand, manifest, scoring)
-    assert manifest.scoring.status == "scored" and 0.0 <= manifest.measured.leaderboard <= 1.0, manifest.scoring
+
+    def scored_through(adapter, attempt: int) -> CandidateManifest:
+        """The candidate chosen, its score job run confined, its result checked and recorded by `adapter`."""
+        manifest = CandidateManifest(round=0, candidate=1, name="cand-01", role="anchor", seed=1, axis=None,
+                                     status="evaluated")
+        [manifest] = choose([cand], [manifest], 1, adapter)
+        manifest.scoring.attempts = attempt
+        track = ScoreTrack(adapter)
+        scoring = run_job(track.spec(cand, manifest, attempt))
+        assert [(s.stage, s.confined) for s in scoring.stages] == [("score", True)], scoring.message
+        track.completed(cand, manifest, scoring)
+        assert manifest.scoring.status == "scored", manifest.scoring
+        return manifest
+
+    manifest = scored_through(adapter, 1)
+    assert 0.0 <= manifest.measured.leaderboard <= 1.0
     assert adapter.ledger().submissions[0].checkpoint_sha256 == body["selected_checkpoint"]["sha256"]
     puzzle_scores = (manifest.measured.leaderboard, manifest.measured.leaderboard_per_domain)
 
@@ -189,15 +196,7 @@ def test_a_normal_candidate_trains_evaluates_and_is_scored_confined(tree, job_sa
     jsonl = JsonlHeldout(tree, 1, Leaderboard(quota=1, per_round=1, adapter="jsonl", heldout=str(source)), source)
     jsonl.prepare()
     assert "answer" not in jsonl.prompts_file.read_text()
-    manifest = CandidateManifest(round=0, candidate=1, name="cand-01", role="anchor", seed=1, axis=None,
-                                 status="evaluated")
-    [manifest] = choose([cand], [manifest], 1, jsonl)
-    manifest.scoring.attempts = 2
-    track = ScoreTrack(jsonl)
-    scoring = run_job(track.spec(cand, manifest, 2))
-    assert [(s.stage, s.confined) for s in scoring.stages] == [("score", True)], scoring.message
-    track.completed(cand, manifest, scoring)
-    assert manifest.scoring.status == "scored", manifest.scoring
+    manifest = scored_through(jsonl, 2)
     assert (manifest.measured.leaderboard, manifest.measured.leaderboard_per_domain) == puzzle_scores
 
 

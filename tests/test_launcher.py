@@ -236,7 +236,8 @@ def test_lost_job_is_a_failed_attempt_and_retried(root, arrays):
     fake.script(key(0), 1, Plan(end="LOST"))
     phase = TrainPhase(root, fake, n=2)
     phase.run()
-    reason = "attempt 1 LOST: the scheduler reports LOST and the job left no outcome record"
+    reason = ("attempt 1 LOST: the job is gone and left no outcome record (killed with its process, e.g. with the "
+              "daemon or for memory, or never started)")  # nobody reports LOST: no scheduler, or none that knows
     assert [(k, r) for k, r, _ in phase.debug_turns] == [(key(0), reason)]
     assert fake.batches() == [[(key(0), 1), (key(1), 1)], [(key(0), 2)]]
     assert phase.states() == {key(0): ("trained", 2), key(1): ("trained", 1)}

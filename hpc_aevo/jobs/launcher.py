@@ -247,6 +247,9 @@ class Launcher:
     def run(self, candidates: list[Candidate], progress: Callable[[str], None]) -> None:
         """Drive every candidate's job of this track to done (or failed); returns when none is in flight."""
         flights = [f for f in (InFlight.load(c, self.track) for c in candidates) if f.active]
+        earlier = [f.cand.key for f in flights if f.submission is not None]
+        if earlier:  # a restarted daemon: what it takes over before it submits anything
+            progress(f"adopting {len(earlier)} {self.track.stage} job(s) submitted before this start: {', '.join(earlier)}")
         while True:
             self.polls += 1
             flights = [f for f in flights if f.active]
@@ -278,7 +281,7 @@ class Launcher:
                     f.cand.save(f.manifest)
                     progress(line)
                 else:
-                    message = outcome.message if outcome else f"the scheduler reports {state} and the job left no outcome record"
+                    message = outcome.message if outcome else _no_outcome(state)
                     self._failed(f, state, message, status, progress)
             self._submit(to_submit[: self.scheduler.free_slots(running)], running)
             time.sleep(self.poll_interval_s)
@@ -318,6 +321,15 @@ class Launcher:
         job.status = "submitted"
         cand.save(manifest)
         flight.submission = None  # the next attempt is not submitted yet
+
+
+def _no_outcome(state: str) -> str:
+    """Why an attempt that left no outcome record ended, in the words of whoever knows: LOST is nobody's
+    word (the local backend has no scheduler to ask; on SLURM neither sacct nor squeue knows the job)."""
+    if state == "LOST":
+        return "the job is gone and left no outcome record (killed with its process, e.g. with the daemon or " \
+               "for memory, or never started)"
+    return f"the scheduler reports {state} and the job left no outcome record"
 
 
 def charge_from_usage(key: str, attempt: int, usage: TaskUsage) -> TaskCharge:

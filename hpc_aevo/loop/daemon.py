@@ -350,6 +350,7 @@ class Daemon:
         report.refresh(self.campaign, self.print_line)
 
     def run(self, rounds: int | None = None) -> None:
+        resumed = self.tree.campaign_record.exists()
         record = self.prepare()
         total = self.campaign.rounds if rounds is None else rounds
         for rnd in range(total):
@@ -358,6 +359,10 @@ class Daemon:
             state = RoundState.load_or_none(self.tree.round_state(rnd))
             if state is not None and state.complete():
                 continue
+            if resumed:  # say where a restart picks up before its first phase line, which may be minutes away
+                phase = next(p for p in PHASES if state is None or p not in state.phases)
+                self.print_line(f"[{self.campaign.name}] resuming r{rnd:03d} at {phase}")
+                resumed = False
             self.run_round(rnd, record)
 
 

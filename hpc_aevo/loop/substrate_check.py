@@ -37,7 +37,7 @@ from hpc_aevo.sandbox.jobs import preflight, unconfined_here
 from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardError, LeaderboardLedger
 from hpc_aevo.scoring.results import read_eval_result, read_train_summary, selected_file
 from hpc_aevo.scoring.score_stage import score_spec
-from hpc_aevo.search.axes import AXES
+from hpc_aevo.search.axes import AXES, has_key
 from hpc_aevo.state.contract import EVAL_RESULT, RECIPE_FILE, REQUIRED_FILES, SCORE_RESULT
 from hpc_aevo.state.records import atomic_write_text
 from hpc_aevo.state.tree import StateTree
@@ -70,15 +70,6 @@ def _skipped(after: str, *checks: str) -> Iterator[CheckLine]:
         yield CheckLine(check, "skip", f"not run: the {after} check failed")
 
 
-def _has_key(recipe: dict[str, Any], dotted: str) -> bool:
-    node: Any = recipe
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
 def _axes_line(substrate: Path, policy_file: Path) -> CheckLine:
     """Every recipe key that the policy's active axes mutate is in the recipe the workers start from."""
     try:
@@ -88,7 +79,7 @@ def _axes_line(substrate: Path, policy_file: Path) -> CheckLine:
     source = f"{policy_file}: standing_recipe" if policy.standing_source == "initial-policy" else str(
         substrate / RECIPE_FILE)
     missing = [f"{key} (axis {axis})" for axis in policy.active_axes for key in AXES[axis].recipe_areas
-               if not _has_key(policy.standing_recipe, key)]
+               if not has_key(policy.standing_recipe, key)]
     if missing:
         return CheckLine("axes", "FAIL", f"{source}: no key {', '.join(missing)}, which the active axes of "
                                          f"{policy_file} mutate")

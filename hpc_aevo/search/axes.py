@@ -9,6 +9,7 @@ mutation is named by a stable signature so the dead-end registry can match it ac
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,13 @@ def signature(key: str, direction: str) -> str:
 def mixture_key(domain: str) -> str:
     """The recipe key of one domain's mixture weight, e.g. "data.mixture.sequence"."""
     return f"{AXES['mixture'].recipe_areas[0]}.{domain}"
+
+
+def has_key(recipe: dict[str, Any], dotted: str) -> bool:
+    """Whether the recipe has the dotted key ("optim.lr"): what an axis can mutate must be there."""
+    node: Any = recipe
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -16,7 +16,7 @@ import yaml
 
 from hpc_aevo.loop.fork import load_recipe, recipe_diff
 from hpc_aevo.roles.interface import WorkerResult, WorkerTask
-from hpc_aevo.search.axes import AXES, mixture_key, signature
+from hpc_aevo.search.axes import AXES, has_key, mixture_key, signature
 from hpc_aevo.search.constitution import SEED_KEY
 from hpc_aevo.search.policy import Policy
 from hpc_aevo.state.contract import RECIPE_FILE
@@ -38,15 +38,6 @@ Recipe = dict[str, Any]
 
 
 
-
-
-def _has(recipe: Recipe, key: str) -> bool:
-    node: Any = recipe
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 def _get(recipe: Recipe, key: str) -> Any:
@@ -106,20 +97,20 @@ def _numeric(key: str, direction: str, change: Callable[[float], float], lo: flo
 
 def _keep_checkpoint_count(recipe: Recipe, old_steps: int) -> None:
     """Scale checkpoints.every with optim.steps so the run still saves as many checkpoints."""
-    if _has(recipe, "checkpoints.every"):
+    if has_key(recipe, "checkpoints.every"):
         count = max(1, round(old_steps / _get(recipe, "checkpoints.every")))
         _set(recipe, "checkpoints.every", max(1, _get(recipe, "optim.steps") // count))
 
 
 def _fit_heads(recipe: Recipe, _old_hidden: int) -> None:
     """Attention heads must divide the width: keep the largest head count that does, up to the current one."""
-    if _has(recipe, "model.heads"):
+    if has_key(recipe, "model.heads"):
         hidden, heads = _get(recipe, "model.hidden"), _get(recipe, "model.heads")
         _set(recipe, "model.heads", max(h for h in range(1, heads + 1) if hidden % h == 0))
 
 
 def _mixture(recipe: Recipe) -> list[Operator]:
-    domains = list(_get(recipe, "data.mixture")) if _has(recipe, "data.mixture") else []
+    domains = list(_get(recipe, "data.mixture")) if has_key(recipe, "data.mixture") else []
     return [op for d in domains for op in (
         _numeric(mixture_key(d), "up", lambda w: w * 3, 0.01, 100.0,
                  f"more weight on {d} buys more practice on the domain where the leaderboard has headroom"),
@@ -142,7 +133,7 @@ def _filtering(_recipe: Recipe) -> list[Operator]:
 
 
 def _schedule(recipe: Recipe) -> list[Operator]:
-    steps = _get(recipe, "optim.steps") if _has(recipe, "optim.steps") else 0
+    steps = _get(recipe, "optim.steps") if has_key(recipe, "optim.steps") else 0
     return [
         _numeric("optim.lr", "up", lambda lr: lr * 2, 1e-4, 2e-2,
                  "a larger learning rate gets further within the step budget"),
@@ -199,7 +190,7 @@ def operators(axis: str, recipe: Recipe) -> list[Operator]:
     """The operators `axis` offers on `recipe`: those whose key the recipe has, in a stable order."""
     if axis not in OPERATORS:
         raise ValueError(f"no operators for axis {axis!r}; axes: {', '.join(OPERATORS)}")
-    return [op for op in OPERATORS[axis](recipe) if _has(recipe, op.key)]
+    return [op for op in OPERATORS[axis](recipe) if has_key(recipe, op.key)]
 
 
 def _open_operators(axis: str, recipe: Recipe, policy: Policy) -> tuple[list[Operator], dict[str, list[str]]]:
