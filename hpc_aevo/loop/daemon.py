@@ -12,7 +12,8 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
-from hpc_aevo.campaign.config import Campaign, load_initial_policy
+from hpc_aevo.campaign.config import Campaign, load_campaign, load_initial_policy
+from hpc_aevo.campaign.edits import Edit, applicable
 from hpc_aevo.campaign.reader import ConfigError
 from hpc_aevo.jobs.backends import make_scheduler
 from hpc_aevo.jobs.candidate import Candidate
@@ -42,6 +43,7 @@ from hpc_aevo.search.policy import Policy, assign_axes
 from hpc_aevo.state.crashpoints import crashpoint
 from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.state.records import Record, atomic_write_text, now_iso
+from hpc_aevo.state.trace import Trace
 from hpc_aevo.state.tree import CampaignRecord, StateTree
 from hpc_aevo.state.untrusted import UntrustedFile
 
@@ -82,15 +84,59 @@ def _edit_of(policy: Policy, sandbox: Path) -> dict[str, list]:
 
 class Daemon:
     def __init__(self, campaign: Campaign, print_line: Callable[[str], None] = print):
-        self.campaign = campaign
         self.tree = StateTree(campaign.paths.state_root)
         self.print_line = print_line
+        self._use(campaign)
+        self._told: set[str] = set()  # the campaign file's versions whose refusal or wait was already said
+
+    def _use(self, campaign: Campaign) -> None:
+        """Run with `campaign`'s values: its adapter, roles and scheduler are built from them."""
+        self.campaign = campaign
         self.leaderboard = make_adapter(campaign, self.tree)
         try:
             self.roles = make_roles(campaign.agents.backend, campaign, self.tree)
             self.scheduler = make_scheduler(campaign)
         except ConfigError as exc:
             raise (exc if exc.source else ConfigError.of(exc, campaign.source)) from None
+
+    def steer(self, round_start: bool) -> None:
+        """Take an edit of the campaign file, at a phase boundary: apply what may change now, say what waits
+        for the next round, and refuse in one line an edit of what defines the campaign (or an invalid file),
+        carrying on with the values it has. What was applied is printed and traced."""
+        source = self.campaign.source
+        try:
+            edited = load_campaign(source)
+        except ConfigError as exc:
+            self._say_once(exc.__str__(), f"campaign edit not taken: {exc}; carrying on with the values it has")
+            return
+        edit = Edit.between(self.campaign, edited)
+        if not edit.changes:
+            return
+        if edit.fixed:
+            self._say_once(edited.sha256, f"campaign edit not taken: {', '.join(edit.fixed)} cannot change while the "
+                                          f"campaign runs ({edit.describe(edit.fixed)}); carrying on with the values it has")
+            return
+        now = applicable(self.campaign, edited, round_start)
+        applied = Edit.between(self.campaign, now)
+        if applied.changes:
+            try:
+                previous = self.campaign
+                self._use(now)
+            except ConfigError as exc:
+                self._use(previous)
+                self._say_once(edited.sha256, f"campaign edit not taken: {exc}; carrying on with the values it has")
+                return
+            self.print_line(f"[{self.campaign.name}] campaign edit applied: {applied.describe()}")
+            Trace(self.tree.campaign_trace).log("daemon", "campaign-edited", file=str(source), sha256=edited.sha256,
+                                                changes={k: list(v) for k, v in applied.changes.items()})
+        if edit.waiting and not round_start:
+            self._say_once(edited.sha256 + ":waiting", f"campaign edit of {edit.describe(edit.waiting)} takes effect "
+                                                       "when the next round starts")
+
+    def _say_once(self, version: str, line: str) -> None:
+        if version not in self._told:
+            self._told.add(version)
+            self.print_line(f"[{self.campaign.name}] {line}")
 
     # ---- campaign setup -------------------------------------------------------------------
     def prepare(self) -> CampaignRecord:
@@ -340,6 +386,7 @@ class Daemon:
         for phase in PHASES:
             if phase in state.phases:
                 continue
+            self.steer(round_start=not state.phases)
             self._verify_frozen(record)
             started = time.time()
             summary = getattr(self, f"phase_{phase}")(rnd, policy, record)
@@ -352,17 +399,20 @@ class Daemon:
     def run(self, rounds: int | None = None) -> None:
         resumed = self.tree.campaign_record.exists()
         record = self.prepare()
-        total = self.campaign.rounds if rounds is None else rounds
-        for rnd in range(total):
+        rnd = 0
+        while True:
+            state = RoundState.load_or_none(self.tree.round_state(rnd))
+            self.steer(round_start=state is None or not state.phases)  # an edit may change `rounds` too
+            if rnd >= (self.campaign.rounds if rounds is None else rounds):
+                return
             if not self.tree.policy(rnd).exists():
                 raise CampaignStopped(f"round {rnd} has no policy (the meta step of round {rnd - 1} did not finish)")
-            state = RoundState.load_or_none(self.tree.round_state(rnd))
-            if state is not None and state.complete():
-                continue
-            if resumed:  # say where a restart picks up before its first phase line, which may be minutes away
-                phase = next(p for p in PHASES if state is None or p not in state.phases)
-                self.print_line(f"[{self.campaign.name}] resuming r{rnd:03d} at {phase}")
-                resumed = False
-            self.run_round(rnd, record)
+            if state is None or not state.complete():
+                if resumed:  # say where a restart picks up before its first phase line, which may be minutes away
+                    phase = next(p for p in PHASES if state is None or p not in state.phases)
+                    self.print_line(f"[{self.campaign.name}] resuming r{rnd:03d} at {phase}")
+                    resumed = False
+                self.run_round(rnd, record)
+            rnd += 1
 
 

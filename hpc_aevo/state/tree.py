@@ -151,6 +151,11 @@ class StateTree:
         return self.root / "ledger.json"
 
     @property
+    def campaign_trace(self) -> Path:
+        """The daemon's campaign-wide events: the edits of the campaign file it applied."""
+        return self.root / "trace.jsonl"
+
+    @property
     def daemon_lock(self) -> Path:
         return self.root / "daemon.lock"
 
