@@ -46,8 +46,8 @@ def slurm(*command: str) -> str:
     return subprocess.run(list(command), capture_output=True, text=True, check=True, timeout=60).stdout
 
 
-def sacct_tasks(name_prefix: str) -> dict[str, tuple[str, str]]:
-    """{job id: (job name, state)} of every array task whose job name starts with `name_prefix`; a task
+def sacct_tasks(campaign: str) -> dict[str, tuple[str, str]]:
+    """{job id: (job name, state)} of every array task of `campaign` (job names `r<round>.<stage>.<campaign>`); a task
     cancelled before it was split out of its array has no line of its own: the array's record stands for
     it, as the daemon reads it (`array_record_tasks`)."""
     out, records = {}, []
@@ -56,7 +56,7 @@ def sacct_tasks(name_prefix: str) -> dict[str, tuple[str, str]]:
                     "--format=JobID,JobName,State")
     for line in listing.splitlines():
         job, name, state = line.split("|")[:3]
-        if name.startswith(name_prefix):
+        if name.endswith(f".{campaign}"):
             records.append((job, name, state.split()[0]))
     for job, name, state in records:
         if array_record_tasks(job) is None:

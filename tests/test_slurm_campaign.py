@@ -36,9 +36,9 @@ def test_two_rounds_through_the_two_node_devcluster(tmp_path, two_nodes):
     try:
         # While round 0 trains: squeue shows the train array and the eval array waiting on it, task i = cand i.
         def both_arrays():
-            rows = [r for r in squeue_rows() if r[1].startswith(f"{name}.r000.")]
+            rows = [r for r in squeue_rows() if r[1].startswith("r000.") and r[1].endswith(f".{name}")]
             names = {r[1] for r in rows}
-            return rows if {f"{name}.r000.train", f"{name}.r000.eval"} <= names else None
+            return rows if {f"r000.train.{name}", f"r000.eval.{name}"} <= names else None
 
         rows = wait_for(both_arrays, 120, "the train and eval arrays in squeue", step=0.5)
         evals = [r for r in rows if r[1].endswith(".eval")]
@@ -52,7 +52,7 @@ def test_two_rounds_through_the_two_node_devcluster(tmp_path, two_nodes):
     tasks = sacct_tasks(name)
     for rnd in ("r000", "r001"):
         for stage in ("train", "eval", "score"):
-            mine = {job.split("_")[1]: state for job, (n, state) in tasks.items() if n == f"{name}.{rnd}.{stage}"}
+            mine = {job.split("_")[1]: state for job, (n, state) in tasks.items() if n == f"{rnd}.{stage}.{name}"}
             assert mine == {"0": "COMPLETED", "1": "COMPLETED"}, (rnd, stage, tasks)
     doc = status(campaign)
     assert all(c["status"] == "evaluated" for r in doc["rounds"][:2] for c in r["candidates"])

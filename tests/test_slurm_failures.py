@@ -53,7 +53,7 @@ def test_failed_and_cancelled_tasks_are_retried_alone(tmp_path, devcluster):  # 
     daemon = subprocess.Popen([sys.executable, "-m", "hpc_aevo.round", str(campaign)], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        running = wait_for(lambda: [r[0] for r in squeue_rows() if r[1] == f"{name}.r000.train"
+        running = wait_for(lambda: [r[0] for r in squeue_rows() if r[1] == f"r000.train.{name}"
                                     and r[0].endswith("_2") and r[2] == "RUNNING"], 180, "cand-02 training")
         wait_for(lambda: (state / "rounds/r000/cand-02/checkpoints/first-attempt-done").exists(), 60, "cand-02's slow start")
         slurm("scancel", running[0])  # a human cancels cand-02's training
@@ -71,9 +71,9 @@ def test_failed_and_cancelled_tasks_are_retried_alone(tmp_path, devcluster):  # 
         assert len(debug) == 1 and any(log.endswith("attempt-1.train.log") for log in debug[0]["logs"])
     assert "injected failure" in [e for e in events(state, "cand-01") if e["event"] == "debug-turn"][0]["log_tail"]
     tasks = sacct_tasks(name)
-    trains = sorted((job.split("_")[1], st) for job, (n, st) in tasks.items() if n == f"{name}.r000.train")
+    trains = sorted((job.split("_")[1], st) for job, (n, st) in tasks.items() if n == f"r000.train.{name}")
     assert trains == [("0", "COMPLETED"), ("1", "COMPLETED"), ("1", "FAILED"), ("2", "CANCELLED"), ("2", "COMPLETED")]
-    evals = sorted((job.split("_")[1], st) for job, (n, st) in tasks.items() if n == f"{name}.r000.eval")
+    evals = sorted((job.split("_")[1], st) for job, (n, st) in tasks.items() if n == f"r000.eval.{name}")
     # the first attempts' chained eval tasks were cancelled by SLURM (dependency never satisfied), not dropped
     assert evals == [("0", "COMPLETED"), ("1", "CANCELLED"), ("1", "COMPLETED"), ("2", "CANCELLED"), ("2", "COMPLETED")]
     ledger = status(campaign)["ledger"]["r000"]["candidates"]
@@ -95,11 +95,11 @@ def test_killed_between_the_sbatch_calls_then_an_accounting_outage(tmp_path, dev
     cluster = Path(devcluster["SLURM_CONF"]).parents[1]  # $HPC_AEVO_DEVCLUSTER/etc/slurm.conf
     assert run_daemon(campaign, env={"HPC_AEVO_CRASH_AT": "r0:train:between-arrays"}).returncode == -signal.SIGKILL
     live = {n for _, n, _ in squeue_rows()}
-    assert f"{name}.r000.train" in live and f"{name}.r000.eval" not in live  # the train array lives on alone
+    assert f"r000.train.{name}" in live and f"r000.eval.{name}" not in live  # the train array lives on alone
     daemon = subprocess.Popen([sys.executable, "-m", "hpc_aevo.round", str(campaign)], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: f"{name}.r000.eval" in {n for _, n, _ in squeue_rows()}, 120, "the eval array, chained")
+        wait_for(lambda: f"r000.eval.{name}" in {n for _, n, _ in squeue_rows()}, 120, "the eval array, chained")
         pid = int((cluster / "run" / "slurmdbd.pid").read_text())
         subprocess.run(["kill", str(pid)], check=True)
         wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "slurmdbd to stop")
@@ -116,7 +116,7 @@ def test_killed_between_the_sbatch_calls_then_an_accounting_outage(tmp_path, dev
     assert "slurm: no answer this poll (sacct" in out, out
     tasks = sacct_tasks(name)
     for stage in ("train", "eval"):
-        assert sorted(job.split("_")[1] for job, (n, _) in tasks.items() if n == f"{name}.r000.{stage}") == ["0", "1"]
+        assert sorted(job.split("_")[1] for job, (n, _) in tasks.items() if n == f"r000.{stage}.{name}") == ["0", "1"]
     state = tmp_path / "state"
     for cand in ("cand-00", "cand-01"):
         assert manifest(state, cand)["attempts"] == 1 and manifest(state, cand)["status"] == "evaluated"

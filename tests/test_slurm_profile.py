@@ -86,13 +86,13 @@ def test_dry_run_prints_both_arrays_and_submits_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert out.count("#!/bin/bash") == 3 and "--array=0-2%2" in out
-    assert "--dependency='aftercorr:<train array job id>'" in out and "--job-name=tiny.r000.train" in out
+    assert "--dependency='aftercorr:<train array job id>'" in out and "--job-name=r000.train.tiny" in out
     train, evaluation = out.split("# ---- eval array")
     evaluation, scoring = evaluation.split("# ---- score array")
     # a failed train task cancels its eval task on any cluster, whatever its DependencyParameters
     assert "--kill-on-invalid-dep=yes" in evaluation and "kill-on-invalid-dep" not in train
     # the score array is submitted after the dev evaluation, for the chosen candidates: no dependency
-    assert "--job-name=tiny.r000.score" in scoring and "dependency" not in scoring and ":<batch>:score'" in scoring
+    assert "--job-name=r000.score.tiny" in scoring and "dependency" not in scoring and ":<batch>:score'" in scoring
     assert "--nodes=2" in out and "--gpus-per-node=8" in out and "--container-image=" in out
     assert "--partition=gpu-h200" in out and "--exclusive" in out and "export NCCL_IB_DISABLE=0" in out
     assert not (tmp_path / "state").exists()
@@ -119,7 +119,7 @@ def test_production_h200_campaign_dry_run_needs_no_cluster_and_no_api_key():
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "--array=0-8%" in out and "--job-name=h200.r000.train" in out and "--job-name=h200.r000.eval" in out
+    assert "--array=0-8%" in out and "--job-name=r000.train.h200" in out and "--job-name=r000.eval.h200" in out
     assert "--nodes=2" in out and "--ntasks-per-node=8" in out and "--gpus-per-node=8" in out
     assert "--dependency='aftercorr:<train array job id>'" in out
 

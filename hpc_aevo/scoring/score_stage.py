@@ -4,7 +4,7 @@ what it wrote before the daemon (and only the daemon) records it in the leaderbo
 After the round's dev evaluation the daemon chooses its candidates for the leaderboard (anchors first,
 then by dev score, within `leaderboard.per_round` and what is left of the quota) and writes each choice,
 with the file the eval stage selected and that file's hash, into the candidate's manifest. The launcher
-then runs one score job per chosen candidate (on SLURM one array, `<campaign>.r<round>.score`), with the
+then runs one score job per chosen candidate (on SLURM one array, `r<round>.score.<campaign>`), with the
 crash safety, retries and compute charges of any other stage. The job sees that one file, the recipe,
 the frozen evaluator and the held-out split, and scores the file only if its bytes still have the hash.
 """

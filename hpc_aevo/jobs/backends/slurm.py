@@ -12,7 +12,8 @@ and never asks per job: one `sacct` per poll covers every array of the campaign,
 candidates, and its answer is reused until `min_query_interval_s` has passed. Only when sacct
 does not list a task yet does the same poll add one `squeue` for the arrays concerned.
 
-Job names read `<campaign>.r<round>.<stage>` in squeue; `--comment` carries the campaign id and the
+Job names read `r<round>.<stage>.<campaign>`, so squeue's default 8-character NAME column tells round and
+stage apart (`r001.tra`, `r001.eva`, `r001.sco`); `--comment` carries the campaign id and the
 batch token, so a restarted daemon finds a batch it submitted but did not record.
 """
 
@@ -256,7 +257,7 @@ class SlurmScheduler(Scheduler):
 
     def _parameters(self, stage: str, rnd: int, batch: str, dependency: str | None) -> dict:
         res, profile = self.resources[stage], self.profile
-        params = dict(job_name=f"{self.campaign}.r{rnd:03d}.{stage}", time=res.time_min, nodes=res.nodes,
+        params = dict(job_name=f"r{rnd:03d}.{stage}.{self.campaign}", time=res.time_min, nodes=res.nodes,
                       ntasks_per_node=res.tasks_per_node, cpus_per_task=res.cpus_per_task, mem=f"{int(res.mem_gb)}GB"
                       if res.mem_gb == int(res.mem_gb) else f"{int(res.mem_gb * 1024)}MB",
                       signal_delay_s=profile.signal_delay_s, comment=f"hpc_aevo:{self.campaign_id}:{batch}:{stage}",
