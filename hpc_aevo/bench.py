@@ -1,4 +1,4 @@
-"""`python -m hpc_aevo.bench train|pack`: the training benchmarks (hpc_aevo/tools/bench.py)."""
+"""`python -m hpc_aevo.bench train|pack|noise`: the training benchmarks and the false-promotion rate (hpc_aevo/tools/bench.py)."""
 
 import sys
 

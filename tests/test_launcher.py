@@ -27,7 +27,7 @@ from hpc_aevo.jobs.launcher import BudgetExhausted, JobFailure, Launcher, TrainT
 from hpc_aevo.jobs.scheduler import SchedulerUnavailable, Submission
 from hpc_aevo.state import crashpoints
 from hpc_aevo.state.ledger import load_ledger
-from hpc_aevo.state.manifest import CandidateManifest
+from hpc_aevo.state.manifest import CandidateManifest, FailedJob
 from hpc_aevo.state.tree import StateTree
 
 BACKENDS = pytest.mark.parametrize("arrays", [True, False], ids=["slurm-like", "local-like"])
@@ -280,6 +280,7 @@ def test_task_failing_every_attempt_fails_after_max_attempts(root):
     manifest = phase.candidates[0].manifest()
     assert (manifest.status, manifest.attempts) == ("failed", 3)
     assert manifest.failure.startswith("attempt 3 FAILED: train exited with code 1")
+    assert manifest.failed_job == FailedJob("FAILED", "train", 1, "mutation")  # the trainer crashed on its recipe
     assert phase.lines[-1] == f"{key(0)} {manifest.failure}"
     assert phase.candidates[1].manifest().status == "trained"
 
@@ -292,6 +293,7 @@ def test_cancelled_task_fails_with_the_schedulers_word_and_is_charged(root):
     manifest = phase.candidates[0].manifest()
     assert manifest.status == "failed" and not phase.debug_turns
     assert manifest.failure == "attempt 1 CANCELLED: the scheduler reports CANCELLED and the job left no outcome record"
+    assert manifest.failed_job == FailedJob("CANCELLED", None, None, "infrastructure")
     charges = load_ledger(phase.tree).charges
     train, evaluation = charges[f"{key(0)}#1/train"], charges[f"{key(0)}#1/eval"]
     assert (train.state, train.elapsed_s, train.cpu_hours) == ("CANCELLED", 60.0, pytest.approx(2 * 60 / 3600))

@@ -9,7 +9,9 @@ from test_decoupling import EXAMPLES, TRAP, Effect, recipes_for, synthetic_polic
 
 from hpc_aevo.search.axes import AXES, categories_of
 from hpc_aevo.search.constitution import CheckContext, PolicyDecision, constitution_hash
-from hpc_aevo.search.evidence import collect_evidence
+from hpc_aevo.jobs.failures import failed_job
+from hpc_aevo.jobs.spec import JobOutcome, StageRun
+from hpc_aevo.search.evidence import collect_evidence, render_markdown
 from hpc_aevo.search.decide import MetaProposals, decide, mandatory_update, propose_policy, rotate_axes
 from hpc_aevo.search.policy import DeadEnd
 
@@ -68,14 +70,64 @@ def test_dead_ends_only_grow_across_rounds_and_carry_their_round():
     assert "leaderboard -0.1000" in results[0][0].dead_ends[0].reason
 
 
-def test_failed_workers_are_registered_with_their_failure():
+def _fail(manifest, state, *stages):
+    """Fail a synthetic candidate as the launcher does: its end state and the stages its outcome lists."""
+    outcome = JobOutcome(f"r001/{manifest.name}", 2, "FAILED", [StageRun(s, code, 1.0, "log") for s, code in stages])
+    manifest.status, manifest.failure = "failed", f"attempt 2 {state}: ..."
+    manifest.failed_job = failed_job(state, outcome if stages or state == "FAILED" else None)
+    manifest.measured.dev = manifest.measured.leaderboard = None
+
+
+def _dead_ends_after(*failures):
+    """The dead ends and changes of a round where (candidate index, state, stages...) failed."""
+    policy = synthetic_policy(1)
+    manifests = synthetic_round(1, noise=0.0)
+    for index, state, *stages in failures:
+        _fail(manifests[index], state, *stages)
+    evidence = collect_evidence(1, manifests, policy, EXAMPLES)
+    new, changes = mandatory_update(policy, evidence, [])
+    return evidence, [(d.change, d.round) for d in new.dead_ends], changes
+
+
+def test_a_trainer_that_crashes_on_its_recipe_is_a_dead_end():
+    evidence, dead, _ = _dead_ends_after((5, "FAILED", ("train", 1)))
+    assert dead == [("optim.steps:up", 1)]
+    assert evidence.summary("cand-05").failure_kind == "mutation"
+    assert [s.kind for s in evidence.surprises] == ["failure"]
+
+
+@pytest.mark.parametrize("state, stages", [
+    ("NODE_FAIL", [("train", -9)]),  # the node died under the trainer
+    ("CANCELLED", []),  # an administrator's scancel
+    ("LOST", []),  # the process is gone without an outcome
+    ("FAILED", []),  # confinement or environment: "train not started", no stage ran
+])
+def test_an_infrastructure_failure_is_not_a_dead_end_and_is_recorded_as_such(state, stages):
+    evidence, dead, changes = _dead_ends_after((5, state, *stages))
+    assert dead == []
+    assert evidence.summary("cand-05").failure_kind == "infrastructure"
+    assert any(c.startswith("no dead end for cand-05 (optim.steps:up): failure is infrastructure") for c in changes)
+    assert [s.kind for s in evidence.surprises] == ["infrastructure-failure"]
+    markdown = render_markdown(evidence)
+    assert "Infrastructure failures, not evidence against a mutation: cand-05 (" + state in markdown
+    assert "| failed (infrastructure) |" in markdown
+
+
+def test_a_worker_that_fails_as_the_anchors_do_is_infrastructure():
+    evidence, dead, _ = _dead_ends_after((0, "FAILED", ("train", 1)), (5, "FAILED", ("train", 1)),
+                                          (6, "FAILED", ("train", 0), ("eval", 2)))
+    assert dead == [("model.layers:up", 1)]  # cand-06 failed in eval, not as the anchor did
+    assert evidence.summary("cand-05").failure_kind == "infrastructure"
+    assert "anchors cand-00 failed the same way" in evidence.summary("cand-05").failure_basis
+
+
+def test_a_failure_without_typed_facts_is_not_a_dead_end():
     policy = synthetic_policy(1)
     evidence, ctx = _measure(policy)
     failed = next(c for c in evidence.candidates if c.name == "cand-05")
     failed.status, failed.failure, failed.leaderboard_gain = "failed", "CUDA OOM at step 3", None
-    new, _ = mandatory_update(policy, evidence, [])
-    assert [(d.change, d.round) for d in new.dead_ends] == [("optim.steps:up", 1)]
-    assert "CUDA OOM" in new.dead_ends[0].reason
+    new, changes = mandatory_update(policy, evidence, [])
+    assert new.dead_ends == [] and any("failure is unclassified" in c for c in changes)
 
 
 def test_two_plateau_rounds_rotate_the_axis_categories():

@@ -32,12 +32,13 @@ from typing import Callable, Protocol
 
 from hpc_aevo.campaign.config import Budget
 from hpc_aevo.jobs.candidate import Candidate
+from hpc_aevo.jobs.failures import failed_job
 from hpc_aevo.jobs.reconcile import attempt_state
 from hpc_aevo.jobs.scheduler import JobStatus, Scheduler, Submission, Submitted, TaskUsage
 from hpc_aevo.jobs.spec import Claim, JobOutcome, JobSpec, log_tail
 from hpc_aevo.state.crashpoints import crashpoint
 from hpc_aevo.state.ledger import TaskCharge, load_ledger, record_charges
-from hpc_aevo.state.manifest import CandidateManifest
+from hpc_aevo.state.manifest import CandidateManifest, FailedJob
 from hpc_aevo.state.records import now_iso
 from hpc_aevo.state.tree import StateTree
 
@@ -66,6 +67,7 @@ class JobState(Protocol):
     status: str
     attempts: int
     failure: str | None
+    failed_job: FailedJob | None
 
 
 class Track:
@@ -282,7 +284,7 @@ class Launcher:
                     progress(line)
                 else:
                     message = outcome.message if outcome else _no_outcome(state)
-                    self._failed(f, state, message, status, progress)
+                    self._failed(f, state, message, status, progress, outcome)
             self._submit(to_submit[: self.scheduler.free_slots(running)], running)
             time.sleep(self.poll_interval_s)
 
@@ -300,7 +302,7 @@ class Launcher:
         return "job" if self.track.stage == "train" else self.track.stage
 
     def _failed(self, flight: InFlight, state: str, message: str, status: JobStatus,
-                progress: Callable[[str], None]) -> None:
+                progress: Callable[[str], None], outcome: JobOutcome | None = None) -> None:
         cand, manifest, job = flight.cand, flight.manifest, flight.job
         spec = flight.spec()
         logs = [spec.log_path(stage) for stage in self.track.logged if spec.log_path(stage).exists()]
@@ -312,6 +314,7 @@ class Launcher:
         progress(f"{what} {reason}")
         if job.attempts >= self.max_attempts:
             job.status, job.failure = "failed", reason
+            job.failed_job = failed_job(state, outcome)  # typed: is it evidence against the mutation (jobs/failures.py)
             cand.save(manifest)
             return
         failure = JobFailure(job.attempts, state, message, tail, [str(p) for p in logs],

@@ -92,7 +92,8 @@ def _add_dead_end(policy: Policy, entry: DeadEnd, changes: list[str]) -> None:
 
 
 def _register_dead_ends(policy: Policy, evidence: RoundEvidence, changes: list[str]) -> None:
-    """Workers that failed, lost on the leaderboard beyond the band, or gained dev that did not transfer."""
+    """Workers whose mutation failed (not the infrastructure under it), lost on the leaderboard beyond the
+    band, or gained dev that did not transfer."""
     flagged: dict[str, DecouplingFlag] = {}
     for f in evidence.calibration.flags:
         if f.candidate is not None:
@@ -102,7 +103,11 @@ def _register_dead_ends(policy: Policy, evidence: RoundEvidence, changes: list[s
         if c.role != "worker" or c.mutation is None:
             continue
         if c.status == "failed":
-            reason = f"failed: {c.failure or 'no reason recorded'}"
+            if c.failure_kind != "mutation":  # infrastructure or unclassified: not evidence against the idea
+                changes.append(f"no dead end for {c.name} ({c.mutation}): failure is "
+                               f"{c.failure_kind or 'unclassified'} ({c.failure_basis or 'no typed job facts'})")
+                continue
+            reason = f"failed ({c.failure_basis}): {c.failure or 'no reason recorded'}"
         elif c.leaderboard_gain is not None and c.leaderboard_gain < -band:
             reason = f"leaderboard {c.leaderboard_gain:+.4f} < -{band:.4f} (dev {c.dev_gain:+.4f})"
         elif c.name in flagged:

@@ -17,7 +17,7 @@ from typing import Literal
 from hpc_aevo.search.axes import axis_allows
 from hpc_aevo.search.decoupling import AnchorStats, CalibrationReport, anchor_stats, calibration_report, evaluated, gain
 from hpc_aevo.search.policy import Policy
-from hpc_aevo.state.manifest import CandidateManifest
+from hpc_aevo.state.manifest import CandidateManifest, FailureKind
 from hpc_aevo.state.records import Record
 from hpc_aevo.state.typed import SchemaError
 
@@ -50,6 +50,8 @@ class CandidateSummary:
     failure: str | None
     hypothesis: str
     expected_effect: str
+    failure_kind: FailureKind | None = None  # of a failed candidate; None: not a job failure, or unclassified
+    failure_basis: str | None = None  # the typed facts the kind was judged from
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Patterns:
 
 @dataclass
 class Surprise:
-    kind: Literal["opposite-sign", "leaderboard-without-dev", "failure"]
+    kind: Literal["opposite-sign", "leaderboard-without-dev", "failure", "infrastructure-failure"]
     candidate: str
     dev_gain: float | None
     leaderboard_gain: float | None
@@ -124,9 +126,29 @@ class RoundEvidence(Record):
         return next((c for c in self.candidates if c.name == name), None)
 
 
+def _failure_kind(m: CandidateManifest, anchors: list[CandidateManifest]) -> tuple[FailureKind | None, str | None]:
+    """Whether a failed candidate's failure is evidence against its mutation, and why.
+
+    The launcher's typed facts decide (jobs/failures.py), with one round-wide rule on top: an anchor
+    (no mutation) that failed the same way, same end state in the same stage, makes it infrastructure.
+    A failure without facts (a worker that proposed nothing, a state tree from before them) is unclassified.
+    """
+    job = m.failed_job
+    if m.status != "failed" or job is None:
+        return None, None
+    where = f"{job.state} in {job.stage} (exit {job.returncode})" if job.stage else f"{job.state}, no stage ran and failed"
+    same = [a.name for a in anchors if a.name != m.name and a.status == "failed" and a.failed_job is not None
+            and (a.failed_job.state, a.failed_job.stage) == (job.state, job.stage)]
+    if job.kind == "mutation" and same and m.role == "worker":
+        return "infrastructure", f"{where}; anchors {', '.join(same)} failed the same way"
+    return job.kind, where
+
+
 def _summaries(manifests: list[CandidateManifest], anchors: AnchorStats) -> list[CandidateSummary]:
+    anchor_manifests = [m for m in manifests if m.role == "anchor"]
     out = []
     for m in manifests:
+        kind, basis = _failure_kind(m, anchor_manifests)
         counts = evaluated(m)
         dev = m.measured.dev if counts else None
         board = m.measured.leaderboard if counts else None
@@ -135,6 +157,7 @@ def _summaries(manifests: list[CandidateManifest], anchors: AnchorStats) -> list
             dev=dev, leaderboard=board, dev_gain=gain(dev, anchors.dev_mean),
             leaderboard_gain=gain(board, anchors.leaderboard_mean), selected_step=m.measured.selected_step,
             failure=m.failure, hypothesis=m.proposal.hypothesis, expected_effect=m.proposal.expected_effect,
+            failure_kind=kind, failure_basis=basis,
         ))
     return out
 
@@ -186,7 +209,8 @@ def _surprises(summaries: list[CandidateSummary], band: float, dev_band: float) 
     out = []
     for c in summaries:
         if c.status == "failed":
-            out.append(Surprise("failure", c.name, None, None, f"{c.name} ({c.axis}) failed: {c.failure or 'no reason'}"))
+            out.append(Surprise("infrastructure-failure" if c.failure_kind == "infrastructure" else "failure", c.name,
+                                None, None, f"{c.name} ({c.axis}) failed{_kind_note(c)}: {c.failure or 'no reason'}"))
             continue
         if c.role != "worker":
             continue
@@ -204,6 +228,14 @@ def _surprises(summaries: list[CandidateSummary], band: float, dev_band: float) 
                 f"while losing on dev ({c.dev_gain:+.3f})",
             ))
     return out
+
+
+def _kind_note(c: CandidateSummary) -> str:
+    """' (infrastructure: NODE_FAIL, ...; not evidence)' after 'failed', in the evidence's own words."""
+    if c.failure_kind is None:
+        return " (unclassified: no typed job facts; not evidence)" if c.status == "failed" else ""
+    tail = "; not evidence against its mutation" if c.failure_kind == "infrastructure" else ""
+    return f" ({c.failure_kind}: {c.failure_basis}{tail})"
 
 
 def off_axis_keys(axis: str | None, mutation: str | None, recipe_keys: list[str]) -> list[str]:
@@ -262,7 +294,7 @@ def _render_candidates(e: RoundEvidence) -> list[str]:
     return _table(
         ["candidate", "role", "axis", "mutation", "status", "dev", "Δdev", "leaderboard", "Δleaderboard", "step",
          "hypothesis / failure"],
-        [[c.name, c.role, c.axis, c.mutation, c.status, _num(c.dev), _num(c.dev_gain, True), _num(c.leaderboard),
+        [[c.name, c.role, c.axis, c.mutation, c.status + (f" ({c.failure_kind})" if c.failure_kind else ""), _num(c.dev), _num(c.dev_gain, True), _num(c.leaderboard),
           _num(c.leaderboard_gain, True), c.selected_step, c.failure or c.hypothesis] for c in e.candidates],
     )
 
@@ -329,6 +361,9 @@ def render_markdown(evidence: RoundEvidence) -> str:
         f"leaderboard {_num(a.leaderboard_mean)} ± {_num(a.leaderboard_std)}; "
         f"noise bands: leaderboard {evidence.noise_band:.3f}, dev {evidence.dev_noise_band:.3f}.",
     ]
+    infra = [f"{c.name} ({c.failure_basis})" for c in evidence.candidates if c.failure_kind == "infrastructure"]
+    if infra:
+        lines.append(f"Infrastructure failures, not evidence against a mutation: {'; '.join(infra)}.")
     for key, title in SECTIONS.items():
         lines += ["", f"## {title}", ""]
         if evidence.prose.get(key):

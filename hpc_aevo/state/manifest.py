@@ -13,6 +13,8 @@ from typing import Any, Literal
 from hpc_aevo.state.records import Record
 
 CandidateStatus = Literal["forked", "proposed", "submitted", "trained", "evaluated", "failed"]
+# "mutation": the candidate's own recipe or code ran and failed; "infrastructure": it did not get that far
+FailureKind = Literal["mutation", "infrastructure"]
 
 
 @dataclass
@@ -49,6 +51,17 @@ class Measured:
 
 
 @dataclass
+class FailedJob:
+    """How a job's last attempt ended, from the scheduler's and the job's own records (not the free-text
+    `failure`): what decides whether the failure is evidence against the candidate's mutation."""
+
+    state: str  # the attempt's end state: FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, CANCELLED, LOST, ...
+    stage: str | None  # the stage that exited non-zero; None: no stage ran to its end
+    returncode: int | None  # that stage's exit code
+    kind: FailureKind
+
+
+@dataclass
 class ScoreJob:
     """The leaderboard scoring job of the candidate's selected checkpoint: what it scores (as the eval
     stage named it) and how far it is. The daemon writes it, and chooses who gets one."""
@@ -59,6 +72,7 @@ class ScoreJob:
     status: Literal["chosen", "submitted", "scored", "failed"] = "chosen"
     attempts: int = 0  # scoring submissions so far (retries included)
     failure: str | None = None  # why it was not scored, when it was not
+    failed_job: FailedJob | None = None  # the typed facts of that failure (hpc_aevo/jobs/failures.py)
 
 
 @dataclass
@@ -77,6 +91,7 @@ class CandidateManifest(Record):
     status: CandidateStatus = "forked"
     attempts: int = 0  # training submissions so far (retries included)
     failure: str | None = None  # why the candidate failed, when it did
+    failed_job: FailedJob | None = None  # the typed facts of a job failure (hpc_aevo/jobs/failures.py); None otherwise
     proposal: Proposal = field(default_factory=Proposal)
     measured: Measured = field(default_factory=Measured)
     scoring: ScoreJob | None = None  # set when the round chose it for the leaderboard

@@ -35,6 +35,7 @@ STATE_TREE_RECORDS = (  # under a campaign's state root: docs/state-tree.md
 BENCHMARK_RECORDS = (  # written by `python -m hpc_aevo.bench`: docs/benchmarks.md
     "hpc_aevo.tools.bench:TrainBench",
     "hpc_aevo.tools.bench:PackBench",
+    "hpc_aevo.tools.bench_noise:NoiseBench",
 )
 
 

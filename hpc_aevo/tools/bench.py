@@ -2,6 +2,7 @@
 
     python -m hpc_aevo.bench train [--preset anchor-1.86b|cpu-small] [--hidden ...] --out bench-train.json
     python -m hpc_aevo.bench pack [--seq-len 128] [--steps 60] --out bench-pack.json
+    python -m hpc_aevo.bench noise [--rounds 10000] --out bench-noise.json   (hpc_aevo/tools/bench_noise.py)
 
 `train`: synthetic tokens through one model shape (Llama: RMSNorm, SwiGLU, RoPE, untied
 embeddings) in one run, for every backend this machine has: megatron-core with the substrate's
@@ -29,6 +30,7 @@ import importlib.metadata
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -38,8 +40,10 @@ from pathlib import Path
 import yaml
 
 from hpc_aevo.state.records import Record
+from hpc_aevo.tools import bench_noise
 
 SUBSTRATE = Path(__file__).resolve().parents[2] / "substrate"
+DEMO_CAMPAIGN = Path(__file__).resolve().parents[2] / "campaigns" / "demo.yaml"
 PRESETS = {
     # The issue's anchor shape: "1.86B" llama (with Llama's ffn 11008: 1.88B), seq 2048, micro-batch 2 (measured on H100: HF+SDPA 35.9k tok/s,
     # TE bf16 44.3k (MFU 0.48), TE FP8 58.0k-60.4k with plain megatron-core 0.19.2 + TE 2.20.2).
@@ -380,6 +384,19 @@ def bench_pack(seq_len: int, steps: int, batch_size: int, out: Path) -> PackBenc
     return record
 
 
+def _noise_input_problem(args: argparse.Namespace) -> str | None:
+    """The one line that says what is wrong with `noise`'s numbers, or None."""
+    if args.rounds < 1 or args.trap_rounds < 1:
+        return "--rounds and --trap-rounds must be at least 1"
+    if args.dev_std < 0 or args.leaderboard_std < 0:
+        return "--dev-std and --leaderboard-std must be non-negative"
+    if not -1 <= args.rho <= 1:
+        return f"--rho must lie in [-1, 1], not {args.rho}"
+    if (args.anchors is not None and args.anchors < 1) or (args.workers is not None and args.workers < 1):
+        return "--anchors and --workers must be at least 1"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hpc_aevo.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -395,6 +412,18 @@ def main(argv: list[str] | None = None) -> None:
     pack.add_argument("--steps", type=int, default=60)
     pack.add_argument("--batch-size", type=int, default=32)
     pack.add_argument("--out", type=Path, default=Path("bench-pack.json"))
+    noise = sub.add_parser("noise", help="false-promotion rate and trap detection of the decision code under seed noise")
+    noise.add_argument("--campaign", type=Path, default=DEMO_CAMPAIGN,
+                       help="anchors, workers, rounds and initial policy (default: campaigns/demo.yaml)")
+    noise.add_argument("--rounds", type=int, default=10_000, help="null rounds, rounded up to whole campaigns")
+    noise.add_argument("--trap-rounds", type=int, default=2_000)
+    noise.add_argument("--anchors", type=int, default=None, help="override the campaign's anchors")
+    noise.add_argument("--workers", type=int, default=None, help="override the campaign's workers_per_round")
+    noise.add_argument("--dev-std", type=float, default=bench_noise.DEV_STD)
+    noise.add_argument("--leaderboard-std", type=float, default=bench_noise.LEADERBOARD_STD)
+    noise.add_argument("--rho", type=float, default=0.0, help="correlation of one seed's dev and held-out noise")
+    noise.add_argument("--seed", type=int, default=0)
+    noise.add_argument("--out", type=Path, default=Path("bench-noise.json"))
     one = sub.add_parser("_one", help=argparse.SUPPRESS)
     one.add_argument("backend")
     one.add_argument("shape")
@@ -409,6 +438,13 @@ def main(argv: list[str] | None = None) -> None:
         shape = json.loads(args.shape)
         _, flops = flops_per_token(shape)
         print(json.dumps(dataclasses.asdict(run_backend(args.backend, shape, flops, _device_name()[1]))), flush=True)
+    elif args.command == "noise":
+        problem = _noise_input_problem(args)
+        if problem:
+            noise.error(problem)
+        bench_noise.bench_noise(args.campaign, args.rounds, args.trap_rounds, args.dev_std, args.leaderboard_std,
+                                args.rho, args.seed, args.out, args.anchors, args.workers,
+                                shlex.join(["python", "-m", "hpc_aevo.bench", *(sys.argv[1:] if argv is None else argv)]))
     elif args.command == "train":
         import torch
 

@@ -1,0 +1,262 @@
+"""The false-promotion rate: the campaign's own decision code, driven by candidates that change nothing.
+
+    python -m hpc_aevo.bench noise [--campaign campaigns/demo.yaml] [--rounds 10000] [--trap-rounds 2000]
+                                   [--dev-std 0.015] [--leaderboard-std 0.008] [--rho 0.0] [--out bench-noise.json]
+
+Why: a loop that promotes seed noise spends every later round on a recipe that is not better, and the
+constitution's band rule (C2) is the only thing between a lucky seed and the standing recipe. This runs
+whole campaigns (the campaign's anchors, workers, rounds and initial policy) in which every worker's
+mutation does nothing: each candidate is the standing recipe with a fresh seed, scored by a noise model
+calibrated on the reference substrate (docs/calibration.md: the default's per-domain dev and held-out
+means, and the pooled seed std of the overall scores). Each round goes through the same
+`collect_evidence` and `decide` as a real one, so bands widen from pooled anchors, a promotion restarts
+the pool, and dead ends and decoupling responses carry over. Every promotion is a false one.
+
+The planted trap is measured on single rounds from the initial policy: the first worker raises dev on
+one domain the way the calibration's "sequence x6" did (overall dev +0.130, held-out flat); it should be
+flagged by the decoupling detector, registered as a dead end, and not promoted.
+
+Rates come with 95% Wilson intervals. The rounds of one campaign are not independent (their bands
+and standing recipe carry over), so the interval of the per-round rate is a little narrower than it
+should be; the per-round-index rates show how far they differ.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpc_aevo.campaign.config import load_campaign, load_initial_policy
+from hpc_aevo.search.axes import AXES, mixture_key, signature
+from hpc_aevo.search.constitution import CheckContext
+from hpc_aevo.search.decide import decide
+from hpc_aevo.search.evidence import RoundEvidence, collect_evidence
+from hpc_aevo.search.policy import Policy, assign_axes
+from hpc_aevo.state.manifest import CandidateManifest, Measured, Proposal
+from hpc_aevo.state.records import Record
+
+# The reference substrate's default recipe per domain, mean of 3 seeds (docs/calibration.md, 2026-11-23).
+DEV_MEANS = {"bits": 0.09, "equation": 0.19, "cipher": 0.00, "base": 0.19, "sequence": 0.26}
+LEADERBOARD_MEANS = {"bits": 0.10, "equation": 0.09, "cipher": 0.00, "base": 0.00, "sequence": 0.06}
+EXAMPLES_PER_DOMAIN = 100  # substrate/data.py DEV_PER_DOMAIN and scoring/leaderboard.py HELDOUT_PER_DOMAIN
+DEV_STD, LEADERBOARD_STD = 0.015, 0.008  # pooled within-variant seed std of the overall scores (the doc's wider)
+TRAP_DOMAIN, TRAP_DEV_GAIN = "sequence", 0.130  # "sequence x6": overall dev +0.130, held-out +0.001
+Z95 = 1.959963984540054
+_HASH = "0" * 64  # the simulated campaign's substrate and constitution hashes: unchanged by construction
+
+
+def wilson(count: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of count/n: honest at rates near 0 and small n, where the normal one is not."""
+    if n <= 0:
+        raise ValueError("wilson: n must be positive")
+    p = count / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    scale = 1 + z * z / n
+    return max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale)
+
+
+@dataclass
+class Rate:
+    count: int
+    n: int
+    rate: float
+    low: float  # 95% Wilson interval
+    high: float
+
+    @classmethod
+    def of(cls, count: int, n: int) -> "Rate":
+        return cls(count, n, count / n, *wilson(count, n))
+
+    def line(self) -> str:
+        return f"{self.rate:.4f} [{self.low:.4f}, {self.high:.4f}] ({self.count}/{self.n})"
+
+
+@dataclass
+class NoiseModel:
+    """Per candidate: each domain's score is its mean plus seed noise proportional to its binomial sigma,
+    scaled so the overall score (the mean over domains) has the calibrated std; dev and held-out noise
+    of one candidate correlate with `rho` (not measured: 0 unless told)."""
+
+    dev_std: float
+    leaderboard_std: float
+    rho: float
+    dev_means: dict[str, float]
+    leaderboard_means: dict[str, float]
+    examples_per_domain: dict[str, int]
+
+    def _scale(self, means: dict[str, float], std: float) -> float:
+        binomial = sum(p * (1 - p) for p in means.values())
+        return 0.0 if binomial == 0 else std * len(means) / math.sqrt(binomial)
+
+    def draw(self, rng: random.Random, dev_effect: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        """One candidate's per-domain (dev, held-out) scores; `dev_effect` adds to its dev domains."""
+        dev_scale = self._scale(self.dev_means, self.dev_std)
+        board_scale = self._scale(self.leaderboard_means, self.leaderboard_std)
+        dev, board = {}, {}
+        for d in self.dev_means:
+            z_dev = rng.gauss(0, 1)
+            z_board = self.rho * z_dev + math.sqrt(1 - self.rho ** 2) * rng.gauss(0, 1)
+            p, q = self.dev_means[d], self.leaderboard_means[d]
+            dev[d] = min(1.0, max(0.0, p + dev_scale * math.sqrt(p * (1 - p)) * z_dev + dev_effect.get(d, 0.0)))
+            board[d] = min(1.0, max(0.0, q + board_scale * math.sqrt(q * (1 - q)) * z_board))
+        return dev, board
+
+
+@dataclass
+class NoiseBench(Record):
+    """What `bench noise` measured, with the model and the campaign shape it measured it under."""
+
+    SCHEMA = "hpc_aevo.bench_noise"
+    VERSION = 1
+
+    command: str
+    campaign: str
+    model: NoiseModel
+    anchors: int
+    workers: int
+    rounds_per_campaign: int
+    campaigns: int
+    seed: int
+    noise_band: float  # the initial policy's bands and threshold
+    dev_noise_band: float
+    promotion_threshold: float
+    promotions: Rate  # rounds that promoted: every one a false promotion
+    promotions_by_round: list[Rate]  # the same by round index within a campaign
+    detector_false_alarms: Rate  # null rounds whose calibration raised any decoupling flag
+    false_alarm_kinds: dict[str, int]  # null rounds raising each kind of flag
+    dead_end_rounds: Rate  # null rounds that registered a dead end (an idea banned on noise)
+    trap_dev_gain: float
+    trap_flagged: Rate  # trap rounds where a decoupling flag names the trap worker
+    trap_dead_end: Rate  # trap rounds that registered the trap's mutation as a dead end
+    trap_promoted: Rate  # trap rounds that promoted the trap worker
+    within_5_percent: bool  # the promotion rate is at most 0.05, as the issue asks of the band rule
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Shape:
+    anchors: int
+    workers: int
+    model: NoiseModel
+
+
+def _round(policy: Policy, shape: _Shape, rng: random.Random,
+           trap: bool = False) -> tuple[list[CandidateManifest], dict[str, dict[str, Any]]]:
+    """One measured round of null candidates (the standing recipe, a fresh seed); with `trap`, the first
+    worker is the planted trap."""
+    rnd = policy.round
+    axes = assign_axes(policy, shape.workers, rnd)
+    manifests, recipes = [], {}
+    for i in range(shape.anchors + shape.workers):
+        worker = i >= shape.anchors
+        axis = axes[i - shape.anchors] if worker else None
+        is_trap = trap and i == shape.anchors
+        mutation = (signature(mixture_key(TRAP_DOMAIN), "up") if is_trap
+                    else signature(AXES[axis].recipe_areas[0], "noop") if worker else None)
+        effect = {TRAP_DOMAIN: TRAP_DEV_GAIN * len(shape.model.dev_means)} if is_trap else {}
+        dev, board = shape.model.draw(rng, effect)
+        name, seed = f"cand-{i:02d}", rng.randrange(2 ** 31)
+        manifests.append(CandidateManifest(
+            round=rnd, candidate=i, name=name, role="worker" if worker else "anchor", seed=seed, axis=axis,
+            mutation=mutation, status="evaluated", attempts=1,
+            proposal=Proposal(hypothesis="a mutation that changes nothing" if worker else ""),
+            measured=Measured(dev=sum(dev.values()) / len(dev), dev_per_domain=dev,
+                              leaderboard=sum(board.values()) / len(board), leaderboard_per_domain=board)))
+        recipes[name] = {**policy.standing_recipe, "seed": seed}
+    return manifests, recipes
+
+
+def _decide(policy: Policy, manifests: list[CandidateManifest], recipes: dict[str, dict[str, Any]],
+            history: list[RoundEvidence], shape: _Shape):
+    evidence = collect_evidence(policy.round, manifests, policy, shape.model.examples_per_domain)
+    new, decision = decide(policy, evidence, history, CheckContext(manifests, recipes, _HASH, _HASH, _HASH, _HASH))
+    if new is None:
+        raise RuntimeError(f"round {policy.round}: no policy satisfies the constitution: {decision.violations}")
+    return evidence, new, decision
+
+
+def simulate(initial: Policy, shape: _Shape, rounds_per_campaign: int, campaigns: int, trap_rounds: int,
+             seed: int) -> dict[str, Any]:
+    """Run the null campaigns and the trap rounds; the counts behind NoiseBench's rates."""
+    rng = random.Random(seed)
+    promoted = [0] * rounds_per_campaign
+    alarms = dead_end_rounds = 0
+    kinds: dict[str, int] = {}
+    for _ in range(campaigns):
+        policy, history = initial, []
+        for r in range(rounds_per_campaign):
+            manifests, recipes = _round(policy, shape, rng)
+            evidence, new, decision = _decide(policy, manifests, recipes, history, shape)
+            promoted[r] += decision.promotion is not None
+            alarms += evidence.calibration.decoupled
+            for kind in {f.kind for f in evidence.calibration.flags}:
+                kinds[kind] = kinds.get(kind, 0) + 1
+            dead_end_rounds += len(new.dead_ends) > len(policy.dead_ends)
+            history.append(evidence)
+            policy = new
+    flagged = dead = trapped = 0
+    trap_name = f"cand-{shape.anchors:02d}"
+    trap_signature = signature(mixture_key(TRAP_DOMAIN), "up")
+    for _ in range(trap_rounds):
+        manifests, recipes = _round(initial, shape, rng, trap=True)
+        evidence, new, decision = _decide(initial, manifests, recipes, [], shape)
+        flagged += any(f.candidate == trap_name for f in evidence.calibration.flags)
+        dead += trap_signature in new.dead_end_signatures()
+        trapped += decision.promotion is not None and decision.promotion.candidate.endswith(trap_name)
+    return dict(promoted=promoted, alarms=alarms, kinds=dict(sorted(kinds.items())), dead_end_rounds=dead_end_rounds,
+                flagged=flagged, dead=dead, trapped=trapped)
+
+
+def bench_noise(campaign_path: Path, rounds: int, trap_rounds: int, dev_std: float, leaderboard_std: float,
+                rho: float, seed: int, out: Path, anchors: int | None = None, workers: int | None = None,
+                command: str = "") -> NoiseBench:
+    """Simulate, print the rates and write the record; `rounds` is rounded up to whole campaigns."""
+    campaign = load_campaign(campaign_path)
+    initial = load_initial_policy(campaign)
+    domains = {d: EXAMPLES_PER_DOMAIN for d in DEV_MEANS}
+    shape = _Shape(anchors if anchors is not None else campaign.anchors,
+                   workers if workers is not None else campaign.workers_per_round,
+                   NoiseModel(dev_std, leaderboard_std, rho, dict(DEV_MEANS), dict(LEADERBOARD_MEANS), domains))
+    per = campaign.rounds
+    campaigns = -(-rounds // per)
+    counts = simulate(initial, shape, per, campaigns, trap_rounds, seed)
+    n = campaigns * per
+    promotions = Rate.of(sum(counts["promoted"]), n)
+    record = NoiseBench(
+        command=command,
+        campaign=str(campaign_path), model=shape.model, anchors=shape.anchors, workers=shape.workers,
+        rounds_per_campaign=per, campaigns=campaigns, seed=seed, noise_band=initial.noise_band,
+        dev_noise_band=initial.dev_noise_band, promotion_threshold=initial.promotion_threshold,
+        promotions=promotions, promotions_by_round=[Rate.of(c, campaigns) for c in counts["promoted"]],
+        detector_false_alarms=Rate.of(counts["alarms"], n), false_alarm_kinds=counts["kinds"],
+        dead_end_rounds=Rate.of(counts["dead_end_rounds"], n),
+        trap_dev_gain=TRAP_DEV_GAIN, trap_flagged=Rate.of(counts["flagged"], trap_rounds),
+        trap_dead_end=Rate.of(counts["dead"], trap_rounds), trap_promoted=Rate.of(counts["trapped"], trap_rounds),
+        within_5_percent=promotions.rate <= 0.05)
+    if not record.within_5_percent:
+        record.notes.append(f"the band rule does NOT hold false promotions at or below 5% here: {promotions.line()}")
+    record.save(out)
+    for line in _lines(record):
+        print(line, flush=True)
+    return record
+
+
+def _lines(r: NoiseBench) -> list[str]:
+    return [
+        f"{r.campaigns} campaigns x {r.rounds_per_campaign} rounds, {r.anchors} anchor(s) + {r.workers} null workers; "
+        f"seed std dev {r.model.dev_std} / held-out {r.model.leaderboard_std}, rho {r.model.rho}; initial bands "
+        f"leaderboard {r.noise_band} dev {r.dev_noise_band}, threshold {r.promotion_threshold}",
+        f"false promotions per round:   {r.promotions.line()}",
+        *[f"  round {i}:                   {rate.line()}" for i, rate in enumerate(r.promotions_by_round)],
+        f"decoupling false alarms:      {r.detector_false_alarms.line()} "
+        f"({', '.join(f'{k} {v}' for k, v in r.false_alarm_kinds.items()) or 'none'})",
+        f"rounds registering dead ends: {r.dead_end_rounds.line()}",
+        f"trap (dev +{r.trap_dev_gain} on {TRAP_DOMAIN}) flagged: {r.trap_flagged.line()}",
+        f"trap registered as dead end:  {r.trap_dead_end.line()}",
+        f"trap promoted:                {r.trap_promoted.line()}",
+        *r.notes,
+    ]
