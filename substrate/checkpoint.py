@@ -11,12 +11,11 @@ pickles). The evaluator reads the pickle-free export of safe_weights.py instead.
 
 Both are written under a temporary name and renamed into place, so a kill at any moment leaves
 the earlier checkpoints intact, and both resume exactly (same loss curve). On CPU megatron's
-saver asks CUDA for a device and a synchronize in two places; `_cpu_saver` answers for it there.
+saver asks CUDA for a device and a synchronize in two places; `distributed.cuda_answers_cpu` answers there.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -51,21 +50,6 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
-
-
-@contextlib.contextmanager
-def _cpu_saver():
-    """megatron's dist_checkpointing asks `torch.cuda.current_device()` for the device of a status
-    tensor and calls `torch.cuda.synchronize()`; on a CPU-only torch both raise. Answer with the CPU."""
-    if torch.cuda.is_available():
-        yield
-        return
-    saved = torch.cuda.current_device, torch.cuda.synchronize
-    torch.cuda.current_device, torch.cuda.synchronize = (lambda: "cpu"), (lambda *args, **kwargs: None)
-    try:
-        yield
-    finally:
-        torch.cuda.current_device, torch.cuda.synchronize = saved
 
 
 def _sharded_state(model, optimizer, trainer: dict | None = None) -> dict:
@@ -108,7 +92,7 @@ def save(out: Path, step: int, model, optimizer, trainer: dict, fmt: str) -> Pat
             shutil.rmtree(tmp)  # the debris of a save that was killed
         tmp.mkdir()
     distributed.barrier()
-    with _cpu_saver():
+    with distributed.cuda_answers_cpu():
         dist_checkpointing.save(_sharded_state(model, optimizer, trainer), str(tmp))
     distributed.barrier()
     if distributed.is_main():
@@ -126,7 +110,7 @@ def load(path: Path, model, optimizer) -> dict:
         return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
     from megatron.core import dist_checkpointing
 
-    with _cpu_saver():
+    with distributed.cuda_answers_cpu():
         loaded = dist_checkpointing.load(_sharded_state(model, optimizer), str(path))
     model.load_state_dict(loaded["model"])
     optim_state = loaded["optimizer"]
