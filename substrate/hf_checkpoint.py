@@ -88,12 +88,14 @@ def hf_to_model_config(hf: dict) -> dict:
     if family == "mixtral":
         _require(hf, "sliding_window", lambda v: v is None, "null (sliding-window attention is not built)")
         _require(hf, "router_jitter_noise", lambda v: not v, "0")
-        experts, ffn, norm_top_k = hf["num_local_experts"], hf["intermediate_size"], True
+        ffn, norm_top_k = hf["intermediate_size"], True
     else:
         _require(hf, "use_sliding_window", lambda v: not v, "false")
         _require(hf, "decoder_sparse_step", lambda v: v in (None, 1), "1 (every layer a mixture of experts)")
         _require(hf, "mlp_only_layers", lambda v: not v, "empty (every layer a mixture of experts)")
-        experts, ffn, norm_top_k = hf["num_experts"], hf["moe_intermediate_size"], bool(hf.get("norm_topk_prob"))
+        ffn, norm_top_k = hf["moe_intermediate_size"], bool(hf.get("norm_topk_prob"))
+    # the hub's Qwen3-MoE configs say num_experts; transformers 5 writes num_local_experts for both families
+    experts = hf.get("num_local_experts") or hf.get("num_experts")
     cfg["moe"] = {"experts": int(experts), "top_k": int(hf["num_experts_per_tok"]), "ffn_hidden": int(ffn),
                   "shared_ffn_hidden": 0, "score": "softmax", "norm_top_k": norm_top_k,
                   "aux_loss_coeff": float(hf.get("router_aux_loss_coef") or 0.0)}
