@@ -101,6 +101,17 @@ def save(out: Path, step: int, model, optimizer, trainer: dict, fmt: str) -> Pat
     return final
 
 
+def _optimizer_steps(saved: dict, params: int, path: Path) -> dict | float:
+    """AdamW's step count per parameter id as saved; under another layout, where the ids change (expert
+    parallelism changes how many parameters a rank holds), the one count every parameter shares."""
+    if len(saved) == params:
+        return saved
+    if len(set(saved.values())) == 1:
+        return next(iter(saved.values()))
+    raise ValueError(f"checkpoint {path.name}: its parameters were stepped unevenly, so it resumes only under the "
+                     f"parallel layout it was saved with ({len(saved)} parameters per rank there, {params} here)")
+
+
 def load(path: Path, model, optimizer) -> dict:
     """Restore model and optimizer from checkpoint `path` in place; returns the trainer state."""
     if path.suffix == ".pt":
@@ -115,7 +126,8 @@ def load(path: Path, model, optimizer) -> dict:
     model.load_state_dict(loaded["model"])
     optim_state = loaded["optimizer"]
     optim_state["param_groups"] = optimizer.state_dict()["param_groups"]
+    steps = _optimizer_steps(loaded["optimizer_steps"], len(optim_state["state"]), path)
     for pid, state in optim_state["state"].items():
-        state["step"] = torch.tensor(loaded["optimizer_steps"][pid])
+        state["step"] = torch.tensor(steps[pid] if isinstance(steps, dict) else steps)
     optimizer.load_state_dict(optim_state)
     return loaded["trainer"]

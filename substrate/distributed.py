@@ -227,6 +227,14 @@ def cuda_answers_cpu():
         torch.cuda.current_device, torch.cuda.synchronize = saved
 
 
+def cpu_is_the_current_device() -> None:
+    """For the whole process on a CPU-only torch: megatron's sequence-parallel gathers and reduce-scatters
+    (the allgather token dispatcher's under expert parallelism) allocate on `torch.cuda.current_device()`,
+    in the forward and in the backward, where that call can only raise. It answers the CPU instead."""
+    if not torch.cuda.is_available():
+        torch.cuda.current_device = lambda: "cpu"
+
+
 def barrier() -> None:
     if dist.get_world_size() > 1:
         dist.barrier()

@@ -11,7 +11,8 @@ sharded for tensor (or expert) parallelism, when the model is built.
 megatron-core assumes CUDA in a few places; the accommodations below are the measured ones
 (see the platform facts): CPU initialisation, the RNG tracker without CUDA seeding, a CPU
 global memory buffer for attention, RoPE frequencies kept on the CPU, and an explicit causal mask.
-The layer spec comes from layers.py (local on CPU, Transformer Engine on CUDA). The evaluator
+Under expert parallelism on CPU, `torch.cuda.current_device()` answers the CPU (the token dispatcher's
+collectives allocate there). The layer spec comes from layers.py (local on CPU, Transformer Engine on CUDA). The evaluator
 builds the model from the recipe (`checked_model_config` first), never from a checkpoint.
 """
 
@@ -73,6 +74,8 @@ def init_parallel(seed: int, tp: int = 1, ep: int = 1) -> distributed.Launch:
     else:
         parallel_state._GLOBAL_MEMORY_BUFFER = _CPUMemoryBuffer()
         tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+        if ep > 1:
+            distributed.cpu_is_the_current_device()
     return launch
 
 
