@@ -234,7 +234,7 @@ def build_model(model_cfg: dict, load_pretrained: bool = True) -> GPTModel:
     if not torch.cuda.is_available():
         _keep_rope_on_cpu(model.rotary_pos_emb)
     if experts:
-        moe.adapt_routers(model)
+        moe.adapt_routers(model, te=choice.backend == "te")
         moe.mark_expert_params(model, parallel_state.get_expert_model_parallel_world_size())
     if cfg.get("hf_dir") and load_pretrained:
         hf_checkpoint.load_hf_into(model, cfg)

@@ -16,8 +16,9 @@ norm_topk_prob), `balancing` (`aux_loss`: the switch load-balancing loss times `
 towards the mean load, sigmoid scores only; `none`), `capacity_factor` (tokens beyond
 capacity_factor x the even share of an expert are dropped; null: dropless).
 
-On CPU megatron's router moves its weight to CUDA in `gating` and allocates its expert-bias buffers on
-the CUDA device at construction: `adapt_routers` and `distributed.cuda_answers_cpu` answer for both.
+Off Transformer Engine megatron's router moves its weight to CUDA in `gating` and calls TE's GEMM, and on
+CPU it allocates its expert-bias buffers on the CUDA device at construction: `adapt_routers` and
+`distributed.cuda_answers_cpu` answer for both.
 The trainer scales the aux loss like the main loss (`set_aux_loss_scale`), updates the expert bias
 after each step (`update_expert_bias`) and reports per-expert load (`expert_load`).
 """
@@ -126,26 +127,30 @@ def routers(model) -> list:
     return [m for m in model.modules() if isinstance(m, TopKRouter)]
 
 
-def adapt_routers(model) -> None:
-    """Count the tokens routed to each expert while training (`expert_load`), and on CPU keep each router's
-    gate where it is: megatron's `gating` moves it to CUDA and its gating GEMM is Transformer Engine's;
-    the same product in fp32 (`moe_router_dtype`) is a plain linear."""
+def adapt_routers(model, te: bool = False) -> None:
+    """Count the tokens routed to each expert while training (`expert_load`), and off Transformer Engine
+    (`te`: the layer choice's backend) keep each router's gate where it is: megatron's `gating` moves it to
+    the CUDA device and calls TE's GEMM; the same product in fp32 (`moe_router_dtype`) is a plain linear."""
     for router in routers(model):
         router.load = torch.zeros(router.config.num_moe_experts, dtype=torch.float64)
-        if torch.cuda.is_available():
-            continue
-
-        def gating(inp, router=router):
-            bias = None if router.bias is None else router.bias.float()
-            return torch.nn.functional.linear(inp.float(), router.weight.float(), bias)
+        if not te:
+            router.gating = _plain_gating(router)
 
         def routing(logits, padding_mask=None, router=router, routing=router.routing):
             probs, routing_map = routing(logits, padding_mask=padding_mask)
-            if router.training:
-                router.load += routing_map.sum(dim=0).double().cpu()
+            if router.training:  # counted where the routing is: no device sync per step
+                router.load = router.load.to(routing_map.device) + routing_map.sum(dim=0)
             return probs, routing_map
 
-        router.gating, router.routing = gating, routing
+        router.routing = routing
+
+
+def _plain_gating(router):
+    def gating(inp):
+        bias = None if router.bias is None else router.bias.float()
+        return torch.nn.functional.linear(inp.float(), router.weight.float(), bias)
+
+    return gating
 
 
 def mark_expert_params(model, expert_parallel: int) -> None:
@@ -221,7 +226,7 @@ def expert_load(model, sum_over_ranks=None) -> list[list[float]]:
     `sum_over_ranks` sums (a tensor in, a list out; default this rank's): a collapsed router shows as one
     expert near 1, an even one as 1/experts each."""
     layers = routers(model)
-    counts = torch.stack([router.load for router in layers])
+    counts = torch.stack([router.load.double() for router in layers])
     if sum_over_ranks is not None:
         counts = torch.tensor(sum_over_ranks(counts.flatten()), dtype=torch.float64).view_as(counts)
-    return [[round(float(n) / max(float(row.sum()), 1.0), 4) for n in row] for row in counts]
+    return [[round(float(n) / max(float(row.sum()), 1.0), 4) for n in row] for row in counts.cpu()]
