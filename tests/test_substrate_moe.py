@@ -167,6 +167,7 @@ def test_a_tiny_moe_trains_on_cpu_and_is_scored_from_its_export(tmp_path):
     assert scores["transformers"] == scores["megatron"]
 
 
+@pytest.mark.slow
 def test_expert_parallel_needs_a_distributed_checkpoint(tmp_path):
     recipe = tiny_moe_recipe(tmp_path / "recipe.yaml", **{"parallel.expert": 2})
     proc = subprocess.run([sys.executable, "train.py", "--recipe", str(recipe), "--out", str(tmp_path / "out")],
