@@ -31,8 +31,10 @@ import torch
 
 MOE_KEYS = ("experts", "top_k", "ffn_hidden", "shared_ffn_hidden", "score", "norm_top_k", "balancing",
             "aux_loss_coeff", "bias_update_rate", "capacity_factor")
-# Fixed by an `init_from` checkpoint; the others are training knobs a recipe may set over any model.
-ARCH_KEYS = ("experts", "top_k", "ffn_hidden", "shared_ffn_hidden", "score", "norm_top_k")
+# Fixed by an `init_from` checkpoint (the weights' shapes and what they were trained to mean); the others
+# are the router's knobs a recipe may set over any model, top_k included (the same experts, more or fewer
+# per token).
+ARCH_KEYS = ("experts", "ffn_hidden", "shared_ffn_hidden", "score", "norm_top_k")
 MOE_LIMITS = {"experts": 1024, "top_k": 64, "ffn_hidden": 32768}
 SCORES = ("softmax", "sigmoid")
 BALANCING = ("aux_loss", "bias", "none")

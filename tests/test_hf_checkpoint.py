@@ -240,8 +240,9 @@ def test_moe_families_refuse_what_they_cannot_hold(tmp_path):
     cfg = resolve_config({"init_from": str(hf_dir), "seq_len": 32, "moe": {"balancing": "none", "capacity_factor": 1.5}})
     assert cfg["moe"]["experts"] == 4 and cfg["moe"]["balancing"] == "none" and "aux_loss_coeff" not in cfg["moe"]
     assert resolve_config({"init_from": str(hf_dir), "seq_len": 32})["moe"]["aux_loss_coeff"] == 0.02
-    with pytest.raises(ValueError, match=r"recipe model.moe.top_k: fixed by model.init_from to 2 \(got 1\)"):
-        resolve_config({"init_from": str(hf_dir), "seq_len": 32, "moe": {"top_k": 1}})
+    with pytest.raises(ValueError, match=r"recipe model.moe.experts: fixed by model.init_from to 4 \(got 8\)"):
+        resolve_config({"init_from": str(hf_dir), "seq_len": 32, "moe": {"experts": 8}})
+    assert resolve_config({"init_from": str(hf_dir), "seq_len": 32, "moe": {"top_k": 3}})["moe"]["top_k"] == 3
     dense = random_llama(tmp_path / "dense", tied=True)
     with pytest.raises(ValueError, match=r"recipe model.moe: model.init_from is a dense model"):
         resolve_config({"init_from": str(dense), "seq_len": 32, "moe": {"experts": 4, "top_k": 2}})
