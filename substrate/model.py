@@ -128,9 +128,9 @@ def resolve_config(model_cfg: dict) -> dict:
 
 
 def _pretrained_moe(pretrained: dict | None, recipe: dict | None) -> dict | None:
-    """An `init_from` model's experts with the recipe's training knobs: the architecture's keys are the
-    checkpoint's (a recipe may repeat, not change them); balancing, its coefficient or rate and the
-    capacity are the recipe's, the checkpoint's aux-loss coefficient the default."""
+    """An `init_from` model's experts with the recipe's router knobs: the architecture's keys are the
+    checkpoint's (a recipe may repeat, not change them); top_k, balancing, its coefficient or rate and
+    the capacity are the recipe's where it sets them, else the checkpoint's."""
     if recipe is None:
         return pretrained
     if pretrained is None:
@@ -141,8 +141,8 @@ def _pretrained_moe(pretrained: dict | None, recipe: dict | None) -> dict | None
         if key in recipe and recipe[key] != pretrained[key]:
             raise ValueError(f"recipe model.moe.{key}: fixed by model.init_from to {pretrained[key]!r} "
                              f"(got {recipe[key]!r})")
-    knobs = {k: v for k, v in pretrained.items() if k not in moe.ARCH_KEYS and "balancing" not in recipe}
-    return {**{k: pretrained[k] for k in moe.ARCH_KEYS}, **knobs, **recipe}
+    # the checkpoint's aux-loss coefficient goes with its balancing, which a recipe's own replaces
+    return {**{k: v for k, v in pretrained.items() if k != "aux_loss_coeff" or "balancing" not in recipe}, **recipe}
 
 
 def _model_roots() -> list[Path]:
