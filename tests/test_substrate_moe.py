@@ -174,3 +174,24 @@ def test_expert_parallel_needs_a_distributed_checkpoint(tmp_path):
                           cwd=SUBSTRATE, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "recipe checkpoints.format: expert parallelism (parallel.expert 2) needs dist (got 'torch')" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_demo_sized_moe_campaign_runs_a_round(tmp_path):
+    """A round end to end on the local backend with a tiny MoE standing recipe: the anchor and a scripted
+    worker on the router axis (its operator edits model.moe) are trained, scored and collected."""
+    from tiny_campaign import run_daemon, status, tiny_recipe, write_campaign
+
+    campaign = write_campaign(tmp_path, rounds=1, workers=1)
+    policy = yaml.safe_load((tmp_path / "initial.yaml").read_text())
+    recipe = tiny_recipe()
+    recipe["model"].update(arch="llama", moe=EXPERTS)
+    policy.update(standing_recipe=recipe, active_axes=["router"])
+    (tmp_path / "initial.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    done = run_daemon(campaign)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (rnd, *_) = status(campaign)["rounds"]
+    assert rnd["complete"] and [c["status"] for c in rnd["candidates"]] == ["evaluated", "evaluated"]
+    assert all(c["dev"] is not None and c["leaderboard"] is not None for c in rnd["candidates"])
+    worker = json.loads(next((tmp_path / "state").glob("rounds/r000/cand-01/manifest.json")).read_text())
+    assert worker["axis"] == "router" and worker["mutation"].startswith("model.moe.")
