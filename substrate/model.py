@@ -221,6 +221,8 @@ def build_model(model_cfg: dict, load_pretrained: bool = True) -> GPTModel:
         gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
         bias_activation_fusion=False, qk_layernorm=bool(cfg["qk_norm"]), **_moe_config(experts, choice),
     )
+    # a fresh MoE's own init stream, drawn before the construction, whose draws depend on the layout (moe.py)
+    stream = int(torch.randint(0, 2**62, ())) if experts else None
     with distributed.cuda_answers_cpu():  # a router allocates its expert-bias buffers on the CUDA device
         model = GPTModel(
             config,
@@ -235,6 +237,8 @@ def build_model(model_cfg: dict, load_pretrained: bool = True) -> GPTModel:
         _keep_rope_on_cpu(model.rotary_pos_emb)
     if experts:
         moe.adapt_routers(model, te=choice.backend == "te")
+        if not cfg.get("hf_dir"):
+            moe.layout_free_init(model, stream)
         moe.mark_expert_params(model, parallel_state.get_expert_model_parallel_world_size())
     if cfg.get("hf_dir") and load_pretrained:
         hf_checkpoint.load_hf_into(model, cfg)

@@ -25,6 +25,7 @@ after each step (`update_expert_bias`) and reports per-expert load (`expert_load
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import torch
@@ -190,6 +191,28 @@ def local_experts(full: dict, ep_rank: int, ep_size: int, experts: int) -> dict:
     first = ep_rank * per_rank
     return {_renumber(key, -first): tensor for key, tensor in full.items()
             if expert_index(key) is None or first <= expert_index(key) < first + per_rank}
+
+
+def layout_free_init(model, seed: int) -> None:
+    """Draw every weight matrix of a freshly built MoE again, each from a random stream of its own keyed by
+    `seed` and its global name, with megatron's init method for it: the same model under any
+    parallel.expert (megatron draws a rank's experts from that rank's stream, so the layout would change
+    the model, and every weight built after them)."""
+    from megatron.core import parallel_state
+
+    config, ep = model.config, parallel_state.get_expert_model_parallel_world_size()
+    ep_rank, local = parallel_state.get_expert_model_parallel_rank(), config.num_moe_experts // ep
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for name, param in model.named_parameters():
+            if param.dim() < 2:
+                continue  # norms (ones) and the like
+            if re.search(r"(linear_proj|linear_fc2)\.weight\d*$", name):
+                init = config.output_layer_init_method
+            else:
+                init = config.embedding_init_method if "word_embeddings" in name else config.init_method
+            key = f"{seed}:{global_expert_key(name, ep_rank, local)}"
+            torch.manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+            init(param)
 
 
 def set_aux_loss_scale(dp_size: int) -> None:

@@ -2,9 +2,8 @@
 follows the parallel.expert 1 loss curve, its export gathers every expert, and its distributed checkpoint
 resumes under parallel.expert 1 (EP=2 -> EP=1) on the same curve.
 
-Both layouts start from the same random Hugging Face Mixtral (`model.init_from`): a fresh init draws
-each rank's experts from that rank's random stream, so it differs between layouts, an import does not.
-Both run two data-parallel ranks: the router's aux loss is each rank's over its own tokens (their mean
+Both layouts start from the same random Hugging Face Mixtral (`model.init_from`, imported expert by
+expert into each rank), and from the same fresh init (moe.layout_free_init). Both run two data-parallel ranks: the router's aux loss is each rank's over its own tokens (their mean
 counts), so one process, whose aux loss is the whole batch's, trains a slightly different curve.
 """
 
@@ -30,9 +29,9 @@ RECIPE = {"seed": 0, "data": {"train_examples": 1000, "mixture": {d: 1.0 for d i
 RTOL = 1e-5  # the curves differ by float summation order only (measured: 4e-8)
 
 
-def recipe(tmp_path, name: str, expert: int) -> str:
+def recipe(tmp_path, name: str, expert: int, **changes) -> str:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**RECIPE, "parallel": {"tensor": 1, "expert": expert}}))
+    path.write_text(yaml.safe_dump({**RECIPE, "parallel": {"tensor": 1, "expert": expert}, **changes}))
     return str(path)
 
 
@@ -78,3 +77,15 @@ def test_expert_parallel_2_matches_1_and_resumes_under_1(tmp_path):
     (resumed / "train_summary.json").unlink()
     train(one, resumed)
     assert_same_curve(summary(resumed)["history"], body["history"])
+
+
+@pytest.mark.slow
+def test_a_fresh_moe_is_the_same_model_under_any_expert_layout(tmp_path):
+    """megatron draws a rank's experts from that rank's random stream; the substrate draws each weight of a
+    fresh MoE from its own, so parallel.expert 2 trains the parallel.expert 1 model, step for step."""
+    fresh = {"model": {"arch": "llama", "hidden": 32, "layers": 1, "heads": 4, "seq_len": 64,
+                       "moe": {"experts": 4, "top_k": 2, "ffn_hidden": 32}},
+             "optim": {**RECIPE["optim"], "steps": 10}, "checkpoints": {**RECIPE["checkpoints"], "every": 10}}
+    train(recipe(tmp_path, "one", 1, **fresh), tmp_path / "one")
+    train(recipe(tmp_path, "ep2", 2, **fresh), tmp_path / "ep2")
+    assert_same_curve(summary(tmp_path / "ep2")["history"], summary(tmp_path / "one")["history"])
