@@ -204,6 +204,7 @@ def build_model(model_cfg: dict, load_pretrained: bool = True) -> GPTModel:
     experts = cfg.get("moe")
     spec = choice.spec(normalization="RMSNorm" if cfg["arch"] == "llama" else None,
                        num_experts=experts["experts"] if experts else None, qk_layernorm=bool(cfg.get("qk_norm")))
+    moe_fields = _moe_config(experts, choice)  # also refuses parallel.expert without experts (any arch)
     common = dict(**choice.config_kwargs(), num_layers=int(cfg["layers"]), hidden_size=int(cfg["hidden"]),
                   num_attention_heads=int(cfg["heads"]), use_cpu_initialization=True,
                   hidden_dropout=0.0, attention_dropout=0.0)
@@ -219,7 +220,7 @@ def build_model(model_cfg: dict, load_pretrained: bool = True) -> GPTModel:
         **common, num_query_groups=int(cfg["kv_heads"]), kv_channels=int(cfg["head_dim"]),
         ffn_hidden_size=int(cfg["ffn_hidden"]), normalization="RMSNorm", layernorm_epsilon=float(cfg["norm_eps"]),
         gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
-        bias_activation_fusion=False, qk_layernorm=bool(cfg["qk_norm"]), **_moe_config(experts, choice),
+        bias_activation_fusion=False, qk_layernorm=bool(cfg["qk_norm"]), **moe_fields,
     )
     # a fresh MoE's own init stream, drawn before the construction, whose draws depend on the layout (moe.py)
     stream = int(torch.randint(0, 2**62, ())) if experts else None
