@@ -136,6 +136,7 @@ def adapt_routers(model, te: bool = False) -> None:
     the CUDA device and calls TE's GEMM; the same product in fp32 (`moe_router_dtype`) is a plain linear."""
     for router in routers(model):
         router.load = torch.zeros(router.config.num_moe_experts, dtype=torch.float64)
+        router.unlogged = 0  # training forwards since the aux loss was last read (aux_loss)
         if not te:
             router.gating = _plain_gating(router)
 
@@ -143,6 +144,7 @@ def adapt_routers(model, te: bool = False) -> None:
             probs, routing_map = routing(logits, padding_mask=padding_mask)
             if router.training:  # counted where the routing is: no device sync per step
                 router.load = router.load.to(routing_map.device) + routing_map.sum(dim=0)
+                router.unlogged += 1
             return probs, routing_map
 
         router.routing = routing
@@ -235,14 +237,18 @@ def update_expert_bias(model) -> None:
             router.local_tokens_per_expert.zero_()
 
 
-def aux_loss(steps: int) -> float | None:
-    """The load-balancing loss (without its coefficient) per step and MoE layer over the last `steps`
-    steps, on this rank, or None without one; megatron's tracker, which sums them, is reset."""
+def aux_loss(model) -> float | None:
+    """The load-balancing loss (without its coefficient) per training forward and MoE layer since the last
+    call, on this rank, or None without one; megatron's tracker, which sums them, is reset."""
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker, get_moe_layer_wise_logging_tracker
 
     tracker = get_moe_layer_wise_logging_tracker().get("load_balancing_loss")
-    value = float(tracker["values"].float().mean()) / max(1, steps) if tracker else None
+    layers = routers(model)
+    forwards = max(1, layers[0].unlogged) if layers else 1
+    value = float(tracker["values"].float().mean()) / forwards if tracker else None
     clear_aux_losses_tracker()
+    for router in layers:
+        router.unlogged = 0
     return value
 
 

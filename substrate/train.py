@@ -225,7 +225,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
         if logs:
             entry = {"step": step, "loss": sum(losses) / len(losses), "lr": lr_at(step - 1, optim),
                      "loop_s": earlier_loop + loop_s}
-            if experts and (aux := moe.aux_loss(len(losses))) is not None:  # the ranks' mean, all layers'
+            if experts and (aux := moe.aux_loss(model)) is not None:  # the ranks' mean, all layers'
                 entry["aux_loss"] = distributed.sum_over_dp(torch.tensor([aux]))[0] / distributed.dp_size()
             history.append(entry)
             losses = []
