@@ -195,3 +195,29 @@ def test_a_demo_sized_moe_campaign_runs_a_round(tmp_path):
     assert all(c["dev"] is not None and c["leaderboard"] is not None for c in rnd["candidates"])
     worker = json.loads(next((tmp_path / "state").glob("rounds/r000/cand-01/manifest.json")).read_text())
     assert worker["axis"] == "router" and worker["mutation"].startswith("model.moe.")
+
+
+@pytest.mark.slow
+def test_aux_loss_free_balancing_resumes_exactly_from_a_distributed_checkpoint(tmp_path):
+    """The routers' expert bias is model state: a run resumed from its dist checkpoint of step 10 logs the
+    uninterrupted run's losses and ends with its bias."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    router = {**EXPERTS, "score": "sigmoid", "balancing": "bias", "bias_update_rate": 0.01}
+    recipe = tiny_moe_recipe(tmp_path / "recipe.yaml", **{"model.moe": router, "optim.steps": 20,
+                                                          "checkpoints.every": 10, "checkpoints.format": "dist",
+                                                          "logging.every": 5})
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _run("train.py", "--recipe", str(recipe), "--out", str(whole))
+    shutil.copytree(whole, resumed)
+    shutil.rmtree(resumed / "ckpt-000020")
+    for name in ("export/ckpt-000020.safetensors", "train_summary.json"):
+        (resumed / name).unlink()
+    _run("train.py", "--recipe", str(recipe), "--out", str(resumed))
+    history = [json.loads((d / "train_summary.json").read_text())["history"] for d in (whole, resumed)]
+    assert [h["loss"] for h in history[1]] == pytest.approx([h["loss"] for h in history[0]], rel=1e-6)
+    bias = [load_file(d / "export/ckpt-000020.safetensors")["decoder.layers.0.mlp.router.expert_bias"]
+            for d in (whole, resumed)]
+    assert bias[0].abs().sum() > 0 and torch.equal(bias[0], bias[1])
