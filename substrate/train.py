@@ -256,7 +256,9 @@ def main() -> None:
     args = parser.parse_args()
     try:
         train(yaml.safe_load(args.recipe.read_text()), args.out, args.max_steps, args.recipe.absolute().parent)
-    except layers.LayerSpecError as error:
+    except ValueError as error:  # a recipe the trainer refuses (layers.LayerSpecError among them): one line
+        if not str(error).startswith("recipe "):
+            raise  # anything else keeps its traceback
         sys.exit(f"train.py: {args.recipe}: {error}")
 
 
