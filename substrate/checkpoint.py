@@ -11,12 +11,11 @@ pickles). The evaluator reads the pickle-free export of safe_weights.py instead.
 
 Both are written under a temporary name and renamed into place, so a kill at any moment leaves
 the earlier checkpoints intact, and both resume exactly (same loss curve). On CPU megatron's
-saver asks CUDA for a device and a synchronize in two places; `_cpu_saver` answers for it there.
+saver asks CUDA for a device and a synchronize in two places; `distributed.cuda_answers_cpu` answers there.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -51,21 +50,6 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
-
-
-@contextlib.contextmanager
-def _cpu_saver():
-    """megatron's dist_checkpointing asks `torch.cuda.current_device()` for the device of a status
-    tensor and calls `torch.cuda.synchronize()`; on a CPU-only torch both raise. Answer with the CPU."""
-    if torch.cuda.is_available():
-        yield
-        return
-    saved = torch.cuda.current_device, torch.cuda.synchronize
-    torch.cuda.current_device, torch.cuda.synchronize = (lambda: "cpu"), (lambda *args, **kwargs: None)
-    try:
-        yield
-    finally:
-        torch.cuda.current_device, torch.cuda.synchronize = saved
 
 
 def _sharded_state(model, optimizer, trainer: dict | None = None) -> dict:
@@ -108,13 +92,24 @@ def save(out: Path, step: int, model, optimizer, trainer: dict, fmt: str) -> Pat
             shutil.rmtree(tmp)  # the debris of a save that was killed
         tmp.mkdir()
     distributed.barrier()
-    with _cpu_saver():
+    with distributed.cuda_answers_cpu():
         dist_checkpointing.save(_sharded_state(model, optimizer, trainer), str(tmp))
     distributed.barrier()
     if distributed.is_main():
         os.replace(tmp, final)
     distributed.barrier()
     return final
+
+
+def _optimizer_steps(saved: dict, params: int, path: Path) -> dict | float:
+    """AdamW's step count per parameter id as saved; under another layout, where the ids change (expert
+    parallelism changes how many parameters a rank holds), the one count every parameter shares."""
+    if len(saved) == params:
+        return saved
+    if len(set(saved.values())) == 1:
+        return next(iter(saved.values()))
+    raise ValueError(f"checkpoint {path.name}: its parameters were stepped unevenly, so it resumes only under the "
+                     f"parallel layout it was saved with ({len(saved)} parameters per rank there, {params} here)")
 
 
 def load(path: Path, model, optimizer) -> dict:
@@ -126,12 +121,13 @@ def load(path: Path, model, optimizer) -> dict:
         return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
     from megatron.core import dist_checkpointing
 
-    with _cpu_saver():
+    with distributed.cuda_answers_cpu():
         loaded = dist_checkpointing.load(_sharded_state(model, optimizer), str(path))
     model.load_state_dict(loaded["model"])
     optim_state = loaded["optimizer"]
     optim_state["param_groups"] = optimizer.state_dict()["param_groups"]
+    steps = _optimizer_steps(loaded["optimizer_steps"], len(optim_state["state"]), path)
     for pid, state in optim_state["state"].items():
-        state["step"] = torch.tensor(loaded["optimizer_steps"][pid])
+        state["step"] = torch.tensor(steps[pid] if isinstance(steps, dict) else steps)
     optimizer.load_state_dict(optim_state)
     return loaded["trainer"]

@@ -11,11 +11,13 @@ into the same rendezvous, so train.py never cares which:
 - otherwise (or a world of one): one process, an in-memory store, no port to race for.
 
 gloo on CPU, NCCL on CUDA. Megatron's parallel state then splits the world into tensor-parallel
-groups of `tp` consecutive ranks and data-parallel groups across them.
+groups of `tp` consecutive ranks and data-parallel groups across them; a mixture-of-experts model
+with `ep` > 1 also splits its experts over expert-parallel groups of `ep` data-parallel ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -61,11 +63,15 @@ def launch_from_env(env: os._Environ | dict = os.environ) -> Launch:
     return Launch(0, 1, 0, None, None, "single")
 
 
-def init(tp: int = 1) -> Launch:
-    """Join the process group (once) and set up megatron's TP x DP groups; returns this process's launch."""
+def init(tp: int = 1, ep: int = 1) -> Launch:
+    """Join the process group (once) and set up megatron's TP x DP (and expert-parallel) groups; returns
+    this process's launch."""
     launch = launch_from_env()
     if launch.world_size % tp:
         raise ValueError(f"recipe parallel.tensor: {tp} does not divide the world size {launch.world_size}")
+    if (launch.world_size // tp) % ep:
+        raise ValueError(f"recipe parallel.expert: {ep} does not divide the data-parallel size "
+                         f"{launch.world_size // tp} (world size {launch.world_size} / parallel.tensor {tp})")
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
@@ -77,7 +83,7 @@ def init(tp: int = 1) -> Launch:
             os.environ.update(MASTER_ADDR=launch.master_addr or "127.0.0.1", MASTER_PORT=str(launch.master_port or 29500))
             dist.init_process_group(backend, init_method="env://", rank=launch.rank, world_size=launch.world_size)
     if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, expert_model_parallel_size=ep)
     if launch.world_size > 1:
         _host_group()  # every rank creates its groups in the same order: here, not at the first any_rank
     return launch
@@ -91,36 +97,63 @@ def dp_size() -> int:
     return parallel_state.get_data_parallel_world_size()
 
 
+def holds_first_replica() -> bool:
+    """Whether this rank holds part of the first model replica: with expert parallelism its experts span
+    several data-parallel ranks (the first expert-data-parallel replica), else data-parallel rank 0."""
+    if parallel_state.get_expert_model_parallel_world_size() > 1:
+        return parallel_state.get_expert_data_parallel_rank() == 0
+    return dp_rank() == 0
+
+
 def is_main() -> bool:
     return dist.get_rank() == 0
 
 
+def is_expert_parallel(param) -> bool:
+    """megatron's mark of a weight that only this rank's expert-parallel group holds (an expert's)."""
+    return not getattr(param, "allreduce", True)
+
+
 def all_reduce_gradients(params) -> None:
-    """Sum the gradients over the data-parallel group, in one flat buffer (one collective per step).
+    """Sum the gradients over the data-parallel group, in one flat buffer (one collective per step);
+    expert-parallel weights over the expert-data-parallel group, the ranks that hold the same experts.
 
     Each rank's loss is already divided by the global count of loss tokens, so the sum is exactly
     the single-process gradient of the whole global batch."""
-    if dp_size() == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch._utils._flatten_dense_tensors(grads)
-    dist.all_reduce(flat, group=parallel_state.get_data_parallel_group())
-    for grad, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-        grad.copy_(reduced)
+    params = [p for p in params if p.grad is not None]
+    for group, size, mine in (
+        (parallel_state.get_data_parallel_group, dp_size(), [p for p in params if not is_expert_parallel(p)]),
+        (parallel_state.get_expert_data_parallel_group, parallel_state.get_expert_data_parallel_world_size(),
+         [p for p in params if is_expert_parallel(p)]),
+    ):
+        if size == 1 or not mine:
+            continue
+        grads = [p.grad for p in mine]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat, group=group())
+        for grad, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            grad.copy_(reduced)
 
 
 def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     """Clip by the norm of the whole model's gradient: tensor-parallel shards summed over their TP
-    group, replicated parameters counted once (torch's clip_grad_norm_ on one rank sees only its shards).
-    Returns the norm as a device tensor (no host sync)."""
+    group, experts over their expert-parallel group, replicated parameters counted once (torch's
+    clip_grad_norm_ on one rank sees only its shards). Returns the norm as a device tensor (no host sync)."""
     params = [p for p in params if p.grad is not None]
-    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+    ep = parallel_state.get_expert_model_parallel_world_size()
+    if parallel_state.get_tensor_model_parallel_world_size() == 1 and ep == 1:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    sharded = [p for p in params if getattr(p, "tensor_model_parallel", False)]
-    replicated = [p for p in params if not getattr(p, "tensor_model_parallel", False)]
+    experts = [p for p in params if is_expert_parallel(p)]
+    dense = [p for p in params if not is_expert_parallel(p)]
+    sharded = [p for p in dense if getattr(p, "tensor_model_parallel", False)]
+    replicated = [p for p in dense if not getattr(p, "tensor_model_parallel", False)]
     square = lambda group: sum((p.grad.detach().float() ** 2).sum() for p in group)  # noqa: E731
     total = torch.zeros((), device=_device()) + square(sharded)
     dist.all_reduce(total, group=parallel_state.get_tensor_model_parallel_group())
+    if ep > 1:  # (MoE runs with parallel.tensor 1: an expert is whole on its rank)
+        expert_total = torch.zeros((), device=_device()) + square(experts)
+        dist.all_reduce(expert_total, group=parallel_state.get_expert_model_parallel_group())
+        total = total + expert_total
     norm = (total + square(replicated)).sqrt()
     scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     for p in params:
@@ -176,6 +209,30 @@ def gather_rank_info(tokens: int, useful_tokens: int) -> list[dict]:
     everyone: list = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     return everyone
+
+
+@contextlib.contextmanager
+def cuda_answers_cpu():
+    """megatron-core asks `torch.cuda.current_device()` for the device of a few tensors it allocates (the
+    dist_checkpointing saver's status tensor, a router's expert-bias buffers) and calls
+    `torch.cuda.synchronize()`; on a CPU-only torch both raise. Answer with the CPU there."""
+    if torch.cuda.is_available():
+        yield
+        return
+    saved = torch.cuda.current_device, torch.cuda.synchronize
+    torch.cuda.current_device, torch.cuda.synchronize = (lambda: "cpu"), (lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        torch.cuda.current_device, torch.cuda.synchronize = saved
+
+
+def cpu_is_the_current_device() -> None:
+    """For the whole process on a CPU-only torch: megatron's sequence-parallel gathers and reduce-scatters
+    (the allgather token dispatcher's under expert parallelism) allocate on `torch.cuda.current_device()`,
+    in the forward and in the backward, where that call can only raise. It answers the CPU instead."""
+    if not torch.cuda.is_available():
+        torch.cuda.current_device = lambda: "cpu"
 
 
 def barrier() -> None:

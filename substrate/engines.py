@@ -5,7 +5,7 @@ Every engine takes prompts as token ids and returns the generated token ids (gre
 the evaluator decodes and scores them itself, so the scoring is identical whichever engine ran.
 
 - `megatron`: the trained megatron-core model itself (batched, no KV cache): any architecture,
-  the default for the tiny GPT.
+  the default for the tiny GPT and for a mixture of experts no HF architecture has (hf_checkpoint.hf_family).
 - `transformers`: the model exported to an HF directory, `generate` with a KV cache on CPU:
   the default for llama models without a GPU.
 - `vllm`: the exported directory in vLLM's offline engine (batched, greedy, token ids in and
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+import hf_checkpoint
 import tokenizer
 from model import export_model, greedy_generate, resolve_config
 
@@ -31,14 +32,23 @@ def choose(name: str, model_cfg: dict) -> str:
     """The engine `auto` stands for: vLLM on a GPU, transformers on CPU, megatron for the tiny GPT."""
     if name not in ENGINES:
         raise ValueError(f"evaluate --engine: expected one of {ENGINES} (got {name!r})")
-    arch = resolve_config(model_cfg)["arch"]
+    cfg = resolve_config(model_cfg)
+    arch = cfg["arch"]
     if name != "auto":
         if name != "megatron" and arch != "llama":
             raise ValueError(f"evaluate --engine {name}: needs a llama model (model.arch is {arch!r}); use megatron")
         return name
-    if arch != "llama":
+    if arch != "llama" or not _has_hf_family(cfg):
         return "megatron"
     return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "transformers"
+
+
+def _has_hf_family(cfg: dict) -> bool:
+    try:
+        hf_checkpoint.hf_family(cfg)
+    except ValueError:
+        return False
+    return True
 
 
 def _caps(prompts: list[list[int]], max_new: int, seq_len: int) -> list[int]:

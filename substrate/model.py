@@ -2,14 +2,17 @@
 
 `model.arch: gpt` (default) is the tiny GPT: LayerNorm, GELU, learned absolute positions, the
 character tokenizer. `model.arch: llama` is a Llama-family model: RMSNorm, SwiGLU, RoPE, grouped
-query attention, tied or untied embeddings. `model.init_from` starts from a pretrained Hugging
-Face Llama checkpoint (see hf_checkpoint.py): the architecture and the tokenizer come from it and
-its weights are imported, sharded for tensor parallelism, when the model is built.
+query attention, tied or untied embeddings, optionally RMSNorm on queries and keys (`qk_norm`, as
+Qwen3) and a mixture of experts in place of every MLP (`model.moe`, see moe.py: Mixtral, Qwen3-MoE).
+`model.init_from` starts from a pretrained Hugging Face Llama, Mixtral or Qwen3-MoE checkpoint (see
+hf_checkpoint.py): the architecture and the tokenizer come from it and its weights are imported,
+sharded for tensor (or expert) parallelism, when the model is built.
 
 megatron-core assumes CUDA in a few places; the accommodations below are the measured ones
 (see the platform facts): CPU initialisation, the RNG tracker without CUDA seeding, a CPU
 global memory buffer for attention, RoPE frequencies kept on the CPU, and an explicit causal mask.
-The layer spec comes from layers.py (local on CPU, Transformer Engine on CUDA). The evaluator
+Under expert parallelism on CPU, `torch.cuda.current_device()` answers the CPU (the token dispatcher's
+collectives allocate there). The layer spec comes from layers.py (local on CPU, Transformer Engine on CUDA). The evaluator
 builds the model from the recipe (`checked_model_config` first), never from a checkpoint.
 """
 
@@ -31,12 +34,14 @@ from megatron.core.transformer.transformer_config import TransformerConfig  # no
 import distributed  # noqa: E402
 import hf_checkpoint  # noqa: E402
 import layers  # noqa: E402
+import moe  # noqa: E402
 import tokenizer  # noqa: E402
 from tokenizer import VOCAB_SIZE  # noqa: E402
 
 ARCHS = ("gpt", "llama")
 MODEL_KEYS = ("arch", "hidden", "layers", "heads", "seq_len", "precision", "fp8_recipe", "kv_heads", "head_dim",
-              "ffn_hidden", "norm_eps", "rope_theta", "tie_embeddings", "vocab", "init_from")  # the recipe contract's
+              "ffn_hidden", "norm_eps", "rope_theta", "tie_embeddings", "vocab", "init_from", "qk_norm",
+              "moe")  # the recipe contract's
 # Where an absolute model.init_from may point: directories the operator lists (os.pathsep-separated), e.g. a
 # shared model store no candidate can write. The environment is the operator's; a recipe cannot set it.
 MODEL_ROOTS_ENV = "HPC_AEVO_MODEL_ROOTS"
@@ -59,16 +64,18 @@ class _CPUMemoryBuffer:
         return buf[:n].view(*shape)
 
 
-def init_parallel(seed: int, tp: int = 1) -> distributed.Launch:
-    """The process group (torchrun, SLURM or one process) and megatron's TP x DP parallel state."""
+def init_parallel(seed: int, tp: int = 1, ep: int = 1) -> distributed.Launch:
+    """The process group (torchrun, SLURM or one process) and megatron's TP x DP (x EP) parallel state."""
     torch.set_num_threads(int(os.environ.get("SUBSTRATE_THREADS", "1")))
-    launch = distributed.init(tp)
+    launch = distributed.init(tp, ep)
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
     else:
         parallel_state._GLOBAL_MEMORY_BUFFER = _CPUMemoryBuffer()
         tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+        if ep > 1:
+            distributed.cpu_is_the_current_device()
     return launch
 
 
@@ -85,11 +92,16 @@ def resolve_config(model_cfg: dict) -> dict:
         cfg["hf_dir"] = str(hf_checkpoint.resolve_init_from(str(cfg["init_from"])))
         pretrained = hf_checkpoint.hf_to_model_config(hf_checkpoint.read_hf_config(cfg["hf_dir"]))
         for key, value in pretrained.items():
-            if key in model_cfg and model_cfg[key] != value:
+            if key != "moe" and key in model_cfg and model_cfg[key] != value:
                 raise ValueError(f"recipe model.{key}: fixed by model.init_from to {value!r} (got {model_cfg[key]!r})")
+        pretrained["moe"] = _pretrained_moe(pretrained.get("moe"), model_cfg.get("moe"))
         # A checkpoint without tokenizer files (a random test model) uses the character tokenizer.
         has_tokenizer = any((Path(cfg["hf_dir"]) / name).is_file() for name in hf_checkpoint.TOKENIZER_FILES[:2])
         cfg.update(pretrained, tokenizer="hf" if has_tokenizer else "char")
+        if cfg["moe"] is None:
+            del cfg["moe"]
+        else:
+            cfg["moe"] = moe.checked(cfg["moe"], cfg["ffn_hidden"])
         if not has_tokenizer and cfg["vocab"] < VOCAB_SIZE:
             raise ValueError(f"recipe model.init_from: {cfg['hf_dir']} has no tokenizer files and a vocabulary "
                              f"of {cfg['vocab']}, smaller than the character tokenizer's {VOCAB_SIZE}")
@@ -104,7 +116,33 @@ def resolve_config(model_cfg: dict) -> dict:
         cfg.setdefault("norm_eps", 1e-5)
         cfg.setdefault("rope_theta", 10000.0)
         cfg.setdefault("tie_embeddings", True)
+        if not isinstance(cfg.setdefault("qk_norm", False), bool):
+            raise ValueError(f"recipe model.qk_norm: expected true or false (got {cfg['qk_norm']!r})")
+        if cfg.get("moe") is not None:
+            cfg["moe"] = moe.checked(cfg["moe"], int(cfg["ffn_hidden"]))
+    else:
+        for key in ("moe", "qk_norm"):
+            if cfg.get(key) not in (None, False):
+                raise ValueError(f"recipe model.{key}: needs model.arch llama (got arch {arch!r})")
     return cfg
+
+
+def _pretrained_moe(pretrained: dict | None, recipe: dict | None) -> dict | None:
+    """An `init_from` model's experts with the recipe's router knobs: the architecture's keys are the
+    checkpoint's (a recipe may repeat, not change them); top_k, balancing, its coefficient or rate and
+    the capacity are the recipe's where it sets them, else the checkpoint's."""
+    if recipe is None:
+        return pretrained
+    if pretrained is None:
+        raise ValueError("recipe model.moe: model.init_from is a dense model (no experts); drop model.moe")
+    if not isinstance(recipe, dict):
+        return recipe  # moe.checked says what is wrong with it
+    for key in moe.ARCH_KEYS:
+        if key in recipe and recipe[key] != pretrained[key]:
+            raise ValueError(f"recipe model.moe.{key}: fixed by model.init_from to {pretrained[key]!r} "
+                             f"(got {recipe[key]!r})")
+    # the checkpoint's aux-loss coefficient goes with its balancing, which a recipe's own replaces
+    return {**{k: v for k, v in pretrained.items() if k != "aux_loss_coeff" or "balancing" not in recipe}, **recipe}
 
 
 def _model_roots() -> list[Path]:
@@ -163,7 +201,10 @@ def build_model(model_cfg: dict, load_pretrained: bool = True) -> GPTModel:
     is False (the evaluator loads a trained checkpoint over it anyway)."""
     cfg = resolve_config(model_cfg)
     choice = layers.choose(cfg)
-    spec = choice.spec(normalization="RMSNorm" if cfg["arch"] == "llama" else None)
+    experts = cfg.get("moe")
+    spec = choice.spec(normalization="RMSNorm" if cfg["arch"] == "llama" else None,
+                       num_experts=experts["experts"] if experts else None, qk_layernorm=bool(cfg.get("qk_norm")))
+    moe_fields = _moe_config(experts, choice)  # also refuses parallel.expert without experts (any arch)
     common = dict(**choice.config_kwargs(), num_layers=int(cfg["layers"]), hidden_size=int(cfg["hidden"]),
                   num_attention_heads=int(cfg["heads"]), use_cpu_initialization=True,
                   hidden_dropout=0.0, attention_dropout=0.0)
@@ -179,23 +220,46 @@ def build_model(model_cfg: dict, load_pretrained: bool = True) -> GPTModel:
         **common, num_query_groups=int(cfg["kv_heads"]), kv_channels=int(cfg["head_dim"]),
         ffn_hidden_size=int(cfg["ffn_hidden"]), normalization="RMSNorm", layernorm_epsilon=float(cfg["norm_eps"]),
         gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
-        bias_activation_fusion=False,
+        bias_activation_fusion=False, qk_layernorm=bool(cfg["qk_norm"]), **moe_fields,
     )
-    model = GPTModel(
-        config,
-        spec,
-        vocab_size=hf_checkpoint.padded_vocab(cfg, parallel_state.get_tensor_model_parallel_world_size()),
-        max_sequence_length=int(cfg["seq_len"]),
-        position_embedding_type="rope",
-        rotary_base=float(cfg["rope_theta"]),
-        share_embeddings_and_output_weights=bool(cfg["tie_embeddings"]),
-    )
+    # a fresh MoE's own init stream, drawn before the construction, whose draws depend on the layout (moe.py)
+    stream = int(torch.randint(0, 2**62, ())) if experts else None
+    with distributed.cuda_answers_cpu():  # a router allocates its expert-bias buffers on the CUDA device
+        model = GPTModel(
+            config,
+            spec,
+            vocab_size=hf_checkpoint.padded_vocab(cfg, parallel_state.get_tensor_model_parallel_world_size()),
+            max_sequence_length=int(cfg["seq_len"]),
+            position_embedding_type="rope",
+            rotary_base=float(cfg["rope_theta"]),
+            share_embeddings_and_output_weights=bool(cfg["tie_embeddings"]),
+        )
     if not torch.cuda.is_available():
         _keep_rope_on_cpu(model.rotary_pos_emb)
+    if experts:
+        moe.adapt_routers(model, te=choice.backend == "te")
+        if not cfg.get("hf_dir"):
+            moe.layout_free_init(model, stream)
+        moe.mark_expert_params(model, parallel_state.get_expert_model_parallel_world_size())
     if cfg.get("hf_dir") and load_pretrained:
         hf_checkpoint.load_hf_into(model, cfg)
     model.vocab = int(cfg["vocab"])  # logits past the tokenizer's vocabulary are TP padding
     return model
+
+
+def _moe_config(experts: dict | None, choice: layers.LayerChoice) -> dict:
+    """The TransformerConfig fields of the recipe's experts under this process's parallel layout."""
+    ep = parallel_state.get_expert_model_parallel_world_size()
+    if not experts:
+        if ep > 1:
+            raise ValueError(f"recipe parallel.expert: {ep} needs a mixture of experts (model.moe)")
+        return {}
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        raise ValueError("recipe parallel.tensor: a mixture of experts trains with 1 for now (megatron's MoE "
+                         "under tensor parallelism needs sequence parallelism, which the substrate does not run)")
+    if experts["experts"] % ep:
+        raise ValueError(f"recipe parallel.expert: {ep} does not divide model.moe.experts ({experts['experts']})")
+    return {**choice.moe_kwargs(), **moe.config_kwargs(experts, ep)}
 
 
 def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:

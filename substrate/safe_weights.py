@@ -3,8 +3,8 @@
 A training job runs the candidate's code, so whatever it writes is hostile to the evaluator. The
 trainer's own checkpoints (checkpoint.py: torch pickles, megatron directories) are read back by the
 trainer alone; for evaluation it also exports each checkpoint as one safetensors file: the model's
-full weights in the one-process layout (tensor-parallel shards gathered, TP vocabulary padding cut
-off), float32, and nothing else that is trusted (the `step` string in its metadata is informational).
+full weights in the one-process layout (tensor-parallel shards and expert-parallel experts gathered,
+TP vocabulary padding cut off), float32, and nothing else that is trusted (the `step` string in its metadata is informational).
 The evaluator builds the model from the recipe, never from the file, and loads these tensors into it
 with a strict check of names, shapes and dtype.
 """
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load, save_file
+
+import moe
 
 EXPORT_DIR = "export"
 NAME = re.compile(r"ckpt-(\d{6}|[1-9]\d{6,})\.safetensors")  # export_name(step) and nothing else
@@ -58,10 +60,12 @@ def _gather(tensor: torch.Tensor, dim: int, gated: bool, size: int, group) -> to
 def full_state(model) -> dict[str, torch.Tensor]:
     """The model's whole weights in the one-process layout. Under tensor parallelism every rank of the
     tensor-parallel group must call (the shards are gathered along each parameter's own partition
-    dimension, as megatron marks it), and every rank gets the whole."""
+    dimension, as megatron marks it), under expert parallelism every rank of the expert-parallel group
+    (each contributes its experts, renamed to their global index), and every rank gets the whole."""
     from megatron.core import parallel_state
 
     size = parallel_state.get_tensor_model_parallel_world_size()
+    ep = parallel_state.get_expert_model_parallel_world_size()
     params = dict(model.named_parameters())
     gated = bool(getattr(model.config, "gated_linear_unit", False))
     out = {}
@@ -74,7 +78,14 @@ def full_state(model) -> dict[str, torch.Tensor]:
                              parallel_state.get_tensor_model_parallel_group())
         if key in VOCAB_ROWS and hasattr(model, "vocab"):
             tensor = tensor[: model.vocab]  # the rows tensor parallelism padded the vocabulary with
-        out[key] = tensor.detach().cpu().float().contiguous()
+        named = {key: tensor}
+        if ep > 1 and moe.expert_index(key) is not None:
+            parts = [torch.empty_like(tensor) for _ in range(ep)]
+            torch.distributed.all_gather(parts, tensor.detach().contiguous(),
+                                         group=parallel_state.get_expert_model_parallel_group())
+            named = {moe.global_expert_key(key, r, model.config.num_moe_experts // ep): part
+                     for r, part in enumerate(parts)}
+        out.update((name, t.detach().cpu().float().contiguous()) for name, t in named.items())
     return out
 
 

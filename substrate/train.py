@@ -31,6 +31,7 @@ import checkpoint as checkpoints
 import data
 import distributed
 import layers
+import moe
 import packing
 import safe_weights
 from model import build_model, checked_model_config, forward, init_parallel, use_tokenizer
@@ -83,8 +84,8 @@ def log(entry: dict) -> None:
 
 def export(out: Path, step: int, model) -> None:
     """The pickle-free copy of checkpoint `step` that the evaluator reads (every rank calls): the first
-    model replica's tensor-parallel ranks gather its shards, and rank 0 writes them."""
-    if distributed.dp_rank() == 0:
+    model replica's tensor- and expert-parallel ranks gather its shards, and rank 0 writes them."""
+    if distributed.holds_first_replica():
         state = safe_weights.full_state(model)
         if distributed.is_main():
             safe_weights.write(out, step, state)
@@ -97,9 +98,14 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
     seed, optim = int(recipe["seed"]), recipe["optim"]
     model_cfg = checked_model_config(recipe["model"], base)
     tp, fmt = int(recipe.get("parallel", {}).get("tensor", 1)), checkpoints.fmt_of(recipe)
-    if tp > 1 and fmt != "dist":
-        raise ValueError(f"recipe checkpoints.format: tensor parallelism (parallel.tensor {tp}) needs dist (got {fmt!r})")
-    launch = init_parallel(seed, tp)
+    ep = recipe.get("parallel", {}).get("expert", 1)
+    if type(ep) is not int or ep < 1:
+        raise ValueError(f"recipe parallel.expert: expected an integer from 1 (got {ep!r})")
+    for key, size, what in (("tensor", tp, "tensor"), ("expert", ep, "expert")):
+        if size > 1 and fmt != "dist":
+            raise ValueError(f"recipe checkpoints.format: {what} parallelism (parallel.{key} {size}) needs dist "
+                             f"(got {fmt!r})")
+    launch = init_parallel(seed, tp, ep)
     use_tokenizer(model_cfg)
     choice = layers.choose(model_cfg)  # before the data: a precision this machine cannot run fails at once
     pack = bool(recipe["data"].get("pack", False))
@@ -113,6 +119,9 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
     segments_all = rows["segments"][:] if pack else None
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     model = build_model(model_cfg).to(device)
+    experts = moe.routers(model)
+    if experts:
+        moe.set_aux_loss_scale(distributed.dp_size())
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(optim["lr"]), weight_decay=float(optim.get("weight_decay", 0.0)), betas=(0.9, 0.95),
         fused=device.type == "cuda",  # one kernel for all parameters on the GPU; the CPU keeps the default loop
@@ -198,6 +207,8 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
         distributed.all_reduce_gradients(model.parameters())
         distributed.clip_grad_norm(model.parameters(), 1.0)
         optimizer.step()
+        if experts:
+            moe.update_expert_bias(model)
         step += 1
         tokens += ids_cpu[:, :-1].numel()
         useful += int((ids_cpu[:, :-1] != tokenizer.active().pad).sum())  # counted on the host copy: no device sync
@@ -214,6 +225,8 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
         if logs:
             entry = {"step": step, "loss": sum(losses) / len(losses), "lr": lr_at(step - 1, optim),
                      "loop_s": earlier_loop + loop_s}
+            if experts and (aux := moe.aux_loss(model)) is not None:  # the ranks' mean, all layers'
+                entry["aux_loss"] = distributed.sum_over_dp(torch.tensor([aux]))[0] / distributed.dp_size()
             history.append(entry)
             losses = []
             log(entry)
@@ -228,6 +241,8 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
                "examples": len(examples), "rows": len(ids_all),
                "packed": pack, "history": history, "world_size": launch.world_size,
                "ranks": distributed.gather_rank_info(tokens, useful)}
+    if experts:  # tokens routed to each expert since this run started (all data-parallel ranks)
+        summary["expert_load"] = moe.expert_load(model, distributed.sum_over_dp)
     if distributed.is_main():
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -241,7 +256,9 @@ def main() -> None:
     args = parser.parse_args()
     try:
         train(yaml.safe_load(args.recipe.read_text()), args.out, args.max_steps, args.recipe.absolute().parent)
-    except layers.LayerSpecError as error:
+    except ValueError as error:  # a recipe the trainer refuses (layers.LayerSpecError among them): one line
+        if not str(error).startswith("recipe "):
+            raise  # anything else keeps its traceback
         sys.exit(f"train.py: {args.recipe}: {error}")
 
 

@@ -1,4 +1,5 @@
-"""Small random Hugging Face Llama checkpoints for the import/export tests (and the TP worker)."""
+"""Small random Hugging Face Llama, Mixtral and Qwen3-MoE checkpoints for the import/export tests (and the
+TP worker)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,31 @@ SMALL = dict(vocab_size=44, hidden_size=64, intermediate_size=96, num_hidden_lay
              num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5, rope_theta=50000.0, max_position_embeddings=64)
 
 
-def random_llama(directory: Path, tied: bool, seed: int = 0) -> Path:
-    """A random LlamaForCausalLM saved as safetensors; norms randomised too, so they are checked."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+# Four experts, two per token, narrower than the dense MLP (Qwen3-MoE keeps intermediate_size for its
+# dense layers, which this model has none of).
+EXPERTS = dict(num_experts_per_tok=2, router_aux_loss_coef=0.02)
+MIXTRAL = dict(num_local_experts=4, **EXPERTS)
+QWEN3_MOE = dict(num_experts=4, moe_intermediate_size=48, **EXPERTS)
 
+
+def random_llama(directory: Path, tied: bool, seed: int = 0, family: str = "llama", **extra) -> Path:
+    """A random Llama (or Mixtral, Qwen3-MoE: `family`, with `extra` config) saved as safetensors; norms
+    randomised too, so they are checked, and routers scaled up so that no token sits near a routing tie."""
+    import transformers
+
+    config_class, model_class = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+                                 "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+                                 "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM")}[family]
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**SMALL, tie_word_embeddings=tied, eos_token_id=1, pad_token_id=0))
+    config = getattr(transformers, config_class)(**SMALL, **extra, tie_word_embeddings=tied, eos_token_id=1,
+                                                 pad_token_id=0)
+    model = getattr(transformers, model_class)(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
+            elif name.endswith("gate.weight"):
+                p.normal_(0, 1.0)
     model.save_pretrained(directory)
     return directory
 

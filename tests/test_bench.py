@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from hpc_aevo.tools.bench import PackBench, TrainBench, flops_per_token, throughput_ratios, trainer_recipe
+from hpc_aevo.tools.bench import (PackBench, TrainBench, active_params, flops_per_token, throughput_ratios,
+                                  trainer_recipe)
 
 TINY = ["--hidden", "64", "--layers", "1", "--heads", "4", "--kv-heads", "2", "--ffn", "128", "--vocab", "256",
         "--seq-len", "32", "--micro-batch", "2", "--steps", "2", "--warmup", "1"]
@@ -62,12 +63,25 @@ def test_throughput_ratios_are_the_issue_targets():
         "trainer_te_bf16_over_te_bf16": 0.97, "trainer_te_fp8_delayed_over_te_fp8_delayed": 170.2 / 175.5})
 
 
+def test_moe_flops_count_the_active_parameters():
+    """A mixture of experts: all experts in the parameter count, only the top_k a token visits (and the
+    router) in its FLOPs; with one expert of the dense width per token, the dense FLOPs plus the router's."""
+    dense = dict(hidden=256, layers=4, heads=4, kv_heads=4, ffn=688, vocab=32000, seq_len=256)
+    moe = dict(dense, experts=8, top_k=1, expert_ffn=688)
+    (dense_params, dense_flops), (params, flops) = flops_per_token(dense), flops_per_token(moe)
+    router = 4 * 8 * 256
+    assert params == dense_params + 4 * 7 * 3 * 256 * 688 + router
+    assert flops == dense_flops + 6 * router and active_params(moe) == dense_params + router
+    assert active_params(dense) is None
+
+
 @pytest.mark.slow
-def test_the_trainer_row_trains_the_benchmarked_shape():
-    """trainer/<backend> runs train.py on a recipe of the same llama shape: its model has the parameters
-    the FLOPs count is made of."""
+@pytest.mark.parametrize("experts", [0, 4])
+def test_the_trainer_row_trains_the_benchmarked_shape(experts):
+    """trainer/<backend> runs train.py on a recipe of the same llama (or MoE) shape: its model has the
+    parameters the FLOPs count is made of."""
     shape = dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=256, seq_len=32, micro_batch=2,
-                 steps=4, warmup=2)
+                 steps=4, warmup=2, **(dict(experts=experts, top_k=2, expert_ffn=32) if experts else {}))
     recipe = trainer_recipe(shape, "mcore-local")
     assert recipe["optim"]["steps"] == 6 and recipe["optim"]["batch_size"] == 2
     assert recipe["logging"]["every"] == 2 and recipe["checkpoints"]["every"] == 6
@@ -76,6 +90,22 @@ def test_the_trainer_row_trains_the_benchmarked_shape():
             "print(sum(p.numel() for p in m.parameters()))")
     built = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
     assert built == flops_per_token(shape)[0]
+
+
+@pytest.mark.slow
+def test_moe_train_bench_runs_on_cpu(tmp_path):
+    """The MoE preset's backends this machine runs: Mixtral (HF), megatron's MoELayer on the local spec, and
+    train.py on the same mixture; the record keeps the total and the active parameters."""
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, "-m", "hpc_aevo.bench", "train", "--preset", "moe-cpu-small", *TINY,
+                    "--experts", "4", "--top-k", "2", "--expert-ffn", "32",
+                    "--backends", "hf-sdpa,mcore-local,trainer/mcore-local", "--out", str(out)],
+                   check=True, capture_output=True, text=True)
+    record = TrainBench.load(out)
+    assert record.shape["experts"] == 4 and record.active_params < record.params
+    assert record.params == flops_per_token(record.shape)[0]
+    for r in record.results:
+        assert r.status == "ok" and r.tokens_per_s > 0 and r.tflops > 0, r
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ MUTATIONS = {
     "budget": "optim.steps:up",
     "capacity": "model.layers:up",
     "selection": "checkpoints.selection:last",
+    "router": "model.moe.top_k:up",
 }
 STANDING = {sig.split(":")[0]: 1 for sig in MUTATIONS.values()}
 # 2 sigma of one overall score: seed noise plus the sampling noise of the mean over domains

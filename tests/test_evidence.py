@@ -10,6 +10,7 @@ from test_decoupling import EXAMPLES, TRAP, Effect, synthetic_policy, synthetic_
 from hpc_aevo.search.evidence import (
     SECTIONS, RoundEvidence, collect_evidence, direction_key, expected_sign, off_axis_keys, render_markdown,
 )
+from hpc_aevo.search.axes import AXES, applies
 from hpc_aevo.search.policy import DeadEnd
 from hpc_aevo.state.records import RecordError
 
@@ -38,7 +39,8 @@ def test_candidate_summaries_carry_gains_over_the_anchor_mean():
 
 
 def test_patterns_aggregate_by_axis_and_direction_and_count_failures():
-    manifests = synthetic_round(noise=0.0, workers=7, effects={3: uniform(0.04, 0.05), 8: uniform(0.0, 0.01)})
+    dense = [a for a in AXES if applies(a, None)]  # the seventh worker wraps round to mixture
+    manifests = synthetic_round(noise=0.0, workers=7, axes=dense, effects={3: uniform(0.04, 0.05), 8: uniform(0.0, 0.01)})
     manifests[4].status, manifests[4].failure = "failed", "NaN loss at step 40"
     patterns = _evidence(manifests).patterns
     mixture = next(g for g in patterns.by_axis if g.key == "mixture")

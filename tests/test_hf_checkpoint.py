@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 
-from hf_llama_fixtures import SMALL, SUBSTRATE, hf_logits, random_llama
+from hf_llama_fixtures import MIXTRAL, QWEN3_MOE, SMALL, SUBSTRATE, hf_logits, random_llama
 
 from hpc_aevo.sandbox import bwrap
 
@@ -171,3 +171,88 @@ def test_a_read_only_model_cache_gets_a_private_copy(tmp_path, job_sandbox):
     assert all(cache not in Path(p).parents for p in private) and list(cache.iterdir()) == []
     cached = json.loads(subprocess.run(code, env=env, capture_output=True, text=True, check=True).stdout)
     assert cached[0] == cached[1] and cache in Path(cached[0]).parents
+
+
+MOE_FAMILIES = {"mixtral": dict(family="mixtral", **MIXTRAL),
+                "qwen3_moe": dict(family="qwen3_moe", norm_topk_prob=True, **QWEN3_MOE),
+                "qwen3_moe-unnormalised": dict(family="qwen3_moe", norm_topk_prob=False, **QWEN3_MOE)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MOE_FAMILIES))
+def test_moe_logits_match_hf_and_export_is_identity(tmp_path, name):
+    """Mixtral and Qwen3-MoE (qk norms, renormalised top-k or not) import into megatron's MoELayer with
+    the HF logits in fp32, and export back to the same weights, which transformers loads."""
+    hf_dir = random_llama(tmp_path / "hf", tied=name.startswith("qwen"), seed=3, **MOE_FAMILIES[name])
+    init_parallel(seed=0)
+    cfg = {"init_from": str(hf_dir), "seq_len": 32}
+    model = build_model(cfg).eval()
+    assert model.config.num_moe_experts == 4 and model.config.moe_router_topk == 2
+    assert model.config.qk_layernorm == name.startswith("qwen")
+    with torch.no_grad():
+        ours = forward(model, IDS)
+    theirs = hf_logits(hf_dir, IDS)
+    print(f"{name}: max |megatron - HF| logit {float((ours - theirs).abs().max()):.2e}")
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+    out = hf_checkpoint.export_hf(model, resolve_config(cfg), tmp_path / "export", eos=1)
+    before, after = _hf_weights(hf_dir), _hf_weights(out)
+    assert sorted(before) == sorted(after)
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == MOE_FAMILIES[name]["family"] and config["num_experts_per_tok"] == 2
+    torch.testing.assert_close(hf_logits(out, IDS), theirs, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_moe_export_loads_in_the_evaluator_and_exports_through_the_cli(tmp_path):
+    """An MoE checkpoint's pickle-free export (safe_weights, as train.py writes it) loads in the evaluator's
+    strict loader and goes out through export_hf.py as a Qwen3-MoE directory with the same logits."""
+    hf_dir = random_llama(tmp_path / "hf", tied=False, seed=4, family="qwen3_moe", norm_topk_prob=True, **QWEN3_MOE)
+    init_parallel(seed=0)
+    model = build_model({"init_from": str(hf_dir), "seq_len": 32})
+    state = safe_weights.full_state(model)
+    assert "decoder.layers.1.mlp.experts.local_experts.3.linear_fc2.weight" in state
+    checkpoint = safe_weights.write(tmp_path, 7, state)
+    (tmp_path / "recipe.yaml").write_text(json.dumps({"model": {"init_from": "hf", "seq_len": 32}}))
+    proc = subprocess.run([sys.executable, "export_hf.py", "--checkpoint", str(checkpoint), "--recipe",
+                           str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "hf-out")],
+                          cwd=SUBSTRATE, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "hf-out" / "config.json").read_text())["model_type"] == "qwen3_moe"
+    torch.testing.assert_close(hf_logits(tmp_path / "hf-out", IDS), hf_logits(hf_dir, IDS), rtol=0, atol=0)
+    # an export missing an expert is refused by name, in one line
+    del state["decoder.layers.1.mlp.experts.local_experts.3.linear_fc2.weight"]
+    with pytest.raises(safe_weights.ExportError, match=r"missing \['decoder.layers.1.mlp.experts.local_experts.3"):
+        safe_weights.load_into(model, save(state), Path("ckpt-000007.safetensors"))
+
+
+def test_moe_families_refuse_what_they_cannot_hold(tmp_path):
+    """An HF MoE config the substrate cannot build, and a recipe MoE no HF family has, are one-line errors;
+    a recipe may change an imported router's training knobs, not its architecture."""
+    base = {"model_type": "mixtral", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "intermediate_size": 32, "vocab_size": 44, "num_local_experts": 4, "num_experts_per_tok": 2}
+    with pytest.raises(ValueError, match=r"config.json: sliding_window must be null"):
+        hf_checkpoint.hf_to_model_config({**base, "sliding_window": 4096})
+    with pytest.raises(ValueError, match=r"config.json: mlp_only_layers must be empty"):
+        hf_checkpoint.hf_to_model_config({**base, "model_type": "qwen3_moe", "num_experts": 4,
+                                          "moe_intermediate_size": 16, "mlp_only_layers": [0]})
+    with pytest.raises(ValueError, match=r"config.json: model_type must be one of llama, mixtral, qwen3_moe"):
+        hf_checkpoint.hf_to_model_config({**base, "model_type": "deepseek_v3"})
+    llama = {"arch": "llama", "hidden": 32, "layers": 1, "heads": 4, "seq_len": 32}
+    experts = {"experts": 4, "top_k": 2}
+    assert hf_checkpoint.hf_family(resolve_config({**llama, "moe": experts})) == "mixtral"
+    assert hf_checkpoint.hf_family(resolve_config({**llama, "qk_norm": True, "moe": experts})) == "qwen3_moe"
+    with pytest.raises(ValueError, match=r"model.moe.score: Mixtral and Qwen3-MoE need softmax"):
+        hf_checkpoint.hf_family(resolve_config({**llama, "moe": {**experts, "score": "sigmoid"}}))
+    hf_dir = random_llama(tmp_path / "hf", tied=True, family="mixtral", **MIXTRAL)
+    cfg = resolve_config({"init_from": str(hf_dir), "seq_len": 32, "moe": {"balancing": "none", "capacity_factor": 1.5}})
+    assert cfg["moe"]["experts"] == 4 and cfg["moe"]["balancing"] == "none" and "aux_loss_coeff" not in cfg["moe"]
+    assert resolve_config({"init_from": str(hf_dir), "seq_len": 32})["moe"]["aux_loss_coeff"] == 0.02
+    with pytest.raises(ValueError, match=r"recipe model.moe.experts: fixed by model.init_from to 4 \(got 8\)"):
+        resolve_config({"init_from": str(hf_dir), "seq_len": 32, "moe": {"experts": 8}})
+    assert resolve_config({"init_from": str(hf_dir), "seq_len": 32, "moe": {"top_k": 3}})["moe"]["top_k"] == 3
+    dense = random_llama(tmp_path / "dense", tied=True)
+    with pytest.raises(ValueError, match=r"recipe model.moe: model.init_from is a dense model"):
+        resolve_config({"init_from": str(dense), "seq_len": 32, "moe": {"experts": 4, "top_k": 2}})

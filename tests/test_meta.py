@@ -7,7 +7,7 @@ import json
 import pytest
 from test_decoupling import EXAMPLES, TRAP, Effect, recipes_for, synthetic_policy, synthetic_round, uniform
 
-from hpc_aevo.search.axes import AXES, categories_of
+from hpc_aevo.search.axes import AXES, applies, categories_of
 from hpc_aevo.search.constitution import CheckContext, PolicyDecision, constitution_hash
 from hpc_aevo.jobs.failures import failed_job
 from hpc_aevo.jobs.spec import JobOutcome, StageRun
@@ -143,8 +143,14 @@ def test_rotation_cycles_when_every_category_was_tried_and_narrows_when_all_are_
     evidence, _ = _measure(synthetic_policy(1), effects={7: uniform(0.0, -0.05)})
     active, retired = rotate_axes(["capacity"], ["mixture", "filtering", "schedule", "budget", "selection"], evidence)
     assert categories_of(active) == {"data", "optimization", "selection"} and retired == ["capacity"]
-    active, retired = rotate_axes(list(AXES), [], evidence)  # cand-07 (selection) lost most
+    dense = [a for a in AXES if applies(a, None)]  # the router's axis needs a mixture of experts
+    active, retired = rotate_axes(dense, [], evidence)  # cand-07 (selection) lost most
     assert "selection" not in active and retired == ["selection"]
+    active, retired = rotate_axes(list(AXES), [], evidence)  # an axis that does not apply is retired too
+    assert retired == ["selection", "router"]
+    moe = {"model": {"moe": {"experts": 8, "top_k": 2}}}
+    active, _ = rotate_axes(dense, ["router"], evidence, moe)  # with one, routing is a category to rotate to
+    assert categories_of(active) == {"routing"}
 
 
 def test_decoupling_changes_what_counts_as_evidence():

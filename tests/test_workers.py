@@ -6,8 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
-from hpc_aevo.search.axes import AXES, axis_allows, mixture_key, signature
+from hpc_aevo.search.axes import AXES, applies, axis_allows, mixture_key, signature
 from hpc_aevo.search.evidence import expected_sign
 from hpc_aevo.loop.fork import load_recipe, recipe_diff
 from hpc_aevo.search.policy import DeadEnd, EvidenceRule, Policy
@@ -20,6 +21,16 @@ from hpc_aevo.search.policy import assign_axes
 
 REFERENCE_RECIPE = Path(__file__).resolve().parents[1] / "substrate" / "recipe.yaml"
 DOMAINS = ["bits", "equation", "cipher", "base", "sequence"]
+MOE = {"arch": "llama", "moe": {"experts": 8, "top_k": 2}}  # what the router axis needs: a mixture of experts
+
+
+def _recipe_for(axis: str) -> dict:
+    """The reference recipe, made a mixture of experts for an axis that needs one."""
+    recipe = load_recipe(REFERENCE_RECIPE.parent)
+    if not applies(axis, recipe):
+        recipe["model"].update(MOE)
+        assert applies(axis, recipe)
+    return recipe
 
 
 @pytest.fixture
@@ -51,14 +62,14 @@ def _effective(axis: str, recipe: dict) -> list[str]:
 
 @pytest.mark.parametrize("axis", list(AXES))
 def test_every_operator_changes_only_its_axis_area(axis: str):
-    recipe = load_recipe(REFERENCE_RECIPE.parent)
+    recipe = _recipe_for(axis)
     ops = operators(axis, recipe)
     assert len(_effective(axis, recipe)) >= 2
     for op in ops:
         diff = recipe_diff(recipe, op.apply(recipe))
         assert all(axis_allows(axis, key) for key in diff), (op.signature, diff)
         assert axis_allows(axis, op.key) and op.signature == signature(op.key, op.direction)
-    assert load_recipe(REFERENCE_RECIPE.parent) == recipe  # operators edit copies
+    assert _recipe_for(axis) == recipe  # operators edit copies
 
 
 def test_operator_values_stay_within_a_one_minute_candidate():
@@ -93,6 +104,7 @@ def test_signatures_are_stable_across_recipe_values():
 
 @pytest.mark.parametrize("axis", list(AXES))
 def test_worker_applies_one_on_axis_mutation_with_a_signed_proposal(sandbox: Path, axis: str):
+    (sandbox / "recipe.yaml").write_text(yaml.safe_dump(_recipe_for(axis)))
     before = load_recipe(sandbox)
     result = ScriptedWorker().propose(_task(sandbox, axis))
     after = load_recipe(sandbox)
@@ -104,6 +116,21 @@ def test_worker_applies_one_on_axis_mutation_with_a_signed_proposal(sandbox: Pat
     p = result.proposal
     assert p.hypothesis and axis in p.rationale and "substrate" in p.rationale
     assert expected_sign(p.expected_effect) == 1
+
+
+def test_router_operators_need_a_mixture_of_experts_and_keep_it_valid():
+    """No router operator on a dense recipe; on an MoE one, each edit passes the substrate's own check."""
+    import sys
+
+    sys.path.insert(0, str(REFERENCE_RECIPE.parent))
+    from model import resolve_config
+
+    assert operators("router", load_recipe(REFERENCE_RECIPE.parent)) == [] and not applies("router", None)
+    for balancing in ("aux_loss", "none", "bias"):
+        recipe = _recipe_for("router")
+        recipe["model"]["moe"].update(balancing=balancing, **({"score": "sigmoid"} if balancing == "bias" else {}))
+        for op in operators("router", recipe):
+            resolve_config(op.apply(recipe)["model"])  # raises on an invalid model.moe
 
 
 def test_dead_ends_are_never_chosen(sandbox: Path):
@@ -186,7 +213,7 @@ def test_trace_records_read_mutation_and_write(sandbox: Path):
 def test_assign_axes_covers_every_axis_over_rounds():
     policy = _policy()
     axes = policy.active_axes
-    assert assign_axes(policy, 7, 0) == axes + axes[:1]  # round-robin
+    assert assign_axes(policy, len(axes) + 1, 0) == axes + axes[:1]  # round-robin
     assert assign_axes(policy, 2, 1) == axes[1:3]  # rotated by the round
     seen = {a for rnd in range(len(axes)) for a in assign_axes(policy, 1, rnd)}
     assert seen == set(axes)

@@ -3,7 +3,9 @@
 An axis is a direction a worker may explore (the data mixture, the schedule, ...). Axes belong
 to categories; when the leaderboard plateaus, the meta step must rotate to other categories.
 Each axis owns an area of the recipe, so the audit can tell an on-axis edit from a stray one, and a
-mutation is named by a stable signature so the dead-end registry can match it across rounds.
+mutation is named by a stable signature so the dead-end registry can match it across rounds. An axis
+may need a part of the recipe to exist (the router's knobs need a mixture of experts, `model.moe`):
+it is rotated into only where the standing recipe has it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class Axis:
     category: str
     description: str
     recipe_areas: tuple[str, ...]  # dotted recipe keys (or their parents) this axis may change
+    requires: str | None = None  # a dotted recipe key the axis needs to exist (None: every recipe has it)
 
 
 AXES: dict[str, Axis] = {
@@ -33,6 +36,10 @@ AXES: dict[str, Axis] = {
              ("optim.steps", "optim.batch_size", "checkpoints.every")),
         Axis("capacity", "architecture", "model width and depth", ("model.hidden", "model.layers", "model.heads")),
         Axis("selection", "selection", "the rule that picks the checkpoint to ship", ("checkpoints.selection",)),
+        Axis("router", "routing", "the mixture-of-experts router: experts per token, load balancing (aux-loss "
+             "weight or aux-loss-free bias), token capacity",
+             ("model.moe.top_k", "model.moe.balancing", "model.moe.aux_loss_coeff", "model.moe.bias_update_rate",
+              "model.moe.capacity_factor"), requires="model.moe"),
     )
 }
 
@@ -45,6 +52,17 @@ def category_of(axis: str) -> str:
 
 def categories_of(axes: list[str]) -> set[str]:
     return {category_of(a) for a in axes}
+
+
+def applies(axis: str, recipe: dict | None) -> bool:
+    """Whether the axis can mutate `recipe` (its `requires` key exists there; with no recipe, only the axes
+    that need nothing)."""
+    need, node = AXES[axis].requires, recipe
+    for part in need.split(".") if need else ():
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def axis_allows(axis: str | None, key: str) -> bool:

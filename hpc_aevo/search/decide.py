@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Any, Callable
 
-from hpc_aevo.search.axes import AXES, CATEGORIES, categories_of, category_of, mixture_key, signature
+from hpc_aevo.search.axes import AXES, applies, categories_of, category_of, mixture_key, signature
 from hpc_aevo.search.constitution import (
     SEED_KEY,
     CheckContext,
@@ -157,20 +157,23 @@ def _category_gain(evidence: RoundEvidence, category: str) -> float:
     return fmean(gains) if gains else float("-inf")
 
 
-def rotate_axes(active: list[str], retired: list[str], evidence: RoundEvidence) -> tuple[list[str], list[str]]:
-    """New (active, retired) axes whose categories differ from the active ones.
+def rotate_axes(active: list[str], retired: list[str], evidence: RoundEvidence,
+                recipe: dict | None = None) -> tuple[list[str], list[str]]:
+    """New (active, retired) axes whose categories differ from the active ones, among the axes that apply
+    to `recipe` (the standing recipe: the router's axis only with a mixture of experts).
 
     Activates the categories never tried; when all were tried, cycles to every category not active
     now. When every category is active there is nowhere to rotate to, so the category whose workers
-    did worst on the leaderboard this round is retired.
+    did worst on the leaderboard this round is retired. An active axis that does not apply is retired.
     """
-    current = categories_of(active)
-    others = [c for c in CATEGORIES if c not in current]
+    usable = [a for a in AXES if applies(a, recipe)]
+    current = categories_of([a for a in active if a in usable])
+    others = [c for c in dict.fromkeys(category_of(a) for a in usable) if c not in current]
     fresh = [c for c in others if c not in categories_of(retired)]
     chosen = set(fresh or others)
     if not chosen:
         chosen = current - {min(sorted(current), key=lambda category: _category_gain(evidence, category))}
-    new_active = [a for a in AXES if category_of(a) in chosen]
+    new_active = [a for a in usable if category_of(a) in chosen]
     new_retired = [a for a in AXES if a not in new_active and (a in active or a in retired)]
     return new_active, new_retired
 
@@ -182,7 +185,8 @@ def _plateau(policy: Policy, full: list[RoundEvidence], changes: list[str]) -> N
         policy.plateau_rounds = streak
         return
     before = sorted(categories_of(policy.active_axes))
-    policy.active_axes, policy.retired_axes = rotate_axes(policy.active_axes, policy.retired_axes, full[-1])
+    policy.active_axes, policy.retired_axes = rotate_axes(policy.active_axes, policy.retired_axes, full[-1],
+                                                          policy.standing_recipe)
     policy.plateau_rounds = 0
     changes.append(f"rotated axis categories {', '.join(before)} -> {', '.join(sorted(categories_of(policy.active_axes)))} "
                    f"after {streak} leaderboard plateau rounds; active axes {', '.join(policy.active_axes)}")

@@ -1,6 +1,6 @@
 """Benchmarks of the reference substrate's trainer; each prints its numbers and writes a JSON record.
 
-    python -m hpc_aevo.bench train [--preset anchor-1.86b|cpu-small] [--hidden ...] --out bench-train.json
+    python -m hpc_aevo.bench train [--preset anchor-1.86b|cpu-small|moe-gpu|moe-cpu-small] [--hidden ...] --out bench-train.json
     python -m hpc_aevo.bench pack [--seq-len 128] [--steps 60] --out bench-pack.json
     python -m hpc_aevo.bench noise [--rounds 10000] --out bench-noise.json   (hpc_aevo/tools/bench_noise.py)
 
@@ -14,7 +14,10 @@ at the same shape and layers, so the ratio trainer / plain megatron is the train
 A backend the machine cannot run is listed with the reason (layers.py's own error). Per backend:
 tokens/s, model TFLOP/s and MFU against the GPU's dense bf16 peak, from timed steps after warmup.
 FLOPs per token = 6 x (transformer + LM-head parameters) + 6 x layers x seq x hidden (causal
-attention scores and values, forward and backward).
+attention scores and values, forward and backward). The MoE presets (`experts` > 0) replace every MLP by
+`experts` SwiGLU experts of width `expert_ffn`, `top_k` per token (substrate/moe.py: SequentialMLP +
+allgather on the local spec, grouped GEMM + alltoall on TE; Mixtral for the HF baseline): their FLOPs count
+the *active* parameters only (top_k experts and the router), the record keeps the total too.
 
 `pack`: the substrate's train.py on the puzzle SFT data, padded rows vs packed rows, same steps:
 useful (non-pad) tokens/s and the useful share of processed tokens, from each run's train_summary;
@@ -51,7 +54,14 @@ PRESETS = {
                          micro_batch=2, steps=20, warmup=5),
     "cpu-small": dict(hidden=256, layers=4, heads=4, kv_heads=4, ffn=688, vocab=32000, seq_len=256, micro_batch=2,
                       steps=6, warmup=2),
+    # Mixtures of experts: a Qwen3-30B-A3B-like layer (128 experts of 768, top 8) at 1/2 width and 64 experts,
+    # and a CPU one at cpu-small's width (dense ffn 688 ~ the active 2 x 344).
+    "moe-gpu": dict(hidden=2048, layers=8, heads=16, kv_heads=4, ffn=6144, vocab=32000, seq_len=2048, micro_batch=2,
+                    steps=20, warmup=5, experts=64, top_k=8, expert_ffn=768),
+    "moe-cpu-small": dict(hidden=256, layers=4, heads=4, kv_heads=4, ffn=688, vocab=32000, seq_len=256, micro_batch=2,
+                          steps=6, warmup=2, experts=8, top_k=2, expert_ffn=344),
 }
+MOE_KEYS = ("experts", "top_k", "expert_ffn")  # absent or experts 0: a dense shape
 MEGATRON_BACKENDS = ("mcore-local", "te-bf16", "te-fp8-delayed", "te-fp8-tensorwise")
 # The substrate's own train.py (data pipeline, logging, checkpointing on) with each megatron backend's layers.
 TRAINER_BACKENDS = tuple(f"trainer/{name}" for name in MEGATRON_BACKENDS)
@@ -83,12 +93,13 @@ class TrainBench(Record):
     device: str
     versions: dict[str, str | None]
     shape: dict[str, int]
-    params: int
-    flops_per_token: float
+    params: int  # all of them (every expert of a mixture)
+    flops_per_token: float  # of the active parameters
     peak_bf16_tflops: float | None
     position_embedding: str
     results: list[BackendResult]
     ratios: dict[str, float]
+    active_params: int | None = None  # a mixture's parameters one token goes through (None: dense)
 
 
 @dataclasses.dataclass
@@ -113,25 +124,47 @@ def _version(name: str) -> str | None:
 
 
 def flops_per_token(shape: dict) -> tuple[int, float]:
-    """(parameters, training FLOPs per token) of the llama shape, input embedding excluded from FLOPs."""
-    h, f, v, layers = shape["hidden"], shape["ffn"], shape["vocab"], shape["layers"]
+    """(parameters, training FLOPs per token) of the llama shape, input embedding excluded from FLOPs; for a
+    mixture of experts, all parameters and the FLOPs of the active ones (see active_params)."""
+    return _params(shape, active=False), 6.0 * _params(shape, active=True, matmul_only=True) + \
+        6.0 * shape["layers"] * shape["seq_len"] * shape["hidden"]
+
+
+def active_params(shape: dict) -> int | None:
+    """The parameters one token goes through in a mixture of experts (its top_k experts, the router), or None."""
+    return _params(shape, active=True) if is_moe(shape) else None
+
+
+def is_moe(shape: dict) -> bool:
+    return bool(shape.get("experts"))
+
+
+def _params(shape: dict, active: bool, matmul_only: bool = False) -> int:
+    h, v, layers = shape["hidden"], shape["vocab"], shape["layers"]
     head_dim = h // shape["heads"]
     attention = h * h * 2 + 2 * h * shape["kv_heads"] * head_dim  # q, o, k, v
-    per_layer = attention + 3 * h * f + 2 * h  # SwiGLU gate/up/down, two RMSNorms
-    matmul_params = layers * per_layer + v * h  # + LM head
-    params = matmul_params + v * h + h  # + input embedding, final norm
-    return params, 6.0 * matmul_params + 6.0 * layers * shape["seq_len"] * h
+    if is_moe(shape):  # SwiGLU experts (all, or the top_k a token visits) and the router
+        mlp = (shape["top_k"] if active else shape["experts"]) * 3 * h * shape["expert_ffn"] + shape["experts"] * h
+    else:
+        mlp = 3 * h * shape["ffn"]  # SwiGLU gate/up/down
+    matmul_params = layers * (attention + mlp + 2 * h) + v * h  # + two RMSNorms per layer, LM head
+    return matmul_params if matmul_only else matmul_params + v * h + h  # + input embedding, final norm
 
 
 def _hf_step(shape: dict, device, dtype):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
-    config = LlamaConfig(hidden_size=shape["hidden"], intermediate_size=shape["ffn"], num_hidden_layers=shape["layers"],
-                         num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
-                         vocab_size=shape["vocab"], max_position_embeddings=shape["seq_len"], tie_word_embeddings=False,
-                         attn_implementation="sdpa")
-    model = LlamaForCausalLM(config).to(device=device, dtype=dtype).train()
+    common = dict(hidden_size=shape["hidden"], num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+                  num_key_value_heads=shape["kv_heads"], vocab_size=shape["vocab"],
+                  max_position_embeddings=shape["seq_len"], tie_word_embeddings=False, attn_implementation="sdpa")
+    if is_moe(shape):
+        config = transformers.MixtralConfig(**common, intermediate_size=shape["expert_ffn"],
+                                            num_local_experts=shape["experts"], num_experts_per_tok=shape["top_k"])
+        model = transformers.MixtralForCausalLM(config)
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, intermediate_size=shape["ffn"]))
+    model = model.to(device=device, dtype=dtype).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
     def step(inputs, labels):
@@ -143,7 +176,7 @@ def _hf_step(shape: dict, device, dtype):
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    return step, {"layer_spec": "hf-llama", "precision": str(dtype).removeprefix("torch.")}
+    return step, {"layer_spec": "hf-mixtral" if is_moe(shape) else "hf-llama", "precision": str(dtype).removeprefix("torch.")}
 
 
 def _mcore_step(shape: dict, device, choice):
@@ -152,19 +185,23 @@ def _mcore_step(shape: dict, device, choice):
     from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    substrate_model = _substrate("model")
+    substrate_model, moe = _substrate("model"), _substrate("moe")
     substrate_model.init_parallel(seed=0)
+    experts = moe.checked(moe_recipe(shape), shape["ffn"]) if is_moe(shape) else None
     config = TransformerConfig(
         num_layers=shape["layers"], hidden_size=shape["hidden"], num_attention_heads=shape["heads"],
         num_query_groups=shape["kv_heads"], ffn_hidden_size=shape["ffn"], normalization="RMSNorm",
         gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
         bias_activation_fusion=False, hidden_dropout=0.0, attention_dropout=0.0,
-        use_cpu_initialization=device.type == "cpu", **choice.config_kwargs())
+        use_cpu_initialization=device.type == "cpu", **choice.config_kwargs(),
+        **({**choice.moe_kwargs(), **moe.config_kwargs(experts, 1)} if experts else {}))
     # megatron's RoPE keeps its frequencies on CUDA: on CPU the same-cost learned positions stand in.
     positions = "rope" if device.type == "cuda" else "learned_absolute"
-    model = GPTModel(config, choice.spec(normalization="RMSNorm"), vocab_size=shape["vocab"],
-                     max_sequence_length=shape["seq_len"], position_embedding_type=positions,
-                     share_embeddings_and_output_weights=False).to(device).train()
+    spec = choice.spec(normalization="RMSNorm", num_experts=experts["experts"] if experts else None)
+    model = GPTModel(config, spec, vocab_size=shape["vocab"], max_sequence_length=shape["seq_len"],
+                     position_embedding_type=positions, share_embeddings_and_output_weights=False).to(device).train()
+    if experts:
+        moe.adapt_routers(model, te=choice.backend == "te")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     length = shape["seq_len"]
     pos = torch.arange(length, device=device).unsqueeze(0).expand(shape["micro_batch"], -1)
@@ -200,6 +237,12 @@ def _time(step, shape: dict, device, steps: int, warmup: int) -> tuple[float, fl
         loss = step(*batches[i % len(batches)])
     sync()
     return (time.perf_counter() - started) / steps, first if first is not None else float(loss), float(loss)
+
+
+def moe_recipe(shape: dict) -> dict:
+    """The substrate's `model.moe` section of an MoE shape (router defaults: softmax, renormalised top-k,
+    aux loss)."""
+    return {"experts": shape["experts"], "top_k": shape["top_k"], "ffn_hidden": shape["expert_ffn"]}
 
 
 def megatron_precision(name: str) -> tuple[str, str | None]:
@@ -263,7 +306,8 @@ def trainer_recipe(shape: dict, name: str) -> dict:
     recipe["model"] = dict(arch="llama", hidden=shape["hidden"], layers=shape["layers"], heads=shape["heads"],
                            kv_heads=shape["kv_heads"], ffn_hidden=shape["ffn"], vocab=shape["vocab"],
                            seq_len=shape["seq_len"], tie_embeddings=False, precision=precision,
-                           **({"fp8_recipe": fp8_recipe} if fp8_recipe else {}))
+                           **({"fp8_recipe": fp8_recipe} if fp8_recipe else {}),
+                           **({"moe": moe_recipe(shape)} if is_moe(shape) else {}))
     recipe["data"]["train_examples"] = max(64, 4 * shape["micro_batch"])
     recipe["optim"].update(steps=total, batch_size=shape["micro_batch"], warmup_steps=0)
     recipe["logging"] = {"every": math.gcd(shape["warmup"], shape["steps"])}
@@ -327,7 +371,7 @@ def bench_train(shape: dict, backends: list[str], out: Path) -> TrainBench:
     ratios = throughput_ratios({r.backend: r.tokens_per_s for r in results if r.status == "ok"})
     versions = {name: _version(name) for name in ("torch", "megatron-core", "transformers", "transformer-engine")}
     positions = "learned_absolute for megatron on CPU, rope for HF" if device.startswith("cpu") else "rope"
-    record = TrainBench(device, versions, shape, params, flops, peak, positions, results, ratios)
+    record = TrainBench(device, versions, shape, params, flops, peak, positions, results, ratios, active_params(shape))
     record.save(out)
     print(json.dumps({"ratios": ratios, "out": str(out)}), flush=True)
     return record
@@ -402,8 +446,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="tokens/s, TFLOP/s, MFU: TE bf16, TE FP8, HF+SDPA on synthetic tokens")
     train.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                       help="shape preset (default: anchor-1.86b on CUDA, cpu-small on CPU)")
-    for key in PRESETS["cpu-small"]:
+                       help="shape preset (default: anchor-1.86b on CUDA, cpu-small on CPU; moe-*: a mixture of experts)")
+    for key in PRESETS["moe-cpu-small"]:
         train.add_argument(f"--{key.replace('_', '-')}", type=int, default=None)
     train.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {BACKENDS}")
     train.add_argument("--out", type=Path, default=Path("bench-train.json"))
@@ -453,6 +497,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--backends: unknown {unknown}; expected some of {BACKENDS}")
         preset = args.preset or ("anchor-1.86b" if torch.cuda.is_available() else "cpu-small")
         shape = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in PRESETS[preset].items()}
+        shape.update({k: getattr(args, k) for k in MOE_KEYS if getattr(args, k) is not None})  # a dense preset made MoE
+        if is_moe(shape) and not all(shape.get(k) for k in MOE_KEYS):
+            parser.error(f"--experts: a mixture of experts needs {', '.join('--' + k.replace('_', '-') for k in MOE_KEYS)}")
         bench_train(shape, args.backends.split(","), args.out)
     else:
         bench_pack(args.seq_len, args.steps, args.batch_size, args.out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,6 +63,7 @@ class Operator:
     direction: str
     edit: Callable[[Recipe], None]  # changes a recipe in place
     why: str
+    needs: str = ""  # the recipe key that must exist for the operator to apply (default: `key` itself)
 
     @property
     def signature(self) -> str:
@@ -165,6 +166,32 @@ def _capacity(_recipe: Recipe) -> list[Operator]:
     ]
 
 
+def _router(recipe: Recipe) -> list[Operator]:
+    """The router's knobs of a mixture of experts; a knob with a default may be absent from the recipe, so
+    these need `model.moe` only. Each keeps the section valid (substrate/moe.py's rules)."""
+    if not has_key(recipe, "model.moe"):
+        return []
+    section = _get(recipe, "model.moe")
+    experts, balancing = int(section.get("experts", 2)), section.get("balancing", "aux_loss")
+    ops = [_numeric("model.moe.top_k", "up", lambda k: k * 2, 2, experts,
+                    "more experts per token raise the active capacity at the same parameter count"),
+           _numeric("model.moe.top_k", "down", lambda k: k // 2, 2, experts,
+                    "fewer experts per token specialise them and cost fewer FLOPs")]
+    if balancing != "bias":  # megatron drops tokens with aux-loss or no balancing only
+        ops.append(_setting("model.moe.capacity_factor", 1.25, "a capacity of 1.25x the even share drops the "
+                            "overflow of hot experts, which forces balance", "capped"))
+    if section.get("capacity_factor") is not None:
+        ops.append(_setting("model.moe.capacity_factor", None, "dropless routing keeps every token's chosen experts",
+                            "dropless"))
+    if balancing == "aux_loss":
+        coeff = float(section.get("aux_loss_coeff", 0.01))
+        ops += [_setting("model.moe.aux_loss_coeff", float(f"{min(coeff * 3, 0.3):.4g}"),
+                         "a heavier balancing loss keeps the router from collapsing onto few experts", "up"),
+                _setting("model.moe.aux_loss_coeff", float(f"{coeff / 3:.4g}"),
+                         "a lighter balancing loss lets the router specialise experts by domain", "down")]
+    return [replace(op, needs="model.moe") for op in ops]
+
+
 _SELECTION_WHY = {
     "best_dev": "shipping the best-dev checkpoint keeps the strongest measured model",
     "last": "shipping the last checkpoint stops selecting on dev noise",
@@ -183,6 +210,7 @@ OPERATORS: dict[str, Callable[[Recipe], list[Operator]]] = {
     "budget": _budget,
     "capacity": _capacity,
     "selection": _selection,
+    "router": _router,
 }
 
 
@@ -190,7 +218,7 @@ def operators(axis: str, recipe: Recipe) -> list[Operator]:
     """The operators `axis` offers on `recipe`: those whose key the recipe has, in a stable order."""
     if axis not in OPERATORS:
         raise ValueError(f"no operators for axis {axis!r}; axes: {', '.join(OPERATORS)}")
-    return [op for op in OPERATORS[axis](recipe) if has_key(recipe, op.key)]
+    return [op for op in OPERATORS[axis](recipe) if has_key(recipe, op.needs or op.key)]
 
 
 def _open_operators(axis: str, recipe: Recipe, policy: Policy) -> tuple[list[Operator], dict[str, list[str]]]:
