@@ -140,7 +140,6 @@ def test_tensor_parallel_2_under_torchrun(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-
 DEQUANTIZE_AND_RESOLVE = """
 import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]

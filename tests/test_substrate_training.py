@@ -144,4 +144,3 @@ def test_selection_rules():
     assert evaluate.select(checkpoints[:2], "best_dev") == 200
     with pytest.raises(ValueError, match="checkpoints.selection"):
         evaluate.select(checkpoints, "best_leaderboard")
-

@@ -101,7 +101,3 @@ class Scheduler(abc.ABC):
         """What submit(specs) would send to the scheduler, for --dry-run."""
         return "\n".join(f"{self.backend}: would run {spec.key} attempt {spec.attempt}: stages "
                          f"{', '.join(spec.stages)} in {spec.sandbox}" for spec in specs) or "nothing to submit"
-
-
-
-

@@ -110,26 +110,8 @@ class JobOutcome(Record):
     message: str = ""
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return ""
-
-

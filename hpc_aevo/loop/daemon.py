@@ -414,5 +414,3 @@ class Daemon:
                     resumed = False
                 self.run_round(rnd, record)
             rnd += 1
-
-

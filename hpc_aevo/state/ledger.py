@@ -72,10 +72,6 @@ class Ledger(Record):
                            for r, v in sorted(rounds.items())}}
 
 
-
-
-
-
 def record_charges(tree: StateTree, charges: list[TaskCharge]) -> None:
     """Add charges to the campaign's ledger in one locked, atomic rewrite."""
     if charges:

@@ -31,8 +31,6 @@ MAX_PROPOSALS = 3
 PROPOSER = "claude-meta"
 
 
-
-
 @dataclass
 class MetaTools:
     previous: Policy

@@ -290,4 +290,3 @@ def _proposal(fields: dict[str, Any]) -> Proposal:
     return Proposal(hypothesis=fields["hypothesis"], rationale=fields["rationale"],
                     expected_effect=fields["expected_effect"],
                     observed_failure_modes=list(fields.get("failure_modes") or []))
-

@@ -32,14 +32,6 @@ SELECTION_RULES = ("best_dev", "last", "best_min_domain")  # and its checkpoints
 Recipe = dict[str, Any]
 
 
-
-
-
-
-
-
-
-
 def _get(recipe: Recipe, key: str) -> Any:
     node: Any = recipe
     for part in key.split("."):
@@ -299,9 +291,3 @@ class ScriptedWorker:
             hypothesis=f"{op.why} ({_changes(recipe_diff(recipe, op.apply(recipe)))})", rationale=rationale,
             expected_effect=(f"raise the leaderboard score (and dev) above the anchors by more than the noise band "
                              f"{task.policy.noise_band:.3f}"))
-
-
-
-
-
-
