@@ -4,7 +4,9 @@ A training job runs the candidate's code, so whatever it writes is hostile to th
 trainer's own checkpoints (checkpoint.py: torch pickles, megatron directories) are read back by the
 trainer alone; for evaluation it also exports each checkpoint as one safetensors file: the model's
 full weights in the one-process layout (tensor-parallel shards and expert-parallel experts gathered,
-TP vocabulary padding cut off), float32, and nothing else that is trusted (the `step` string in its metadata is informational).
+TP vocabulary padding cut off), float32, and nothing else (its step is the one in its name). The same
+weights give the same bytes, so a file's sha256 names its weights: safetensors writes its metadata map in
+no fixed order, so the file carries one metadata key only.
 The evaluator builds the model from the recipe, never from the file, and loads these tensors into it
 with a strict check of names, shapes and dtype.
 """
@@ -95,7 +97,7 @@ def write(out: Path, step: int, state: dict[str, torch.Tensor]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / export_name(step)
     tmp = directory / f".{final.name}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "step": str(step)})
+    save_file(state, str(tmp), metadata={"format": "pt"})  # one key: a map of two is written in either order
     os.chmod(tmp, 0o644)  # readable by the evaluation job and the team, like the trainer's other files
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())

@@ -255,3 +255,16 @@ def test_moe_families_refuse_what_they_cannot_hold(tmp_path):
     dense = random_llama(tmp_path / "dense", tied=True)
     with pytest.raises(ValueError, match=r"recipe model.moe: model.init_from is a dense model"):
         resolve_config({"init_from": str(dense), "seq_len": 32, "moe": {"experts": 4, "top_k": 2}})
+
+
+def test_the_same_weights_export_to_the_same_bytes_in_any_process(tmp_path):
+    """The leaderboard names an export by its sha256: two trainings of the same weights (a crashed and resumed
+    campaign, the uninterrupted one) must write the same bytes, whatever order a process hashes maps in."""
+    script = ("import sys, torch; sys.path.insert(0, sys.argv[2]); import safe_weights; "
+              "safe_weights.write(sys.argv[1], 24, {'w': torch.arange(6.0).reshape(2, 3), 'b': torch.ones(3)})")
+    written = []
+    for n in range(3):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / str(n)), str(SUBSTRATE)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(n)})
+        written.append((tmp_path / str(n) / "export" / "ckpt-000024.safetensors").read_bytes())
+    assert written[0] == written[1] == written[2]
