@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,14 +17,15 @@ from hpc_aevo.campaign.config import Leaderboard, load_campaign
 from hpc_aevo.campaign.reader import ConfigError
 from hpc_aevo.jobs.body import run_job
 from hpc_aevo.jobs.candidate import Candidate
+from hpc_aevo.loop.daemon import Daemon
 from hpc_aevo.scoring.adapters import CommandScorer, JsonlHeldout, LmEvalTask, Matcher, make_adapter, read_heldout
 from hpc_aevo.scoring.lm_eval_job import JobError, metric_key, summarize
-from hpc_aevo.scoring.leaderboard import LeaderboardError
+from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardError
 from hpc_aevo.scoring.score_stage import ScoreTrack, choose
 from hpc_aevo.state.contract import PREDICTIONS
 from hpc_aevo.state.manifest import CandidateManifest, ScoreJob
 from hpc_aevo.state.tree import StateTree
-from tiny_campaign import write_campaign
+from tiny_campaign import REPO, write_campaign
 
 ROWS = [{"prompt": "2+2=", "answer": "4", "subset": "math"}, {"prompt": "capital of France?", "answer": "Paris"},
         {"prompt": "3*3=", "answer": 9, "subset": "math"}]
@@ -246,6 +248,9 @@ def test_the_lm_eval_adapter_copies_its_task_and_data_and_shows_them_to_its_scor
     tree = StateTree(tmp_path / "state")
     adapter = make_adapter(load_campaign(campaign), tree)
     assert isinstance(adapter, LmEvalTask) and adapter.source == source
+    # No job stage sees the originals (a trainer could read the answers); score jobs see the private copies.
+    assert {str(tmp_path / name) for name in ("team.jsonl", "task.yaml", "_base.yaml", "utils.py", "prompts.py")} <= \
+        set(Daemon(load_campaign(campaign))._hidden())
     adapter.prepare()
     task = tree.leaderboard_dir / "task"
     assert adapter.data_files() == [tree.leaderboard_data / "team.jsonl", task / "task.yaml"]
@@ -254,3 +259,18 @@ def test_the_lm_eval_adapter_copies_its_task_and_data_and_shows_them_to_its_scor
     assert job.command[1:] == ("-m", "hpc_aevo.scoring.lm_eval_job") and set(job.views) == {
         str(tree.leaderboard_data / "team.jsonl"), str(task)}
     assert job.args[job.args.index("--limit") + 1] == "4" and job.args[-2:] == ("--out", "/o/score.json")
+
+
+def test_the_smollm2_lm_eval_campaign_scores_the_heldout_puzzles_items(tmp_path):
+    """campaigns/smollm2-lmeval.yaml's task data are the items the heldout-puzzles adapter draws (seed 0)."""
+    campaign = load_campaign(REPO / "campaigns" / "smollm2-lmeval.yaml")
+    assert isinstance(make_adapter(campaign, StateTree(tmp_path / "lm")), LmEvalTask) and campaign.seed == 0
+    tree = StateTree(tmp_path / "state")
+    tree.default_dir.mkdir(parents=True)
+    shutil.copy(REPO / "substrate" / "puzzles.py", tree.default_dir)
+    HeldoutPuzzles(tree, 1, campaign.seed).prepare()
+    split = [json.loads(line) for line in tree.heldout_split.read_text().splitlines()]
+    task = {name: [json.loads(line) for line in (campaign.paths.heldout / f"{name}.jsonl").read_text().splitlines()]
+            for name in {row["domain"] for row in split}}
+    assert [task[row["domain"]].pop(0) for row in split] == [{"prompt": r["prompt"], "answer": r["answer"]} for r in split]
+    assert not any(task.values()) and len(split) == 500
