@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,13 +17,15 @@ from hpc_aevo.campaign.config import Leaderboard, load_campaign
 from hpc_aevo.campaign.reader import ConfigError
 from hpc_aevo.jobs.body import run_job
 from hpc_aevo.jobs.candidate import Candidate
-from hpc_aevo.scoring.adapters import CommandScorer, JsonlHeldout, Matcher, make_adapter, read_heldout
-from hpc_aevo.scoring.leaderboard import LeaderboardError
+from hpc_aevo.loop.daemon import Daemon
+from hpc_aevo.scoring.adapters import CommandScorer, JsonlHeldout, LmEvalTask, Matcher, make_adapter, read_heldout
+from hpc_aevo.scoring.lm_eval_job import JobError, metric_key, summarize
+from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardError
 from hpc_aevo.scoring.score_stage import ScoreTrack, choose
 from hpc_aevo.state.contract import PREDICTIONS
 from hpc_aevo.state.manifest import CandidateManifest, ScoreJob
 from hpc_aevo.state.tree import StateTree
-from tiny_campaign import write_campaign
+from tiny_campaign import REPO, write_campaign
 
 ROWS = [{"prompt": "2+2=", "answer": "4", "subset": "math"}, {"prompt": "capital of France?", "answer": "Paris"},
         {"prompt": "3*3=", "answer": 9, "subset": "math"}]
@@ -47,7 +50,19 @@ def heldout(tmp_path: Path, rows=ROWS, name="heldout.jsonl") -> Path:
     ({"adapter": "command", "heldout": "team.jsonl"}, "leaderboard.command: expected the scorer's command line"),
     ({"adapter": "command", "heldout": "team.jsonl", "command": ["score.py", ""]}, "leaderboard.command"),
     ({"adapter": "jsonl", "heldout": "team.jsonl", "command": ["x"]}, "leaderboard.command: expected no such key"),
-    ({"adapter": "lm-eval"}, "leaderboard.adapter"),
+    ({"adapter": "lm-eval"}, "leaderboard.task: expected a built-in task name or (exclusive) task_yaml"),
+    ({"adapter": "lm-eval", "task_yaml": "task.yaml", "metric": "exact_match"}, "leaderboard.heldout: expected the data"),
+    ({"adapter": "lm-eval", "heldout": "team.jsonl", "metric": "exact_match"}, "leaderboard.task: expected a built-in task"),
+    ({"adapter": "lm-eval", "task": "gsm8k", "task_yaml": "task.yaml", "metric": "exact_match"}, "(exclusive) task_yaml"),
+    ({"adapter": "lm-eval", "task": "gsm8k; rm", "metric": "exact_match"}, "leaderboard.task: expected an lm-evaluation"),
+    ({"adapter": "lm-eval", "task": "gsm8k", "heldout": "team.jsonl", "metric": "exact_match"}, "no heldout with a built-in"),
+    ({"adapter": "lm-eval", "task": "gsm8k"}, "leaderboard.metric: expected the lm-eval metric"),
+    ({"adapter": "lm-eval", "task": "gsm8k", "metric": "exact match"}, "leaderboard.metric: expected the lm-eval metric"),
+    ({"adapter": "lm-eval", "task": "gsm8k", "metric": "exact_match", "limit": 0}, "leaderboard.limit: expected an integer >= 1"),
+    ({"adapter": "lm-eval", "heldout": "team.jsonl", "task_yaml": "missing.yaml", "metric": "exact_match"},
+     "leaderboard.task_yaml: expected an existing file"),
+    ({"adapter": "jsonl", "heldout": "team.jsonl", "metric": "exact_match"}, "leaderboard.metric: expected no such key"),
+    ({"adapter": "lm-eval-harness"}, "leaderboard.adapter"),
 ])
 def test_bad_adapter_keys_are_one_line_naming_the_file_and_the_key(tmp_path, keys, said):
     heldout(tmp_path, name="team.jsonl")
@@ -192,6 +207,22 @@ def test_a_checkpoint_changed_after_its_evaluation_is_not_scored(tmp_path):
     assert not marker.exists()
 
 
+def test_lm_eval_results_become_a_score_and_subsets():
+    """The runner's reading of the harness's results (tests/test_lm_eval_adapter.py runs the harness itself)."""
+    results = {"results": {"team": {"alias": "team"}, "team::bits": {"exact_match,none": 1.0, "exact_match_stderr,none": 0},
+                           "team::base": {"exact_match,none": 0.25}},
+               "group_subtasks": {"team": ["team::bits", "team::base"]},
+               "n-samples": {"team::bits": {"effective": 1}, "team::base": {"effective": 4}}}
+    assert summarize(results, "exact_match") == (pytest.approx(0.4), {"base": 0.25, "bits": 1.0})
+    assert summarize(results, "exact_match,none")[0] == pytest.approx(0.4)
+    filtered = {"exact_match,strict-match": 0.5, "exact_match,flexible-extract": 0.75}
+    assert metric_key(filtered, "exact_match,flexible-extract", "gsm8k") == "exact_match,flexible-extract"
+    with pytest.raises(JobError, match=r"task gsm8k: metric 'exact_match' is not one of its results \['exact_match,"):
+        metric_key(filtered, "exact_match", "gsm8k")
+    with pytest.raises(JobError, match="metric 'acc' is not one of its results"):
+        summarize(results, "acc")
+
+
 def test_the_campaign_builds_its_adapter(tmp_path):
     source = heldout(tmp_path, name="team.jsonl")
     campaign = write_campaign(tmp_path)
@@ -201,3 +232,45 @@ def test_the_campaign_builds_its_adapter(tmp_path):
     adapter = make_adapter(load_campaign(campaign), StateTree(tmp_path / "state"))
     assert isinstance(adapter, JsonlHeldout) and adapter.source == source and adapter.matcher.rule == "normalized"
     assert adapter.data_files() == [StateTree(tmp_path / "state").heldout_split, adapter.prompts_file]
+
+
+def test_the_lm_eval_adapter_copies_its_task_and_data_and_shows_them_to_its_score_job(tmp_path):
+    source = heldout(tmp_path, name="team.jsonl")
+    (tmp_path / "task.yaml").write_text("include: _base.yaml\ntask: team\nprocess_docs: !function utils.f\n")
+    (tmp_path / "_base.yaml").write_text("output_type: generate_until\ndoc_to_text: !function prompts.text\n")
+    for helper in ("utils.py", "prompts.py", "unused.py"):
+        (tmp_path / helper).write_text("def f(x): return x\n")
+    campaign = write_campaign(tmp_path)
+    data = yaml.safe_load(campaign.read_text())
+    data["leaderboard"].update(adapter="lm-eval", heldout="team.jsonl", task_yaml="task.yaml", metric="exact_match",
+                               limit=4)
+    campaign.write_text(yaml.safe_dump(data))
+    tree = StateTree(tmp_path / "state")
+    adapter = make_adapter(load_campaign(campaign), tree)
+    assert isinstance(adapter, LmEvalTask) and adapter.source == source
+    # No job stage sees the originals (a trainer could read the answers); score jobs see the private copies.
+    assert {str(tmp_path / name) for name in ("team.jsonl", "task.yaml", "_base.yaml", "utils.py", "prompts.py")} <= \
+        set(Daemon(load_campaign(campaign))._hidden())
+    adapter.prepare()
+    task = tree.leaderboard_dir / "task"
+    assert adapter.data_files() == [tree.leaderboard_data / "team.jsonl", task / "task.yaml"]
+    assert sorted(p.name for p in task.iterdir()) == ["_base.yaml", "prompts.py", "task.yaml", "utils.py"]
+    job = adapter.score_input(Path("/c/export/ckpt-000004.safetensors"), "ab" * 32, Path("/s/recipe.yaml"), Path("/o"))
+    assert job.command[1:] == ("-m", "hpc_aevo.scoring.lm_eval_job") and set(job.views) == {
+        str(tree.leaderboard_data / "team.jsonl"), str(task)}
+    assert job.args[job.args.index("--limit") + 1] == "4" and job.args[-2:] == ("--out", "/o/score.json")
+
+
+def test_the_smollm2_lm_eval_campaign_scores_the_heldout_puzzles_items(tmp_path):
+    """campaigns/smollm2-lmeval.yaml's task data are the items the heldout-puzzles adapter draws (seed 0)."""
+    campaign = load_campaign(REPO / "campaigns" / "smollm2-lmeval.yaml")
+    assert isinstance(make_adapter(campaign, StateTree(tmp_path / "lm")), LmEvalTask) and campaign.seed == 0
+    tree = StateTree(tmp_path / "state")
+    tree.default_dir.mkdir(parents=True)
+    shutil.copy(REPO / "substrate" / "puzzles.py", tree.default_dir)
+    HeldoutPuzzles(tree, 1, campaign.seed).prepare()
+    split = [json.loads(line) for line in tree.heldout_split.read_text().splitlines()]
+    task = {name: [json.loads(line) for line in (campaign.paths.heldout / f"{name}.jsonl").read_text().splitlines()]
+            for name in {row["domain"] for row in split}}
+    assert [task[row["domain"]].pop(0) for row in split] == [{"prompt": r["prompt"], "answer": r["answer"]} for r in split]
+    assert not any(task.values()) and len(split) == 500

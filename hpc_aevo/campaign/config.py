@@ -107,19 +107,25 @@ class SchedulerConfig:
 
 # The keys each leaderboard adapter takes besides quota, per_round and adapter.
 ADAPTER_KEYS = {"heldout-puzzles": (), "jsonl": ("heldout", "rule", "tolerance", "pattern"),
-                "command": ("heldout", "command")}
+                "command": ("heldout", "command"), "lm-eval": ("heldout", "task", "task_yaml", "metric", "limit")}
+LM_EVAL_NAME = re.compile(r"[\w.-]{1,128}")  # an lm-evaluation-harness task or metric name
 
 
 @dataclass
 class Leaderboard:
     quota: int  # submissions allowed over the whole campaign
     per_round: int  # submissions per round (the best candidates by dev score go first)
-    adapter: Literal["heldout-puzzles", "jsonl", "command"] = "heldout-puzzles"  # the external scorer
-    heldout: str | None = None  # jsonl: a JSONL of prompt/answer[/subset] rows; command: the data its scorer reads
+    adapter: Literal["heldout-puzzles", "jsonl", "command", "lm-eval"] = "heldout-puzzles"  # the external scorer
+    # jsonl: a JSONL of prompt/answer[/subset] rows; command: the data its scorer reads; lm-eval: the task's data
+    heldout: str | None = None
     rule: Literal["exact", "normalized", "numeric", "regex"] | None = None  # jsonl: how an answer is matched (exact)
     tolerance: float | None = None  # jsonl, rule numeric: the absolute difference still counted equal (1e-6)
     pattern: str | None = None  # jsonl, rule regex: extracts the answer from the output (its first group)
     command: list[str] = field(default_factory=list)  # command: the site's scorer, as an argument list
+    task: str | None = None  # lm-eval: a built-in task (or group) name, its data in the site's HF cache
+    task_yaml: str | None = None  # lm-eval: a local task YAML whose data files are `heldout`'s (the offline case)
+    metric: str | None = None  # lm-eval: the metric that is the score (e.g. exact_match; `exact_match,FILTER`)
+    limit: int | None = None  # lm-eval: score only the first `limit` documents of each task
 
     def validate(self) -> None:
         _at_least("quota", self.quota, 1)
@@ -127,14 +133,17 @@ class Leaderboard:
         if self.per_round > self.quota:
             raise SchemaError("per_round", f"an integer <= leaderboard.quota ({self.quota})", self.per_round)
         given = {"heldout": self.heldout, "rule": self.rule, "tolerance": self.tolerance, "pattern": self.pattern,
-                 "command": self.command or None}
+                 "command": self.command or None, "task": self.task, "task_yaml": self.task_yaml,
+                 "metric": self.metric, "limit": self.limit}
         takes = ADAPTER_KEYS[self.adapter]
         for key, value in given.items():
             if value is not None and key not in takes:
                 raise SchemaError(key, f"no such key with adapter {self.adapter} (it takes: "
                                        f"{', '.join(takes) or 'none of its own'})", value)
-        if "heldout" in takes and self.heldout is None:
+        if "heldout" in takes and self.heldout is None and self.adapter != "lm-eval":
             raise SchemaError("heldout", f"the held-out data's path, with adapter {self.adapter}")
+        if self.adapter == "lm-eval":
+            self._validate_lm_eval()
         if self.adapter == "command":
             if not self.command or not all(arg.strip() and "\n" not in arg and "\0" not in arg for arg in self.command):
                 raise SchemaError("command", "the scorer's command line as a list of non-empty one-line strings",
@@ -152,6 +161,21 @@ class Leaderboard:
                 raise SchemaError("pattern", f"a regular expression ({exc})", self.pattern) from None
             if groups < 1:
                 raise SchemaError("pattern", "a regular expression with a group that captures the answer", self.pattern)
+
+    def _validate_lm_eval(self) -> None:
+        if (self.task is None) == (self.task_yaml is None):
+            raise SchemaError("task", "a built-in task name or (exclusive) task_yaml, a local task YAML", self.task)
+        if self.task is not None and not LM_EVAL_NAME.fullmatch(self.task):
+            raise SchemaError("task", "an lm-evaluation-harness task name (letters, digits, '_', '.', '-')", self.task)
+        if self.task is not None and self.heldout is not None:
+            raise SchemaError("heldout", "no heldout with a built-in task (its data is the site's HF cache)", self.heldout)
+        if self.task_yaml is not None and self.heldout is None:
+            raise SchemaError("heldout", "the data files of task_yaml (a file or a directory), with adapter lm-eval")
+        name = LM_EVAL_NAME.pattern
+        if self.metric is None or not re.fullmatch(f"{name}(,{name})?", self.metric):
+            raise SchemaError("metric", "the lm-eval metric that is the score, e.g. exact_match (or exact_match,FILTER)",
+                              self.metric)
+        _at_least("limit", self.limit, 1)
 
 
 @dataclass
@@ -188,6 +212,7 @@ class CampaignPaths:
     initial_policy: Path
     profile: Path | None
     heldout: Path | None = None  # leaderboard.heldout: the adapter's held-out data
+    task_yaml: Path | None = None  # leaderboard.task_yaml: the lm-eval adapter's local task
 
 
 @dataclass
@@ -254,6 +279,7 @@ def _resolve_paths(campaign: Campaign, base: Path) -> CampaignPaths:
         initial_policy=_resolve(base, campaign.policy.initial),
         profile=None if profile is None else _resolve(base, profile),
         heldout=None if campaign.leaderboard.heldout is None else _resolve(base, campaign.leaderboard.heldout),
+        task_yaml=None if campaign.leaderboard.task_yaml is None else _resolve(base, campaign.leaderboard.task_yaml),
     )
     if paths.state_root.exists() and not paths.state_root.is_dir():
         raise SchemaError("state_root", f"a directory or a path not yet created ({paths.state_root} is a file)")
@@ -285,6 +311,8 @@ def _resolve_paths(campaign: Campaign, base: Path) -> CampaignPaths:
         _require_file("scheduler.profile", paths.profile)
     if campaign.leaderboard.adapter == "jsonl":
         _require_file("leaderboard.heldout", paths.heldout)
+    if paths.task_yaml is not None:
+        _require_file("leaderboard.task_yaml", paths.task_yaml)
     elif paths.heldout is not None and not paths.heldout.exists():
         raise SchemaError("leaderboard.heldout", f"an existing file or directory (nothing at {paths.heldout})")
     if paths.heldout is not None and Path(os.path.realpath(paths.heldout)).is_relative_to(state):

@@ -32,7 +32,7 @@ from hpc_aevo.report import build as report
 from hpc_aevo.roles.factory import make_roles
 from hpc_aevo.roles.interface import WorkerFailed, WorkerTask
 from hpc_aevo.sandbox.jobs import preflight, unconfined_here
-from hpc_aevo.scoring.adapters import make_adapter
+from hpc_aevo.scoring.adapters import make_adapter, task_files
 from hpc_aevo.scoring.leaderboard import LeaderboardLedger
 from hpc_aevo.scoring.results import read_eval_result, record_evaluation
 from hpc_aevo.scoring.score_stage import ScoreTrack, choose
@@ -209,9 +209,12 @@ class Daemon:
 
     # ---- one round ---------------------------------------------------------------------
     def _hidden(self) -> tuple[str, ...]:
-        """What no job stage may see besides the state tree: the campaign's own files."""
+        """What no job stage may see besides the state tree: the campaign's own files, and the leaderboard's
+        data and task where the campaign names them (score jobs see the private copies in leaderboard/)."""
         paths = self.campaign.paths
-        return tuple(str(p) for p in (self.campaign.source, paths.constitution, paths.initial_policy))
+        task = task_files(paths.task_yaml) if paths.task_yaml is not None else []
+        return tuple(str(p) for p in (self.campaign.source, paths.constitution, paths.initial_policy,
+                                      *([paths.heldout] if paths.heldout is not None else []), *task))
 
     def candidate(self, rnd: int, c: int) -> Candidate:
         return Candidate(rnd, c, self.tree, self.campaign.confine_jobs, self._hidden())

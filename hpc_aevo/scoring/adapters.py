@@ -1,6 +1,7 @@
-"""A team's own leaderboards: a held-out JSONL scored by a rule, or the site's own scorer.
+"""A team's own leaderboards: a held-out JSONL scored by a rule, the site's own scorer, or an
+lm-evaluation-harness task.
 
-Both copy the held-out data once into the state tree's private leaderboard directory (no sandbox sees
+Each copies the held-out data once into the state tree's private leaderboard directory (no sandbox sees
 it there; a score job sees it read-only) and run only in the confined score job:
 
 - `jsonl`: rows of `prompt`, `answer` and an optional `subset`. The score job sees the prompts alone and
@@ -13,6 +14,9 @@ it there; a score job sees it read-only) and run only in the confined score job:
   recipe and the data (and the files its command line names by absolute path, read-only), and writes
   `{"score": s, "per_subset": {name: s}}`, every score a fraction in [0, 1] where higher is better; the
   first score recorded fixes the subsets every later one must report.
+- `lm-eval`: an lm-evaluation-harness task (built-in, or a local task YAML over `heldout`'s files);
+  `hpc_aevo.scoring.lm_eval_job` converts the export to an HF checkpoint with the frozen substrate's
+  export_hf.py and runs the harness on it, offline, writing score.json as a site's scorer does.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import re
 import shutil
 import string
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,42 +171,40 @@ class JsonlHeldout(Adapter):
 
 @dataclass
 class CommandScore:
-    """What a site's scorer writes."""
+    """What a site's scorer (or the lm-eval runner) writes."""
 
     score: float
     per_subset: dict[str, float]
 
 
-class CommandScorer(Adapter):
-    """The `command` adapter: the site's scorer, confined in the score job like the evaluator."""
+def copy_in(source: Path, target: Path) -> None:
+    """Copy a file or a directory, as it is, to `target` (replacing what a crash left half-copied)."""
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (shutil.copytree if source.is_dir() else shutil.copyfile)(source, target)
 
-    def __init__(self, tree: StateTree, quota: int, config: Leaderboard, source: Path):
+
+class ScoreFileAdapter(Adapter):
+    """An adapter whose score job writes score.json itself: its data copied in as it is, the result held to
+    `{"score": s, "per_subset": {name: s}}`, and the subsets fixed by the first score recorded."""
+
+    def __init__(self, tree: StateTree, quota: int, source: Path | None):
         super().__init__(tree, quota)
-        self.command, self.source = tuple(config.command), source
-        self.data = tree.leaderboard_data / source.name
+        self.source = source
+        self.data = None if source is None else tree.leaderboard_data / source.name
 
     def data_files(self) -> list[Path]:
-        return [self.data]
+        return [] if self.data is None else [self.data]
 
     def prepare(self) -> None:
-        """Copy the data in (a file or a directory, as it is); the subsets are what the scorer reports, so
-        the ledger learns them from the first score (an empty `examples_per_domain` until then)."""
-        if self.data.exists() and self.ledger_file.exists():
+        """Copy the data in; the subsets are what the scorer reports, so the ledger learns them from the first
+        score (an empty `examples_per_domain` until then)."""
+        if all(p.exists() for p in self.data_files()) and self.ledger_file.exists():
             return
-        if self.data.exists():  # a copy a crash interrupted
-            shutil.rmtree(self.data) if self.data.is_dir() else self.data.unlink()
-        self.data.parent.mkdir(parents=True, exist_ok=True)  # data/: the source keeps its own name
-        copy = shutil.copytree if self.source.is_dir() else shutil.copyfile
-        copy(self.source, self.data)
+        if self.data is not None:
+            copy_in(self.source, self.data)
         LeaderboardLedger(quota=self.quota).save(self.ledger_file)
-
-    def score_input(self, checkpoint: Path, sha256: str, recipe: Path, out: Path) -> ScoreInput:
-        # The scorer's own files named on its command line stay visible where the sandbox hides their place
-        # (its private /tmp), read-only like the data.
-        code = tuple(arg for arg in self.command if os.path.isabs(arg) and os.path.exists(arg))
-        return ScoreInput(str(checkpoint), sha256, ("--checkpoint", str(checkpoint), "--recipe", str(recipe),
-                                                    "--data", str(self.data), "--out", str(out / SCORE_RESULT)),
-                          views=(str(self.data), *code), command=self.command)
 
     def result(self, out: Path, sha256: str, step: int) -> tuple[float, dict[str, float]]:
         path = out / SCORE_RESULT
@@ -221,6 +224,76 @@ class CommandScorer(Adapter):
         return super().record(candidate, out, checkpoint, sha256, step)
 
 
+class CommandScorer(ScoreFileAdapter):
+    """The `command` adapter: the site's scorer, confined in the score job like the evaluator."""
+
+    def __init__(self, tree: StateTree, quota: int, config: Leaderboard, source: Path):
+        super().__init__(tree, quota, source)
+        self.command = tuple(config.command)
+
+    def score_input(self, checkpoint: Path, sha256: str, recipe: Path, out: Path) -> ScoreInput:
+        # The scorer's own files named on its command line stay visible where the sandbox hides their place
+        # (its private /tmp), read-only like the data.
+        code = tuple(arg for arg in self.command if os.path.isabs(arg) and os.path.exists(arg))
+        return ScoreInput(str(checkpoint), sha256, ("--checkpoint", str(checkpoint), "--recipe", str(recipe),
+                                                    "--data", str(self.data), "--out", str(out / SCORE_RESULT)),
+                          views=(str(self.data), *code), command=self.command)
+
+
+_TASK_REFERENCE = re.compile(r"^\s*include:\s*['\"]?([\w.-]+\.ya?ml)|!function\s+([\w-]+)\.\w+", re.M)
+
+
+def task_files(task_yaml: Path) -> list[Path]:
+    """The task YAML and the files beside it that it names, as deep as they go: `include: other.yaml` and
+    `!function utils.fn` (utils.py). Nothing else of its folder (the campaign's own YAML may lie there)."""
+    found, todo = [], [task_yaml]
+    while todo:
+        path = todo.pop()
+        if path in found or not path.is_file():
+            continue
+        found.append(path)
+        if path.suffix != ".py":
+            todo += [task_yaml.parent / (yaml_name or f"{module}.py")
+                     for yaml_name, module in _TASK_REFERENCE.findall(path.read_text())]
+    return found
+
+
+class LmEvalTask(ScoreFileAdapter):
+    """The `lm-eval` adapter: an lm-evaluation-harness task on the candidate's export as an HF checkpoint,
+    run by `hpc_aevo.scoring.lm_eval_job` in the score job. A local task YAML is copied in with the files it
+    names beside it (`task_files`), and the task's data (`heldout`)."""
+
+    def __init__(self, tree: StateTree, quota: int, config: Leaderboard, source: Path | None,
+                 task_yaml: Path | None):
+        super().__init__(tree, quota, source)
+        self.config, self.task_yaml = config, task_yaml
+        self.task_dir = None if task_yaml is None else tree.leaderboard_dir / "task"
+
+    def data_files(self) -> list[Path]:
+        return [*super().data_files(), *([] if self.task_dir is None else [self.task_dir / self.task_yaml.name])]
+
+    def prepare(self) -> None:
+        if self.task_dir is not None and not (self.task_dir / self.task_yaml.name).exists():
+            staged = self.task_dir.with_name(".task.partial")
+            shutil.rmtree(staged, ignore_errors=True)
+            staged.mkdir(parents=True)
+            for path in task_files(self.task_yaml):
+                shutil.copyfile(path, staged / path.name)
+            shutil.rmtree(self.task_dir, ignore_errors=True)
+            os.replace(staged, self.task_dir)
+        super().prepare()
+
+    def score_input(self, checkpoint: Path, sha256: str, recipe: Path, out: Path) -> ScoreInput:
+        config = self.config
+        task = ("--task", config.task) if self.task_dir is None else (
+            "--task-yaml", str(self.task_dir / self.task_yaml.name), "--data", str(self.data))
+        return ScoreInput(str(checkpoint), sha256, (
+            "--checkpoint", str(checkpoint), "--recipe", str(recipe), "--substrate", str(self.tree.default_dir), *task,
+            "--metric", config.metric, *(("--limit", str(config.limit)) if config.limit else ()),
+            "--out", str(out / SCORE_RESULT)), views=tuple(str(p) for p in (self.data, self.task_dir) if p),
+            command=(sys.executable, "-m", "hpc_aevo.scoring.lm_eval_job"))
+
+
 def make_adapter(campaign: Campaign, tree: StateTree) -> Adapter:
     """The campaign's leaderboard adapter."""
     config = campaign.leaderboard
@@ -228,4 +301,6 @@ def make_adapter(campaign: Campaign, tree: StateTree) -> Adapter:
         return JsonlHeldout(tree, config.quota, config, campaign.paths.heldout)
     if config.adapter == "command":
         return CommandScorer(tree, config.quota, config, campaign.paths.heldout)
+    if config.adapter == "lm-eval":
+        return LmEvalTask(tree, config.quota, config, campaign.paths.heldout, campaign.paths.task_yaml)
     return HeldoutPuzzles(tree, config.quota, campaign.seed)

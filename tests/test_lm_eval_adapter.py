@@ -1,0 +1,142 @@
+"""The lm-eval adapter for real: a candidate trained from a small pretrained Llama with its own HF tokenizer is
+scored by lm-evaluation-harness (HF backend, CPU, offline) in the confined score job, on a local task YAML over
+a held-out JSONL; the same items through the jsonl adapter (the frozen evaluator's answers) score the same."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tiny_campaign import REPO
+
+from hpc_aevo.campaign.config import Leaderboard
+from hpc_aevo.jobs.body import run_job
+from hpc_aevo.jobs.candidate import Candidate
+from hpc_aevo.loop.fork import fork_candidate
+from hpc_aevo.loop.install import install_substrate
+from hpc_aevo.scoring.adapters import JsonlHeldout, LmEvalTask
+from hpc_aevo.scoring.lm_eval_job import OUTPUTS
+from hpc_aevo.scoring.score_stage import ScoreTrack
+from hpc_aevo.state.contract import PREDICTIONS
+from hpc_aevo.state.manifest import CandidateManifest, ScoreJob
+from hpc_aevo.state.tree import StateTree
+
+sys.path.insert(0, str(REPO / "substrate"))
+from hf_llama_fixtures import add_hf_tokenizer, random_llama  # noqa: E402
+from hpc_aevo.tools.calibrate import apply_overrides  # noqa: E402
+
+# One subtask per subset over its own file of the held-out directory, with the evaluator's decoding: the prompt as
+# it is (no BOS), greedy, at most 9 tokens (evaluate.MAX_ANSWER_TOKENS), ended by the end-of-sequence token (whose
+# text never occurs in an answer: a newline is as good a stop).
+SUBSETS = ("bits", "equation", "cipher", "base")
+TASK_YAML = """\
+group: team_puzzles
+task:
+""" + "".join(f"""\
+  - task: {name}
+    dataset_path: json
+    dataset_kwargs: {{data_files: {{test: {name}.jsonl}}}}
+    test_split: test
+    output_type: generate_until
+    doc_to_text: "{{{{prompt}}}}"
+    doc_to_target: "{{{{answer}}}}"
+    generation_kwargs: {{until: ["\\n"], do_sample: false, max_gen_toks: 9}}
+    metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}]
+""" for name in SUBSETS)
+
+
+@pytest.fixture
+def model_root(monkeypatch):
+    """The operator's model store ($HPC_AEVO_MODEL_ROOTS), outside /tmp: every job stage has a private /tmp."""
+    root = Path(tempfile.mkdtemp(prefix="hpc-aevo-models-", dir="/var/tmp"))
+    monkeypatch.setenv("HPC_AEVO_MODEL_ROOTS", str(root))
+    yield root
+    shutil.rmtree(root)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def score_candidate(adapter, cand: Candidate, export: Path, attempt: int) -> CandidateManifest:
+    """The candidate's score job for `adapter`, run confined, and the daemon's check and record of it."""
+    manifest = CandidateManifest(round=0, candidate=0, name="cand-00", role="anchor", seed=0, axis=None,
+                                 status="evaluated")
+    manifest.scoring = ScoreJob(str(export.relative_to(cand.tree.checkpoints(0, 0))),
+                                sha256(export), 4, "submitted", attempt)
+    track = ScoreTrack(adapter)
+    outcome = run_job(track.spec(cand, manifest, attempt))
+    log = Path(outcome.stages[0].log).read_text()[-3000:] if outcome.stages else ""
+    assert outcome.state == "COMPLETED" and outcome.stages[0].confined, outcome.message + log
+    line = track.completed(cand, manifest, outcome)
+    assert manifest.scoring.status == "scored", line + log
+    return manifest
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm-eval is not installed (pip install -e .[lmeval])")
+def test_lm_eval_scores_a_candidate_in_the_score_job_as_the_evaluator_does(tmp_path, model_root, job_sandbox):
+    hf = add_hf_tokenizer(random_llama(model_root / "hf", tied=True))
+    tree = StateTree(tmp_path / "state")
+    installed = install_substrate(REPO / "substrate", tree.default_dir, tree.substrate_manifest)
+    recipe = apply_overrides(yaml.safe_load((REPO / "substrate" / "recipe.yaml").read_text()),
+                             {"data.train_examples": 200, "optim.steps": 4, "optim.batch_size": 8,
+                              "checkpoints.every": 4})
+    recipe["model"] = {"init_from": str(hf), "seq_len": 64}
+    fork_candidate(tree.default_dir, installed, tree.sandbox(0, 0), recipe)
+    tree.checkpoints(0, 0).mkdir()
+    tree.jobs(0, 0).mkdir()
+    cand = Candidate(0, 0, tree)
+    trained = run_job(dataclasses.replace(cand.spec(1), stages=("train",)))
+    assert trained.state == "COMPLETED", trained.message
+    export = tree.checkpoints(0, 0) / "export" / "ckpt-000004.safetensors"
+
+    sys.path.insert(0, str(tree.default_dir))
+    import puzzles
+
+    rows = [{"prompt": r["prompt"], "answer": r["answer"], "subset": d} for d in SUBSETS for r in puzzles.generate(d, 2, 11)]
+    # The frozen evaluator's answers, through the jsonl adapter's score job.
+    source = tmp_path / "team.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    jsonl = JsonlHeldout(tree, 2, Leaderboard(2, 1, "jsonl", str(source)), source)
+    jsonl.prepare()
+    score_candidate(jsonl, cand, export, 1)
+    answers = json.loads((tree.score_jobs(0, 0) / "attempt-1.score-out" / PREDICTIONS).read_text())["outputs"]
+    # A random model answers no puzzle: make its own answer the right one for every other item, so that the two
+    # paths agree on hits and misses, not on zeros alone.
+    for i in range(0, len(rows), 2):
+        rows[i]["answer"] = answers[i]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    other = StateTree(tmp_path / "other")
+    rescored = JsonlHeldout(other, 1, Leaderboard(1, 1, "jsonl", str(source)), source)
+    rescored.prepare()
+    jsonl_scores = rescored.result(tree.score_jobs(0, 0) / "attempt-1.score-out", sha256(export), 4)
+
+    # The same items as an lm-eval task: a group of one subtask per subset, over a held-out directory.
+    team = tmp_path / "team"
+    (team / "data").mkdir(parents=True)
+    for name in SUBSETS:
+        (team / "data" / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"]})
+                                                             + "\n" for r in rows if r["subset"] == name))
+    (team / "task.yaml").write_text(TASK_YAML)
+    tree.leaderboard_ledger.unlink()
+    config = Leaderboard(2, 1, "lm-eval", str(team / "data"), task_yaml=str(team / "task.yaml"), metric="exact_match")
+    lm_eval = LmEvalTask(tree, 2, config, team / "data", team / "task.yaml")
+    lm_eval.prepare()
+    scored = score_candidate(lm_eval, cand, export, 2)
+    out = tree.score_jobs(0, 0) / "attempt-2.score-out"
+    generated = json.loads((out / OUTPUTS).read_text())
+    assert [generated[r["subset"]].pop(0) for r in rows] == answers  # the same greedy answers, item by item
+    lm_eval_scores = (scored.measured.leaderboard, scored.measured.leaderboard_per_domain)
+    print(f"\nlm-eval {lm_eval_scores}\njsonl   {jsonl_scores}")
+    assert lm_eval_scores == jsonl_scores == (0.5, {name: 0.5 for name in SUBSETS})
+    assert lm_eval.ledger().submissions[0].per_domain == lm_eval_scores[1]
