@@ -18,7 +18,7 @@ from hpc_aevo.campaign.reader import ConfigError
 from hpc_aevo.jobs.body import run_job
 from hpc_aevo.jobs.candidate import Candidate
 from hpc_aevo.loop.daemon import Daemon
-from hpc_aevo.scoring.adapters import CommandScorer, JsonlHeldout, LmEvalTask, Matcher, make_adapter, read_heldout
+from hpc_aevo.scoring.adapters import RUNNER, CommandScorer, JsonlHeldout, LmEvalTask, Matcher, make_adapter, read_heldout
 from hpc_aevo.scoring.lm_eval_job import JobError, metric_key, summarize
 from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardError
 from hpc_aevo.scoring.score_stage import ScoreTrack, choose
@@ -256,8 +256,8 @@ def test_the_lm_eval_adapter_copies_its_task_and_data_and_shows_them_to_its_scor
     assert adapter.data_files() == [tree.leaderboard_data / "team.jsonl", task / "task.yaml"]
     assert sorted(p.name for p in task.iterdir()) == ["_base.yaml", "prompts.py", "task.yaml", "utils.py"]
     job = adapter.score_input(Path("/c/export/ckpt-000004.safetensors"), "ab" * 32, Path("/s/recipe.yaml"), Path("/o"))
-    assert job.command[1:] == ("-m", "hpc_aevo.scoring.lm_eval_job") and set(job.views) == {
-        str(tree.leaderboard_data / "team.jsonl"), str(task)}
+    assert job.command[1:] == (str(RUNNER),) and set(job.views) == {  # run by path: the checkout may be hidden
+        str(tree.leaderboard_data / "team.jsonl"), str(task), str(RUNNER)}
     assert job.args[job.args.index("--limit") + 1] == "4" and job.args[-2:] == ("--out", "/o/score.json")
 
 

@@ -37,7 +37,7 @@ from hpc_aevo.sandbox.jobs import preflight, unconfined_here
 from hpc_aevo.scoring.leaderboard import HeldoutPuzzles, LeaderboardError, LeaderboardLedger
 from hpc_aevo.scoring.results import read_eval_result, read_train_summary, selected_file
 from hpc_aevo.scoring.score_stage import score_spec
-from hpc_aevo.search.axes import AXES, has_key
+from hpc_aevo.search.axes import AXES, Axis, has_key
 from hpc_aevo.state.contract import EVAL_RESULT, RECIPE_FILE, REQUIRED_FILES, SCORE_RESULT
 from hpc_aevo.state.records import atomic_write_text
 from hpc_aevo.state.tree import StateTree
@@ -70,6 +70,12 @@ def _skipped(after: str, *checks: str) -> Iterator[CheckLine]:
         yield CheckLine(check, "skip", f"not run: the {after} check failed")
 
 
+def _needed(axis: Axis) -> tuple[str, ...]:
+    """The recipe keys an axis cannot work without: its areas, or, for an axis that needs a part of the recipe
+    (the router's knobs under `model.moe`, each with its default), that part only."""
+    return (axis.requires,) if axis.requires else axis.recipe_areas
+
+
 def _axes_line(substrate: Path, policy_file: Path) -> CheckLine:
     """Every recipe key that the policy's active axes mutate is in the recipe the workers start from."""
     try:
@@ -78,7 +84,7 @@ def _axes_line(substrate: Path, policy_file: Path) -> CheckLine:
         return CheckLine("axes", "FAIL", str(exc))
     source = f"{policy_file}: standing_recipe" if policy.standing_source == "initial-policy" else str(
         substrate / RECIPE_FILE)
-    missing = [f"{key} (axis {axis})" for axis in policy.active_axes for key in AXES[axis].recipe_areas
+    missing = [f"{key} (axis {axis})" for axis in policy.active_axes for key in _needed(AXES[axis])
                if not has_key(policy.standing_recipe, key)]
     if missing:
         return CheckLine("axes", "FAIL", f"{source}: no key {', '.join(missing)}, which the active axes of "

@@ -257,6 +257,10 @@ def task_files(task_yaml: Path) -> list[Path]:
                      for yaml_name, module in _TASK_REFERENCE.findall(path.read_text())]
     return found
 
+# The lm-eval score job's program, run by path (it imports nothing of hpc_aevo): the toolkit's checkout may
+# lie where a job stage sees nothing (under /tmp, private there), so the file alone is shown to the job.
+RUNNER = Path(__file__).with_name("lm_eval_job.py")
+
 
 class LmEvalTask(ScoreFileAdapter):
     """The `lm-eval` adapter: an lm-evaluation-harness task on the candidate's export as an HF checkpoint,
@@ -290,8 +294,8 @@ class LmEvalTask(ScoreFileAdapter):
         return ScoreInput(str(checkpoint), sha256, (
             "--checkpoint", str(checkpoint), "--recipe", str(recipe), "--substrate", str(self.tree.default_dir), *task,
             "--metric", config.metric, *(("--limit", str(config.limit)) if config.limit else ()),
-            "--out", str(out / SCORE_RESULT)), views=tuple(str(p) for p in (self.data, self.task_dir) if p),
-            command=(sys.executable, "-m", "hpc_aevo.scoring.lm_eval_job"))
+            "--out", str(out / SCORE_RESULT)), views=tuple(str(p) for p in (self.data, self.task_dir, RUNNER) if p),
+            command=(sys.executable, str(RUNNER)))
 
 
 def make_adapter(campaign: Campaign, tree: StateTree) -> Adapter:

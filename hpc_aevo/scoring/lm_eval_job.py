@@ -1,6 +1,6 @@
 """The lm-eval adapter's score job: one export scored by an lm-evaluation-harness task, offline.
 
-    python -m hpc_aevo.scoring.lm_eval_job --checkpoint EXPORT --recipe RECIPE --substrate DEFAULT \
+    python hpc_aevo/scoring/lm_eval_job.py --checkpoint EXPORT --recipe RECIPE --substrate DEFAULT \
         (--task NAME | --task-yaml YAML --data DATA) --metric METRIC [--limit N] --out score.json
 
 It runs inside the confined score job (no network; the job checked the export's hash before it started):
