@@ -32,6 +32,23 @@ def _hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "model.safetensors")
 
 
+def _parity_and_identity(model, cfg: dict, hf_dir: Path, out: Path) -> tuple[torch.Tensor, Path]:
+    """The imported model's logits are transformers' (fp32), and its export holds the same weights, which
+    transformers loads with the same logits; the largest logit difference and the exported directory."""
+    with torch.no_grad():
+        ours = forward(model, IDS)
+    theirs = hf_logits(hf_dir, IDS)
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    exported = hf_checkpoint.export_hf(model, resolve_config(cfg), out, eos=1)
+    before, after = _hf_weights(hf_dir), _hf_weights(exported)
+    assert sorted(before) == sorted(after)
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    torch.testing.assert_close(hf_logits(exported, IDS), theirs, rtol=0, atol=0)
+    return (ours - theirs).abs().max(), exported
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("tied", [True, False])
 def test_logits_match_hf_and_export_is_identity(tmp_path, tied):
@@ -40,19 +57,7 @@ def test_logits_match_hf_and_export_is_identity(tmp_path, tied):
     cfg = {"init_from": str(hf_dir), "seq_len": 32}
     model = build_model(cfg).eval()
     assert model.config.num_query_groups == 2 and model.share_embeddings_and_output_weights == tied
-    with torch.no_grad():
-        ours = forward(model, IDS)
-    theirs = hf_logits(hf_dir, IDS)
-    assert ours.shape == theirs.shape
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-
-    out = hf_checkpoint.export_hf(model, resolve_config(cfg), tmp_path / "export", eos=1)
-    before, after = _hf_weights(hf_dir), _hf_weights(out)
-    assert sorted(before) == sorted(after)
-    for key in before:
-        assert torch.equal(before[key], after[key]), key
-    # and the exported directory loads in transformers with the same logits
-    torch.testing.assert_close(hf_logits(out, IDS), theirs, rtol=0, atol=0)
+    _parity_and_identity(model, cfg, hf_dir, tmp_path / "export")
 
 
 @pytest.mark.slow
@@ -188,20 +193,10 @@ def test_moe_logits_match_hf_and_export_is_identity(tmp_path, name):
     model = build_model(cfg).eval()
     assert model.config.num_moe_experts == 4 and model.config.moe_router_topk == 2
     assert model.config.qk_layernorm == name.startswith("qwen")
-    with torch.no_grad():
-        ours = forward(model, IDS)
-    theirs = hf_logits(hf_dir, IDS)
-    print(f"{name}: max |megatron - HF| logit {float((ours - theirs).abs().max()):.2e}")
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-
-    out = hf_checkpoint.export_hf(model, resolve_config(cfg), tmp_path / "export", eos=1)
-    before, after = _hf_weights(hf_dir), _hf_weights(out)
-    assert sorted(before) == sorted(after)
-    for key in before:
-        assert torch.equal(before[key], after[key]), key
+    gap, out = _parity_and_identity(model, cfg, hf_dir, tmp_path / "export")
+    print(f"{name}: max |megatron - HF| logit {float(gap):.2e}")
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == MOE_FAMILIES[name]["family"] and config["num_experts_per_tok"] == 2
-    torch.testing.assert_close(hf_logits(out, IDS), theirs, rtol=0, atol=0)
 
 
 @pytest.mark.slow
