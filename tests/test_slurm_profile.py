@@ -78,7 +78,10 @@ def _scheduler(tmp_path, profile="h200") -> SlurmScheduler:
 def test_dry_run_prints_both_arrays_and_submits_nothing(tmp_path):
     campaign = write_campaign(tmp_path, workers=2)
     data = yaml.safe_load(campaign.read_text())
-    data["scheduler"].update(backend="slurm", profile=str(PROFILES / "h200.yaml"))
+    profile = yaml.safe_load((PROFILES / "h200.yaml").read_text())
+    profile["container"]["mounts"].append(str(tmp_path))  # the jobs' container shows this state tree
+    (tmp_path / "h200.yaml").write_text(yaml.safe_dump(profile))
+    data["scheduler"].update(backend="slurm", profile=str(tmp_path / "h200.yaml"))
     campaign.write_text(yaml.safe_dump(data))
     env = {"PATH": "/nonexistent"}  # no sbatch reachable: a dry run must not need one
     done = subprocess.run([sys.executable, "-m", "hpc_aevo.round", str(campaign), "--dry-run"], cwd=REPO,
@@ -100,8 +103,8 @@ def test_dry_run_prints_both_arrays_and_submits_nothing(tmp_path):
 
 def test_budget_refuses_a_submission_that_would_exceed_it(tmp_path):
     scheduler = _scheduler(tmp_path)
-    cpu, gpu = scheduler.worst_case_hours()  # h200 profile: 4 h x 16 GPUs train + 1 h x 8 GPUs eval, x4 requeues
-    assert gpu == pytest.approx((4 * 16 + 1 * 8) * 4)
+    cpu, gpu = scheduler.worst_case_hours()  # h200 profile: 4 h x 16 GPUs train + the campaign's 0.5 h x 1 GPU eval, x4 requeues
+    assert gpu == pytest.approx((4 * 16 + 0.5 * 1) * 4)
     tree = StateTree(tmp_path)
     record_charges(tree, [TaskCharge("r000/cand-00", 1, "train", "7_0", "COMPLETED", 3600, 96, 16, 96, 16)])
     launcher = Launcher(scheduler, 2, 1, Budget(gpu_hours=16 + gpu * 2.5), tree, TrainTrack(lambda *a: None))

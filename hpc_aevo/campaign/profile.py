@@ -40,6 +40,7 @@ class StageShape:
     cpus_per_task: int | None = None  # default: the campaign stage's cpus
     mem_gb: float | None = None  # per node; default: the campaign stage's mem_gb
     time_min: int | None = None  # wall-clock limit per task; default: the campaign stage's timeout_min
+    exclusive: bool | None = None  # whole nodes for this stage's tasks; default: the profile's `exclusive`
 
     def validate(self) -> None:
         _at_least("nodes", self.nodes, 1)
@@ -55,6 +56,13 @@ class StageShapes:
     train: StageShape = field(default_factory=StageShape)
     eval: StageShape = field(default_factory=StageShape)
     score: StageShape = field(default_factory=StageShape)  # the leaderboard scoring array
+
+
+# Compute capability of the GPU kinds a profile's `gpu_type` may name: what precision a recipe may ask for
+# there (bf16 from sm_80; FP8 from sm_89, Transformer Engine's bound, which substrate/layers.py enforces too).
+GPU_CAPABILITY: dict[str, tuple[int, int]] = {
+    "v100": (7, 0), "t4": (7, 5), "a100": (8, 0), "a10": (8, 6), "a40": (8, 6), "l4": (8, 9), "l40": (8, 9),
+    "l40s": (8, 9), "h100": (9, 0), "h200": (9, 0), "gh200": (9, 0), "b200": (10, 0), "gb200": (10, 0)}
 
 
 @dataclass
@@ -75,6 +83,16 @@ class Container:
             args.append(f"--container-workdir={self.workdir}")
         return args
 
+    def shows(self, path: Path) -> bool:
+        """Whether host `path` is at the same path inside the container: under a mount whose source and
+        destination are the same directory (`SRC:DST[:FLAGS]`, or a lone `PATH`)."""
+        for mount in self.mounts:
+            src, _, rest = mount.partition(":")
+            dst = rest.partition(":")[0] or src
+            if src == dst and Path(path).is_relative_to(src):
+                return True
+        return False
+
 
 @dataclass
 class ClusterProfile:
@@ -84,6 +102,8 @@ class ClusterProfile:
     qos: str | None = None
     exclusive: bool = False  # whole nodes per task (--exclusive)
     gpus_per_node_available: int = 0  # GPUs a node has; a stage asking more per node is refused at load
+    gpu_type: str | None = None  # the nodes' GPU kind (a key of GPU_CAPABILITY): which precisions can run there
+    python: str | None = None  # the interpreter jobs run, where they run (in the container); default: this one
     signal_delay_s: int = 90  # SIGUSR2 this long before the time limit: the trainer checkpoints, submitit requeues
     max_requeues: int = 3  # timeouts a task may be requeued after (submitit's max_num_timeout)
     setup: list[str] = field(default_factory=list)  # shell lines before srun: module loads, NCCL env, venv
@@ -100,6 +120,10 @@ class ClusterProfile:
         _at_least("signal_delay_s", self.signal_delay_s, 10)
         _at_least("max_requeues", self.max_requeues, 0)
         _at_least("gpus_per_node_available", self.gpus_per_node_available, 0)
+        if self.gpu_type is not None and self.gpu_type not in GPU_CAPABILITY:
+            raise SchemaError("gpu_type", f"one of {', '.join(GPU_CAPABILITY)} (or null: no GPUs)", self.gpu_type)
+        if self.python is not None and not self.python.startswith("/"):
+            raise SchemaError("python", "an absolute path of the interpreter jobs run", self.python)
         for key in self.sbatch:
             if not _SBATCH_KEY.fullmatch(key):
                 raise SchemaError(f"sbatch.{key}", "an sbatch long option name without dashes, e.g. 'mail-type'")
@@ -117,7 +141,8 @@ class ClusterProfile:
         """(key path, value) of every string that reaches an #SBATCH line or srun's command line."""
         found = [(k, v) for k, v in (("name", self.name), ("partition", self.partition), ("account", self.account),
                                      ("qos", self.qos), ("container.image", self.container.image),
-                                     ("container.workdir", self.container.workdir)) if v is not None]
+                                     ("container.workdir", self.container.workdir), ("python", self.python))
+                 if v is not None]
         found += [(f"container.mounts[{i}]", m) for i, m in enumerate(self.container.mounts)]
         return found + [(f"sbatch.{k}", v) for k, v in self.sbatch.items() if isinstance(v, str)]
 
@@ -132,6 +157,7 @@ class TaskResources:
     cpus_per_task: int
     mem_gb: float
     time_min: int
+    exclusive: bool = False
 
     @property
     def gpus(self) -> int:
@@ -142,12 +168,14 @@ class TaskResources:
         return self.nodes * self.tasks_per_node * self.cpus_per_task
 
 
-def task_resources(stage: Stage, shape: StageShape) -> TaskResources:
-    pick = lambda mine, campaign: campaign if mine is None else mine  # noqa: E731
+def task_resources(stage: Stage, shape: StageShape, exclusive: bool = False) -> TaskResources:
+    """`exclusive`: the profile's own, for a stage whose shape leaves it unset."""
+    pick = lambda mine, default: default if mine is None else mine  # noqa: E731
     return TaskResources(nodes=shape.nodes, tasks_per_node=shape.tasks_per_node,
                          gpus_per_node=pick(shape.gpus_per_node, stage.gpus),
                          cpus_per_task=pick(shape.cpus_per_task, stage.cpus),
-                         mem_gb=pick(shape.mem_gb, stage.mem_gb), time_min=pick(shape.time_min, stage.timeout_min))
+                         mem_gb=pick(shape.mem_gb, stage.mem_gb), time_min=pick(shape.time_min, stage.timeout_min),
+                         exclusive=pick(shape.exclusive, exclusive))
 
 
 def load_profile(path: Path | str) -> ClusterProfile:

@@ -12,28 +12,52 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from hpc_aevo.campaign.config import Campaign, load_campaign, load_initial_policy
 from hpc_aevo.campaign.reader import ConfigError
 from hpc_aevo.jobs.backends import make_scheduler
 from hpc_aevo.jobs.candidate import Candidate
 from hpc_aevo.jobs.launcher import BudgetExhausted
+from hpc_aevo.jobs.preflight import Cluster, Finding, campaign_findings, recipe_findings
 from hpc_aevo.jobs.scheduler import SchedulerUnavailable
 from hpc_aevo.loop.daemon import CampaignStopped, Daemon, RoundState
 from hpc_aevo.loop.install import SubstrateTampered
 from hpc_aevo.scoring.score_stage import score_spec
+from hpc_aevo.search.policy import Policy
+from hpc_aevo.state.contract import RECIPE_FILE
 from hpc_aevo.state.lock import CampaignBusy, DaemonLock
 from hpc_aevo.state.records import RecordError
 from hpc_aevo.state.tree import StateTree
+
+
+def next_round(tree: StateTree) -> int:
+    """The first round that has not finished (a new campaign: 0)."""
+    return next((r for r in tree.rounds() if not (RoundState.load_or_none(tree.round_state(r)) or RoundState(r)).complete()),
+                len(tree.rounds()))
+
+
+def standing_recipe(campaign: Campaign, tree: StateTree, rnd: int) -> tuple[dict, Path, str]:
+    """(round `rnd`'s standing recipe, the file it is in, its key prefix there): what the preflight checks."""
+    if tree.policy(rnd).exists():
+        return Policy.load(tree.policy(rnd)).standing_recipe, tree.policy(rnd), "standing_recipe."
+    policy = load_initial_policy(campaign)
+    if policy.standing_source == "substrate":
+        return policy.standing_recipe, campaign.paths.substrate / RECIPE_FILE, ""
+    return policy.standing_recipe, campaign.paths.initial_policy, "standing_recipe."
+
+
+def preflight(campaign: Campaign) -> list[Finding]:
+    """Everything the cluster would refuse in the next round, before anything is submitted."""
+    tree, cluster = StateTree(campaign.paths.state_root), Cluster.of(campaign, make_scheduler(campaign))
+    return campaign_findings(cluster) + recipe_findings(*standing_recipe(campaign, tree, next_round(tree)), cluster)
 
 
 def dry_run(campaign: Campaign) -> str:
     """The next unfinished round's first submission, as the backend would send it. Needs neither the
     agents (no API key) nor the leaderboard: only the state tree and the scheduler backend."""
     tree = StateTree(campaign.paths.state_root)
-    rnd = next((r for r in tree.rounds() if not (RoundState.load_or_none(tree.round_state(r)) or RoundState(r)).complete()),
-               len(tree.rounds()))
-    scheduler = make_scheduler(campaign)
+    rnd, scheduler = next_round(tree), make_scheduler(campaign)
     candidates = [Candidate(rnd, c, tree) for c in range(campaign.candidates)]
     scored = [score_spec(c, 1, None) for c in candidates[: campaign.leaderboard.per_round]]
     return (f"# dry run of {campaign.name} round {rnd}: nothing is submitted\n"
@@ -55,8 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         load_initial_policy(campaign)
         if args.rounds is not None and args.rounds < 1:
             raise ConfigError("--rounds", "an integer >= 1", args.rounds)
+        findings = preflight(campaign)
+        for finding in findings:
+            print(f"hpc_aevo.round: {finding}", file=sys.stderr)
+        refused = sum(f.refused for f in findings)
         if args.dry_run:
             print(dry_run(campaign))
+        if refused:
+            print(f"hpc_aevo.round: the preflight refused {refused} setting(s) above; nothing was submitted", file=sys.stderr)
+            return 2
+        if args.dry_run:
             return 0
         try:
             campaign.paths.state_root.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
+from hpc_aevo.campaign.profile import TaskResources
 from hpc_aevo.jobs.spec import JobSpec
 from hpc_aevo.state.records import Record
 
@@ -67,9 +68,29 @@ class JobStatus:
     tasks: tuple[TaskUsage, ...] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class PartitionLimits:
+    """What the scheduler lets one task have, for the preflight (None: no limit, or not known)."""
+
+    name: str
+    max_time_min: int | None = None
+    max_nodes: int | None = None
+    node_mem_gb: float | None = None  # the largest node's memory
+    node_cpus: int | None = None  # the largest node's CPUs
+
+
 class Scheduler(abc.ABC):
     backend: str
     finds_by_comment = False  # find() is authoritative: an intent it cannot find was never submitted
+    gpu_type: str | None = None  # the GPU kind tasks get (a key of campaign.profile.GPU_CAPABILITY), when known
+
+    @abc.abstractmethod
+    def resources(self, stage: str) -> TaskResources:
+        """Where one task of `stage` runs: nodes, ranks, GPUs, CPUs, memory and time (for the preflight)."""
+
+    def limits(self) -> PartitionLimits | None:
+        """What the partition allows a task (None: no partition to ask); SchedulerUnavailable when unanswered."""
+        return None
 
     @abc.abstractmethod
     def free_slots(self, running: int) -> int:

@@ -18,6 +18,7 @@ from hpc_aevo.campaign.reader import ConfigError
 from hpc_aevo.jobs.backends import make_scheduler
 from hpc_aevo.jobs.candidate import Candidate
 from hpc_aevo.jobs.launcher import JobFailure, Launcher, Track, TrainTrack
+from hpc_aevo.jobs.preflight import Cluster, recipe_findings
 from hpc_aevo.loop.fork import fork_candidate, load_recipe, recipe_diff
 from hpc_aevo.loop.install import (
     SubstrateManifest,
@@ -41,7 +42,8 @@ from hpc_aevo.search.decide import decide
 from hpc_aevo.search.evidence import RoundEvidence, collect_evidence, render_markdown
 from hpc_aevo.search.policy import Policy, assign_axes
 from hpc_aevo.state.crashpoints import crashpoint
-from hpc_aevo.state.manifest import CandidateManifest
+from hpc_aevo.state.contract import RECIPE_FILE
+from hpc_aevo.state.manifest import CandidateManifest, FailedJob
 from hpc_aevo.state.records import Record, atomic_write_text, now_iso
 from hpc_aevo.state.trace import Trace
 from hpc_aevo.state.tree import CampaignRecord, StateTree
@@ -274,13 +276,36 @@ class Daemon:
                             self.campaign.budget, self.tree, track)
         launcher.run(self.candidates(rnd), lambda line: self.print_line(f"  {line}"))
 
+    def _refuse_unrunnable(self, rnd: int) -> int:
+        """Fail each proposed candidate whose recipe the cluster would refuse, before its first submission
+        (the worker's doing: a dead end); a recipe it cannot read is left to the job's recipe guard."""
+        cluster, refused = Cluster.of(self.campaign, self.scheduler), 0
+        for cand in self.candidates(rnd):
+            manifest = cand.manifest()
+            if manifest.status != "proposed" or manifest.attempts:
+                continue
+            sandbox = self.tree.sandbox(rnd, cand.index)
+            try:
+                findings = [f for f in recipe_findings(load_recipe(sandbox), sandbox / RECIPE_FILE, "", cluster) if f.refused]
+            except UntrustedFile:
+                continue
+            if findings:
+                manifest.status, manifest.failure = "failed", "; ".join(map(str, findings))
+                manifest.failed_job = FailedJob("REFUSED", None, None, "mutation")
+                cand.save(manifest)
+                cand.trace().log("daemon", "preflight-refused", reason=manifest.failure)
+                refused += 1
+        return refused
+
     def phase_train(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
         crashpoint(f"r{rnd}:train:start")
+        refused = self._refuse_unrunnable(rnd)
         self._launch(rnd, TrainTrack(self._debug_turn))
         ms = self.manifests(rnd)
         failed = sum(m.status == "failed" for m in ms)
         retried = sum(m.attempts > 1 for m in ms)
-        return f"{len(ms) - failed}/{len(ms)} trained, {retried} retried, {failed} failed"
+        return (f"{len(ms) - failed}/{len(ms)} trained, {retried} retried, {failed} failed"
+                + (f" ({refused} refused by the preflight)" if refused else ""))
 
     def _task(self, cand: Candidate, manifest: CandidateManifest, policy: Policy) -> WorkerTask:
         return WorkerTask(round=cand.round, candidate=cand.index, name=manifest.name, role=manifest.role,

@@ -9,13 +9,32 @@ and a job is alive only if a process with that pid *and* that start time exists.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import submitit
 
 from hpc_aevo.campaign.config import Stages
+from hpc_aevo.campaign.profile import GPU_CAPABILITY, TaskResources
 from hpc_aevo.jobs.body import process_start_time, run_job
 from hpc_aevo.jobs.scheduler import JobStatus, Scheduler, Submission, Submitted
 from hpc_aevo.jobs.spec import JobSpec
+
+
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one directory per GPU, each with an `information` file
+
+
+def local_gpus(root: Path = NVIDIA_GPUS) -> tuple[int, str | None]:
+    """(how many NVIDIA GPUs this machine has, their kind when it is one GPU_CAPABILITY knows), read from the
+    driver's files: the daemon never imports torch or CUDA to learn it."""
+    models = []
+    for gpu in sorted(root.glob("*")) if root.is_dir() else []:
+        try:
+            text = (gpu / "information").read_text(errors="replace")
+        except OSError:
+            continue
+        model = next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith("Model:")), "")
+        models.append(next((kind for kind in GPU_CAPABILITY if kind in model.lower().replace("-", " ").split()), None))
+    return len(models), models[0] if models and len(set(models)) == 1 else None
 
 
 def _reap(pid: int) -> None:
@@ -29,8 +48,14 @@ def _reap(pid: int) -> None:
 class LocalScheduler(Scheduler):
     backend = "local"
 
-    def __init__(self, max_parallel: int, stages: Stages):
+    def __init__(self, max_parallel: int, stages: Stages, gpus: tuple[int, str | None] | None = None):
         self.max_parallel, self.stages = max_parallel, stages
+        self.gpus, self.gpu_type = gpus if gpus is not None else local_gpus()
+
+    def resources(self, stage: str) -> TaskResources:
+        """One process on this machine, which sees all of its GPUs (the executor does not hand them out)."""
+        own = self.stages.of(stage)
+        return TaskResources(1, 1, self.gpus, own.cpus, own.mem_gb, own.timeout_min)
 
     def timeout_min(self, spec: JobSpec) -> int:
         """The job's time limit: its stages' together (training and evaluation run in one job)."""

@@ -38,9 +38,17 @@ from submitit.helpers import Checkpointable
 from submitit.slurm.slurm import SlurmJob, _make_sbatch_string
 
 from hpc_aevo.campaign.config import STAGES, Stages
-from hpc_aevo.campaign.profile import ClusterProfile, task_resources
+from hpc_aevo.campaign.profile import ClusterProfile, TaskResources, task_resources
 from hpc_aevo.jobs.body import run_job, run_rank
-from hpc_aevo.jobs.scheduler import JobStatus, Scheduler, SchedulerUnavailable, Submission, Submitted, TaskUsage
+from hpc_aevo.jobs.scheduler import (
+    JobStatus,
+    PartitionLimits,
+    Scheduler,
+    SchedulerUnavailable,
+    Submission,
+    Submitted,
+    TaskUsage,
+)
 from hpc_aevo.jobs.spec import EXIT_PREEMPTED, JobOutcome, JobSpec
 from hpc_aevo.state.crashpoints import crashpoint
 from hpc_aevo.state.records import now_iso
@@ -225,6 +233,25 @@ def _array(job_id: str | None) -> str | None:
     return None if job_id is None else job_id.split("_")[0]
 
 
+def _partition_fields(text: str, name: str | None) -> dict[str, str]:
+    """`scontrol show partition --oneliner`'s KEY=VALUE fields of partition `name` (None: the default one)."""
+    for line in text.splitlines():
+        fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+        if fields.get("PartitionName") == name or (name is None and fields.get("Default") == "YES"):
+            return fields
+    raise SchedulerUnavailable(f"scontrol shows no partition {name or '(default)'}")
+
+
+def _minutes(limit: str) -> int | None:
+    """A SLURM time limit (`UNLIMITED`, `[D-]HH:MM:SS`, `MM:SS`, minutes) in whole minutes; None: unlimited."""
+    if limit in ("UNLIMITED", "INFINITE", "NONE"):
+        return None
+    days, _, clock = limit.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    hours, minutes, seconds = ([0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0, parts[0], 0)
+    return int(days or 0) * 1440 + hours * 60 + minutes + (seconds > 0)
+
+
 def _run(command: list[str]) -> str:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -233,7 +260,8 @@ def _run(command: list[str]) -> str:
     except OSError as error:
         raise SchedulerUnavailable(f"{command[0]} cannot run here ({error})") from None
     if done.returncode != 0:
-        raise SchedulerUnavailable(f"{' '.join(command[:2])} failed ({done.returncode}): {done.stderr.strip()[:500]}")
+        said = ((done.stderr.strip() or done.stdout.strip()).splitlines() or ["no message"])[-1][:500]  # its last line
+        raise SchedulerUnavailable(f"{' '.join(command[:2])} failed ({done.returncode}): {said}")
     return done.stdout
 
 
@@ -244,19 +272,38 @@ class SlurmScheduler(Scheduler):
     def __init__(self, max_parallel: int, stages: Stages, profile: ClusterProfile, campaign: str, state_root: Path,
                  poll_interval_s: float):
         self.max_parallel, self.profile, self.campaign = max_parallel, profile, campaign
-        self.resources = {name: task_resources(stages.of(name), getattr(profile.stages, name)) for name in STAGES}
+        self._resources = {name: task_resources(stages.of(name), getattr(profile.stages, name), profile.exclusive)
+                           for name in STAGES}
+        self.gpu_type = profile.gpu_type
         self.tree = StateTree(state_root)
         self.campaign_id = f"{campaign}-{hashlib.sha256(str(state_root).encode()).hexdigest()[:10]}"
         self.min_query_interval_s = max(poll_interval_s, 1.0)
         self.calls: Counter[str] = Counter()  # scheduler commands run, by name (sacct, sbatch, ...), for the benchmark
         self._cache: tuple[float, frozenset[str], dict[str, tuple[str, float, str]]] | None = None
 
+    def resources(self, stage: str) -> TaskResources:
+        return self._resources[stage]
+
+    def limits(self) -> PartitionLimits:
+        """The profile's partition (or the cluster's default one), from scontrol and sinfo."""
+        fields = _partition_fields(_run(["scontrol", "show", "partition", "--oneliner", *filter(None, [self.profile.partition])]),
+                                   self.profile.partition)
+        name = fields["PartitionName"]
+        nodes = [line.split() for line in _run(["sinfo", "--noheader", "--Node", f"--partition={name}", "--format=%m %c"])
+                 .splitlines() if line.strip()]
+        mem = [int(m) for m, _ in nodes if m.isdigit()]
+        cpus = [int(c) for _, c in nodes if c.isdigit()]
+        max_nodes = fields.get("MaxNodes", "UNLIMITED")
+        return PartitionLimits(name, _minutes(fields.get("MaxTime", "UNLIMITED")),
+                               int(max_nodes) if max_nodes.isdigit() else None,
+                               max(mem) / 1024 if mem else None, max(cpus) if cpus else None)
+
     # ---- submitting ------------------------------------------------------------------------
     def free_slots(self, running: int) -> int:
         return 1 << 30  # SLURM throttles with the array's %max_parallel: submit every candidate at once
 
     def _parameters(self, stage: str, rnd: int, batch: str, dependency: str | None) -> dict:
-        res, profile = self.resources[stage], self.profile
+        res, profile = self._resources[stage], self.profile
         params = dict(job_name=f"r{rnd:03d}.{stage}.{self.campaign}", time=res.time_min, nodes=res.nodes,
                       ntasks_per_node=res.tasks_per_node, cpus_per_task=res.cpus_per_task, mem=f"{int(res.mem_gb)}GB"
                       if res.mem_gb == int(res.mem_gb) else f"{int(res.mem_gb * 1024)}MB",
@@ -272,7 +319,7 @@ class SlurmScheduler(Scheduler):
         for key in ("partition", "account", "qos"):
             if getattr(profile, key) is not None:
                 params[key] = getattr(profile, key)
-        if profile.exclusive:
+        if res.exclusive:
             params["exclusive"] = True
         if dependency is not None:
             params["dependency"] = dependency
@@ -282,7 +329,8 @@ class SlurmScheduler(Scheduler):
         return params
 
     def _executor(self, folder: Path, params: dict) -> CandidateArrayExecutor:
-        executor = CandidateArrayExecutor(folder=folder, max_num_timeout=self.profile.max_requeues)
+        executor = CandidateArrayExecutor(folder=folder, max_num_timeout=self.profile.max_requeues,
+                                          python=self.profile.python)
         executor.update_parameters(**{k: v for k, v in params.items() if k != "mem"})
         executor.parameters["mem"] = params["mem"]
         return executor
@@ -317,7 +365,8 @@ class SlurmScheduler(Scheduler):
             params["additional_parameters"] = {**params["additional_parameters"], "array": array}
             folder = self.tree.slurm_dir(_round(specs[0]))
             # submitit's own command line; its executor refuses to exist where srun is missing (a dry run need not)
-            command = " ".join([sys.executable, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+            command = " ".join([self.profile.python or sys.executable, "-u -m submitit.core._submit",
+                                shlex.quote(str(folder))])
             script = _make_sbatch_string(command=command, folder=folder, map_count=len(specs), **params)
             out.append(f"# ---- {stage} array: candidates {', '.join(s.key for s in specs)} ----\n{script}")
         return "\n".join(out)
@@ -425,9 +474,9 @@ class SlurmScheduler(Scheduler):
         """Time limit x allocation of the attempt's tasks (train and eval, or score), times the requeues a
         timeout may add to training."""
         if stage == "score":
-            res = self.resources["score"]
+            res = self._resources["score"]
             return res.time_min / 60 * res.cpus, res.time_min / 60 * res.gpus
-        chained = [self.resources["train"], self.resources["eval"]]
+        chained = [self._resources["train"], self._resources["eval"]]
         runs = self.profile.max_requeues + 1
         cpu = sum(r.time_min / 60 * r.cpus for r in chained) * runs
         gpu = sum(r.time_min / 60 * r.gpus for r in chained) * runs
