@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpc_aevo.campaign.profile import TaskResources
 from hpc_aevo.jobs.scheduler import JobStatus, Scheduler, SchedulerUnavailable, Submission, Submitted, TaskUsage
 from hpc_aevo.jobs.spec import Claim, JobOutcome, JobSpec, StageRun
 from hpc_aevo.state.records import now_iso
@@ -79,6 +80,9 @@ class FakeScheduler(Scheduler):
         self._down: range = range(0)  # ticks during which the scheduler does not answer
         self._unanswered_submits = 0
         self.peak = 0  # the most jobs queued or running at once
+
+    def resources(self, stage: str) -> TaskResources:
+        return TaskResources(1, 1, self.gpus, self.cpus, 1.0, 60)
 
     # ---- scripting -------------------------------------------------------------------------
     def script(self, key: str, attempt: int, *plans: Plan) -> None:

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -107,9 +108,14 @@ def test_killed_at_each_crash_point_in_turn_the_campaign_ends_as_if_uninterrupte
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     # Each restart says where it picks up, and what it takes over, before anything else happens.
     after_intent = said[CRASH_POINTS[CRASH_POINTS.index("r0:train:intent") + 1]]
-    assert "] resuming r000 at train" in after_intent and "adopting 2 train job(s)" in after_intent, after_intent
+    assert "] resuming r000 at train (begun " in after_intent and "adopting 2 train job(s)" in after_intent, after_intent
     assert "] resuming r000 at meta" in resumed.stdout, resumed.stdout
     state = tmp_path / "crashed" / "state"
+    # A phase's time runs from when it first began, over every daemon that worked on it, not the last one's share.
+    rnd = json.loads((state / "rounds/r000/round.json").read_text())
+    for phase, done in rnd["phases"].items():
+        span = (datetime.fromisoformat(done["finished_at"]) - datetime.fromisoformat(rnd["started"][phase])).total_seconds()
+        assert abs(done["elapsed_s"] - span) < 1.5, (phase, done, rnd["started"][phase])
     assert set(launches(state).values()) == {1}, launches(state)
     for train_log in state.glob("rounds/r*/cand-*/jobs/attempt-1.train.log"):
         assert "resumed" not in train_log.read_text()  # trained once, from step 0 to the end

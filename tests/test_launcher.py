@@ -75,6 +75,18 @@ class TrainPhase:
         return [event["event"] for event in self.candidates[c].trace().events()]
 
 
+@pytest.mark.parametrize("every_s,said", [(0.0, 3), (3600.0, 0)])
+def test_a_heartbeat_line_is_said_at_most_every_heartbeat_while_jobs_are_in_flight(root, monkeypatch, every_s, said):
+    monkeypatch.setattr(Launcher, "HEARTBEAT_S", every_s)
+    scheduler = FakeScheduler(arrays=True)
+    scheduler.script(key(0), 1, Plan(polls=3))
+    phase = TrainPhase(root, scheduler, 1)
+    Launcher(scheduler, 2, 0, Budget(), phase.tree, TrainTrack(phase._debug_turn)).run(
+        phase.candidates, phase.lines.append, lambda: "train 1m00s: 1 training")
+    assert phase.lines.count("train 1m00s: 1 training") == said
+    assert phase.states() == all_trained(1)
+
+
 def all_trained(n: int, attempts: int = 1) -> dict[str, tuple[str, int]]:
     return {key(c): ("trained", attempts) for c in range(n)}
 

@@ -15,7 +15,8 @@ from tiny_campaign import REPO, write_campaign
 from hpc_aevo.campaign.config import load_campaign
 from hpc_aevo.cli import status
 from hpc_aevo.jobs.spec import JobOutcome, StageRun
-from hpc_aevo.report.progress import TaskProgress, describe
+from hpc_aevo.report.progress import TaskProgress, describe, stage_progress
+from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.state.tree import StateTree
 
 
@@ -33,6 +34,16 @@ def test_running_task_shows_step_loss_throughput_and_eta(campaign_file):
     text = status.render(doc)
     assert "  running: r002/cand-02 #1 train step 75/100 (75%), loss 1.250, 64 tok/s, ETA 12s" in text
     assert "rank corr 1.000" in text  # rounded, not 1.0000000000000002
+
+
+def test_the_daemons_minute_line_counts_each_stage_and_names_the_training_steps(campaign_file):
+    tree = StateTree(load_campaign(campaign_file).paths.state_root)
+    manifests = [CandidateManifest.load(tree.manifest(2, c)) for c in range(3)]
+    assert stage_progress(tree, manifests, "train", 245) == (
+        "train 4m05s: 1 training (cand-02 75/100 loss 1.250; ETA 12s), 2 done")
+    manifests[0].status, manifests[0].failure = "failed", "exit 1"
+    assert stage_progress(tree, manifests[:1], "train", 5) == "train 5s: 1 failed"
+    assert stage_progress(tree, manifests[1:2], "score", 60) == "score 1m00s: nothing in flight"
 
 
 def test_progress_lines_for_each_stage():

@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpc_aevo.round: {exc}; nothing is lost: run the same command again once the scheduler answers",
               file=sys.stderr)
         return 75  # EX_TEMPFAIL
-    print(f"[{campaign.name}] campaign done in {time.time() - started:.1f}s; "
+    tree = StateTree(campaign.paths.state_root)
+    phases = sum(p.elapsed_s for r in tree.rounds() for p in (RoundState.load_or_none(tree.round_state(r))
+                                                               or RoundState(r)).phases.values())
+    print(f"[{campaign.name}] campaign done in {time.time() - started:.1f}s ({phases:.1f}s of phases over all its runs); "
           f"status: python -m hpc_aevo.status {args.campaign}", flush=True)
     return 0
 

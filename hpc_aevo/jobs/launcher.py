@@ -26,7 +26,6 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -39,7 +38,7 @@ from hpc_aevo.jobs.spec import Claim, JobOutcome, JobSpec, log_tail
 from hpc_aevo.state.crashpoints import crashpoint
 from hpc_aevo.state.ledger import TaskCharge, load_ledger, record_charges
 from hpc_aevo.state.manifest import CandidateManifest, FailedJob
-from hpc_aevo.state.records import now_iso
+from hpc_aevo.state.records import now_iso, seconds_since
 from hpc_aevo.state.tree import StateTree
 
 CLAIM_GRACE_S = 20.0  # how long an intent without job id waits for its job's claim before resubmitting
@@ -143,11 +142,10 @@ class InFlight:
         self.submission.save(self.track.submission_path(self.cand, self.job.attempts))
 
 
-def _age_s(iso: str) -> float:
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
-
 
 class Launcher:
+    HEARTBEAT_S = 60.0  # at most one progress summary a minute: a long stage is not silent, nor a log flood
+
     def __init__(self, scheduler: Scheduler, max_attempts: int, poll_interval_s: float, budget: Budget,
                  tree: StateTree, track: Track):
         self.scheduler, self.max_attempts, self.poll_interval_s = scheduler, max_attempts, poll_interval_s
@@ -215,7 +213,7 @@ class Launcher:
                 if self._adopt_through_claim(f):
                     watched.append(f)
                     continue
-                if _age_s(f.submission.submitted_at) < CLAIM_GRACE_S:
+                if seconds_since(f.submission.submitted_at) < CLAIM_GRACE_S:
                     continue
             f.cand.trace().log("daemon", "resubmitting-unconfirmed", stage=self.track.stage, attempt=f.job.attempts)
             resubmit.append(f)
@@ -246,8 +244,11 @@ class Launcher:
         cand.trace().log("daemon", "adopted", attempt=attempt, pid=claim.pid)
         return True
 
-    def run(self, candidates: list[Candidate], progress: Callable[[str], None]) -> None:
-        """Drive every candidate's job of this track to done (or failed); returns when none is in flight."""
+    def run(self, candidates: list[Candidate], progress: Callable[[str], None],
+            heartbeat: Callable[[], str] | None = None) -> None:
+        """Drive every candidate's job of this track to done (or failed); returns when none is in flight.
+        `heartbeat()`: a summary line, said every HEARTBEAT_S while jobs are in flight."""
+        last_said = time.monotonic()
         flights = [f for f in (InFlight.load(c, self.track) for c in candidates) if f.active]
         earlier = [f.cand.key for f in flights if f.submission is not None]
         if earlier:  # a restarted daemon: what it takes over before it submits anything
@@ -286,6 +287,9 @@ class Launcher:
                     message = outcome.message if outcome else _no_outcome(state)
                     self._failed(f, state, message, status, progress, outcome)
             self._submit(to_submit[: self.scheduler.free_slots(running)], running)
+            if heartbeat and any(f.active for f in flights) and time.monotonic() - last_said >= self.HEARTBEAT_S:
+                last_said = time.monotonic()
+                progress(heartbeat())
             time.sleep(self.poll_interval_s)
 
     def _charges(self, flight: InFlight, status: JobStatus, outcome: JobOutcome | None, state: str) -> list[TaskCharge]:
@@ -354,5 +358,5 @@ def charge_from_claim(key: str, attempt: int, job_id: str | None, claim: Claim |
     it is charged one CPU from its claim until now, what it can have used at most (never-started: nothing)."""
     wall = 0.0
     if claim is not None:
-        wall = max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(claim.started_at)).total_seconds())
+        wall = max(0.0, seconds_since(claim.started_at))
     return TaskCharge(key, attempt, stage, job_id, state, wall, 1, 0, wall / 3600.0, 0.0)

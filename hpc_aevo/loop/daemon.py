@@ -7,7 +7,6 @@ part of one phase: candidates already forked, proposed, trained or scored are le
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
@@ -30,6 +29,7 @@ from hpc_aevo.loop.install import (
 )
 from hpc_aevo.loop.substrate_check import contract_failure
 from hpc_aevo.report import build as report
+from hpc_aevo.report.progress import duration, stage_progress
 from hpc_aevo.roles.factory import make_roles
 from hpc_aevo.roles.interface import WorkerFailed, WorkerTask
 from hpc_aevo.sandbox.jobs import preflight, unconfined_here
@@ -44,7 +44,7 @@ from hpc_aevo.search.policy import Policy, assign_axes
 from hpc_aevo.state.crashpoints import crashpoint
 from hpc_aevo.state.contract import RECIPE_FILE
 from hpc_aevo.state.manifest import CandidateManifest, FailedJob
-from hpc_aevo.state.records import Record, atomic_write_text, now_iso
+from hpc_aevo.state.records import Record, atomic_write_text, now_iso, seconds_since
 from hpc_aevo.state.trace import Trace
 from hpc_aevo.state.tree import CampaignRecord, StateTree
 from hpc_aevo.state.untrusted import UntrustedFile
@@ -59,16 +59,22 @@ class CampaignStopped(RuntimeError):
 @dataclass
 class PhaseDone:
     finished_at: str
-    elapsed_s: float
+    elapsed_s: float  # wall time since the phase first began, across daemon restarts
 
 
 @dataclass
 class RoundState(Record):
     SCHEMA = "hpc_aevo.round_state"
-    VERSION = 1
+    VERSION = 2
+    OLDER_VERSIONS = (1,)  # without `started`
 
     round: int
     phases: dict[str, PhaseDone] = field(default_factory=dict)
+    started: dict[str, str] = field(default_factory=dict)  # when each phase first began (ISO 8601, UTC)
+
+    def since_start(self, phase: str) -> float:
+        """Seconds since `phase` first began, whichever daemon began it."""
+        return seconds_since(self.started[phase])
 
     def complete(self) -> bool:
         return all(p in self.phases for p in PHASES)
@@ -274,7 +280,10 @@ class Daemon:
     def _launch(self, rnd: int, track: Track) -> None:
         launcher = Launcher(self.scheduler, self.campaign.retries.max_attempts, self.campaign.scheduler.poll_interval_s,
                             self.campaign.budget, self.tree, track)
-        launcher.run(self.candidates(rnd), lambda line: self.print_line(f"  {line}"))
+        phase = "train" if track.stage == "train" else "score"
+        launcher.run(self.candidates(rnd), lambda line: self.print_line(f"  {line}"),
+                     lambda: stage_progress(self.tree, self.manifests(rnd), track.stage,
+                                            self._round_state.since_start(phase)))
 
     def _refuse_unrunnable(self, rnd: int) -> int:
         """Fail each proposed candidate whose recipe the cluster would refuse, before its first submission
@@ -416,11 +425,14 @@ class Daemon:
                 continue
             self.steer(round_start=not state.phases)
             self._verify_frozen(record)
-            started = time.time()
+            if phase not in state.started:
+                state.started[phase] = now_iso("milliseconds")
+                state.save(state_path)
+            self._round_state = state
             summary = getattr(self, f"phase_{phase}")(rnd, policy, record)
-            state.phases[phase] = PhaseDone(now_iso(), time.time() - started)
+            state.phases[phase] = PhaseDone(now_iso(), state.since_start(phase))
             state.save(state_path)
-            self.print_line(f"[{self.campaign.name} r{rnd:03d}] {phase:<7} {time.time() - started:6.1f}s  {summary}")
+            self.print_line(f"[{self.campaign.name} r{rnd:03d}] {phase:<7} {state.phases[phase].elapsed_s:6.1f}s  {summary}")
         self._verify_frozen(record)
         report.refresh(self.campaign, self.print_line)
 
@@ -438,7 +450,8 @@ class Daemon:
             if state is None or not state.complete():
                 if resumed:  # say where a restart picks up before its first phase line, which may be minutes away
                     phase = next(p for p in PHASES if state is None or p not in state.phases)
-                    self.print_line(f"[{self.campaign.name}] resuming r{rnd:03d} at {phase}")
+                    begun = f" (begun {duration(state.since_start(phase))} ago)" if state and phase in state.started else ""
+                    self.print_line(f"[{self.campaign.name}] resuming r{rnd:03d} at {phase}{begun}")
                     resumed = False
                 self.run_round(rnd, record)
             rnd += 1

@@ -94,3 +94,34 @@ def describe(p: TaskProgress) -> str:
     if p.log_age_s is not None and p.log_age_s >= 60:
         parts.append(f"last line {duration(p.log_age_s)} ago")
     return ", ".join(parts)
+
+
+def stage_progress(tree: StateTree, manifests: list[CandidateManifest], stage: str, elapsed_s: float) -> str:
+    """The daemon's one line while a long stage runs: 'train 6m05s: 2 training (cand-01 75/100 loss 1.250,
+    cand-03 40/100 loss 1.310; ETA 3m10s), 1 evaluating, 1 queued, 3 done, 1 failed'."""
+    counts: dict[str, int] = {}
+    training, etas = [], []
+    for m in manifests:
+        if stage == "score":
+            what = "done" if m.measured.leaderboard is not None else (
+                {"submitted": "scoring", "failed": "failed"}.get(m.scoring.status, "") if m.scoring else "")
+        elif m.status == "failed":
+            what = "failed"
+        elif m.status in ("trained", "evaluated"):
+            what = "done"
+        elif (p := task_progress(tree, m)) is None:
+            what = ""
+        else:
+            what = {"queued": "queued", "train": "training", "eval": "evaluating", "ended": "ending"}[p.stage]
+            if p.stage == "train" and p.step is not None:
+                training.append(f"{m.name} {p.step}/{p.total or '?'} loss {p.loss:.3f}")
+                etas += [p.eta_s] if p.eta_s is not None else []
+        if what:
+            counts[what] = counts.get(what, 0) + 1
+    parts = []
+    for what in ("training", "evaluating", "scoring", "ending", "queued", "done", "failed"):
+        if what not in counts:
+            continue
+        detail = "; ".join(filter(None, [", ".join(training), f"ETA {duration(max(etas))}" if etas else ""]))
+        parts.append(f"{counts[what]} {what}" + (f" ({detail})" if what == "training" and detail else ""))
+    return f"{stage} {duration(elapsed_s)}: {', '.join(parts) or 'nothing in flight'}"

@@ -194,5 +194,10 @@ def read_jsonl(path: Path) -> list[dict]:
     return entries
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def now_iso(timespec: str = "seconds") -> str:
+    return datetime.now(timezone.utc).isoformat(timespec=timespec)
+
+
+def seconds_since(iso: str) -> float:
+    """Seconds from an ISO 8601 time with its offset (as now_iso writes) to now."""
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()

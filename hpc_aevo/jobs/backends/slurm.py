@@ -29,7 +29,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 import submitit
@@ -51,7 +50,7 @@ from hpc_aevo.jobs.scheduler import (
 )
 from hpc_aevo.jobs.spec import EXIT_PREEMPTED, JobOutcome, JobSpec
 from hpc_aevo.state.crashpoints import crashpoint
-from hpc_aevo.state.records import now_iso
+from hpc_aevo.state.records import now_iso, seconds_since
 from hpc_aevo.state.tree import CandidateRef, StateTree
 
 # sacct states of a job that is still queued or running (anything else is an end state).
@@ -224,9 +223,6 @@ def _tasks(submission: Submission) -> list[tuple[str, str | None]]:
         return [("score", submission.job_id)]
     return [("train", submission.job_id), ("eval", submission.eval_job_id)]
 
-
-def _age_s(iso: str) -> float:
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
 
 
 def _array(job_id: str | None) -> str | None:
@@ -406,7 +402,7 @@ class SlurmScheduler(Scheduler):
         scheduler does not answer, every job counts as still queued: an outage never ends a job, so a
         slurmctld restart can make the daemon wait, never retry a candidate that is still running."""
         arrays = frozenset(a for s in submissions for a in (_array(s.job_id), _array(s.eval_job_id)) if a)
-        oldest_s = max((_age_s(s.submitted_at) for s in submissions), default=0.0)
+        oldest_s = max((seconds_since(s.submitted_at) for s in submissions), default=0.0)
         try:
             rows = self._sacct(arrays, since_days=int(oldest_s // 86400) + 2) if arrays else {}
             unlisted = frozenset(_array(j) for s in submissions for _, j in _tasks(s) if j and j not in rows)
@@ -417,7 +413,7 @@ class SlurmScheduler(Scheduler):
             return [JobStatus(alive=True, ended=None, tasks=()) for _ in submissions]
         answers = []
         for s in submissions:
-            young = _age_s(s.submitted_at) < SACCT_LAG_S
+            young = seconds_since(s.submitted_at) < SACCT_LAG_S
             tasks, states = [], []
             for stage, job in _tasks(s):
                 state, elapsed, alloc = rows.get(job, ("PENDING" if young else "UNKNOWN", 0.0, ""))
