@@ -1,4 +1,5 @@
-"""`python -m hpc_aevo.bench train|pack|noise`: the training benchmarks and the false-promotion rate (hpc_aevo/tools/bench.py)."""
+"""`python -m hpc_aevo.bench train|pack|noise|search`: the training benchmarks, the false-promotion rate and the
+search against Optuna and random search (hpc_aevo/tools/bench.py)."""
 
 import sys
 

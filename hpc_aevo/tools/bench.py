@@ -3,6 +3,7 @@
     python -m hpc_aevo.bench train [--preset anchor-1.86b|cpu-small|moe-gpu|moe-cpu-small] [--hidden ...] --out bench-train.json
     python -m hpc_aevo.bench pack [--seq-len 128] [--steps 60] --out bench-pack.json
     python -m hpc_aevo.bench noise [--rounds 10000] --out bench-noise.json   (hpc_aevo/tools/bench_noise.py)
+    python -m hpc_aevo.bench search [--seeds 3] [--quick] --out bench-search.json   (hpc_aevo/tools/bench_search.py)
 
 `train`: synthetic tokens through one model shape (Llama: RMSNorm, SwiGLU, RoPE, untied
 embeddings) in one run, for every backend this machine has: megatron-core with the substrate's
@@ -43,7 +44,7 @@ from pathlib import Path
 import yaml
 
 from hpc_aevo.state.records import Record
-from hpc_aevo.tools import bench_noise
+from hpc_aevo.tools import bench_noise, bench_search
 
 SUBSTRATE = Path(__file__).resolve().parents[2] / "substrate"
 DEMO_CAMPAIGN = Path(__file__).resolve().parents[2] / "campaigns" / "demo.yaml"
@@ -468,6 +469,14 @@ def main(argv: list[str] | None = None) -> None:
     noise.add_argument("--rho", type=float, default=0.0, help="correlation of one seed's dev and held-out noise")
     noise.add_argument("--seed", type=int, default=0)
     noise.add_argument("--out", type=Path, default=Path("bench-noise.json"))
+    search = sub.add_parser("search", help="the campaign loop against Optuna TPE and random search at equal candidates")
+    search.add_argument("--campaign", type=Path, default=DEMO_CAMPAIGN,
+                        help="substrate, anchors, workers, rounds and initial policy (default: campaigns/demo.yaml)")
+    search.add_argument("--seeds", type=int, default=None, help="campaign seeds per method (default 3; --quick 2)")
+    search.add_argument("--rounds", type=int, default=None, help="the loop's rounds (default: the campaign's; --quick 1)")
+    search.add_argument("--jobs", type=int, default=2, help="candidates trained at once by TPE and random search")
+    search.add_argument("--quick", action="store_true", help="a tiny recipe, 2 seeds: minutes, for CI")
+    search.add_argument("--out", type=Path, default=Path("bench-search.json"))
     one = sub.add_parser("_one", help=argparse.SUPPRESS)
     one.add_argument("backend")
     one.add_argument("shape")
@@ -489,6 +498,13 @@ def main(argv: list[str] | None = None) -> None:
         bench_noise.bench_noise(args.campaign, args.rounds, args.trap_rounds, args.dev_std, args.leaderboard_std,
                                 args.rho, args.seed, args.out, args.anchors, args.workers,
                                 shlex.join(["python", "-m", "hpc_aevo.bench", *(sys.argv[1:] if argv is None else argv)]))
+    elif args.command == "search":
+        for name in ("seeds", "rounds", "jobs"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                search.error(f"--{name}: expected an integer >= 1 (got {getattr(args, name)})")
+        bench_search.bench_search(args.campaign, args.seeds or (2 if args.quick else 3), args.rounds, args.jobs,
+                                  args.quick, args.out,
+                                  shlex.join(["python", "-m", "hpc_aevo.bench", *(sys.argv[1:] if argv is None else argv)]))
     elif args.command == "train":
         import torch
 
