@@ -42,8 +42,9 @@ def test_the_daemons_minute_line_counts_each_stage_and_names_the_training_steps(
     assert stage_progress(tree, manifests, "train", 245) == (
         "train 4m05s: 1 training (cand-02 75/100 loss 1.250; ETA 12s), 2 done")
     manifests[0].status, manifests[0].failure = "failed", "exit 1"
-    assert stage_progress(tree, manifests[:1], "train", 5) == "train 5s: 1 failed"
-    assert stage_progress(tree, manifests[1:2], "score", 60) == "score 1m00s: nothing in flight"
+    manifests[1].status = "proposed"  # not submitted yet: no free slot
+    assert stage_progress(tree, manifests[:2], "train", 5) == "train 5s: 1 waiting, 1 failed"
+    assert stage_progress(tree, manifests[2:], "score", 60) == "score 1m00s: nothing in flight"
 
 
 def test_progress_lines_for_each_stage():

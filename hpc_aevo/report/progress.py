@@ -109,6 +109,8 @@ def stage_progress(tree: StateTree, manifests: list[CandidateManifest], stage: s
             what = "failed"
         elif m.status in ("trained", "evaluated"):
             what = "done"
+        elif m.status == "proposed":
+            what = "waiting"  # for a free slot (max_parallel) or a retry's submission
         elif (p := task_progress(tree, m)) is None:
             what = ""
         else:
@@ -119,7 +121,7 @@ def stage_progress(tree: StateTree, manifests: list[CandidateManifest], stage: s
         if what:
             counts[what] = counts.get(what, 0) + 1
     parts = []
-    for what in ("training", "evaluating", "scoring", "ending", "queued", "done", "failed"):
+    for what in ("training", "evaluating", "scoring", "ending", "queued", "waiting", "done", "failed"):
         if what not in counts:
             continue
         detail = "; ".join(filter(None, [", ".join(training), f"ETA {duration(max(etas))}" if etas else ""]))
