@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_decoupling import EXAMPLES, TRAP, Effect, recipes_for, synthetic_policy, synthetic_round, uniform
+from test_decoupling import BAND, EXAMPLES, TRAP, Effect, recipes_for, synthetic_policy, synthetic_round, uniform
 
 from hpc_aevo.search.axes import AXES, applies, categories_of
 from hpc_aevo.search.constitution import CheckContext, PolicyDecision, constitution_hash
@@ -46,6 +46,13 @@ def test_a_real_leaderboard_gain_is_promoted_with_its_numbers():
     assert decision.promotion.candidate == "r001/cand-03"
     assert decision.promotion.leaderboard_gain == pytest.approx(0.06) and not decision.fallback_used
     assert any(c.startswith("promoted r001/cand-03") for c in decision.changes)
+
+
+def test_a_leaderboard_gain_inside_the_corrected_bar_is_not_promoted():
+    """Above the band, but the best of six workers against two anchors clears one band by chance too often."""
+    [(policy, decision)] = _campaign([dict(effects={3: uniform(0.06, BAND * 1.2)})])
+    assert policy.standing_source == "substrate" and decision.promotion is None
+    assert any(c.startswith("no promotion: best cand-03") for c in decision.changes)
 
 
 def test_promotion_keeps_the_previous_standing_seed():

@@ -213,7 +213,8 @@ def _promote(policy: Policy, previous: Policy, evidence: RoundEvidence, recipes:
     Under promote_on "leaderboard_transfer" a worker the calibration flagged is not eligible. The new
     standing recipe is the worker's recipe with the previous standing seed.
     """
-    bar = promotion_bar(previous, evidence.anchors)
+    contenders = sum(c.role == "worker" and c.leaderboard_gain is not None for c in evidence.candidates)
+    bar = promotion_bar(previous, evidence.anchors, contenders)
     flagged = ({f.candidate for f in evidence.calibration.flags if f.candidate}
                if policy.evidence.promote_on == "leaderboard_transfer" else set())
     eligible = [c for c in evidence.candidates if c.role == "worker" and c.leaderboard_gain is not None
