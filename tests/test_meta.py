@@ -68,6 +68,14 @@ def test_a_dev_gain_without_a_leaderboard_gain_is_not_promoted():
     assert any(c.startswith("no promotion: best cand-03 +0.0100") for c in decision.changes)
 
 
+def test_a_loss_bans_its_idea_only_beyond_the_noise_bar():
+    """The registry never shrinks: a loss inside the bar the worst of six workers reaches on noise is no ban."""
+    [(policy, _)] = _campaign([dict(effects={3: uniform(0.0, -BAND * 1.2)})])
+    assert policy.dead_ends == []
+    [(policy, _)] = _campaign([dict(effects={3: uniform(0.0, -BAND * 1.6)})])
+    assert [d.change for d in policy.dead_ends] == ["data.filter.max_len:down"]
+
+
 def test_dead_ends_only_grow_across_rounds_and_carry_their_round():
     results = _campaign([dict(effects={3: uniform(-0.05, -0.1)}), dict(effects={4: uniform(0.0, -0.1)}), {}])
     registries = [[(d.change, d.round) for d in policy.dead_ends] for policy, _ in results]

@@ -84,19 +84,25 @@ def scored_workers(manifests: list[CandidateManifest]) -> int:
     return sum(m.role == "worker" and evaluated(m) and m.measured.leaderboard is not None for m in manifests)
 
 
-def promotion_bar(previous: Policy, anchors: AnchorStats, contenders: int) -> float:
-    """The leaderboard gain over the anchor mean that the best of `contenders` workers must exceed (C2).
+def noise_bar(previous: Policy, anchors: AnchorStats, contenders: int) -> float:
+    """How far the best (or the worst) of `contenders` workers' leaderboard gains over the anchor mean may
+    stray on seed noise alone, in all but FALSE_PROMOTION_RATE of rounds.
 
-    Why more than the band: the band is 2 sigma of one score, but a promotion takes the best of several
-    workers against the mean of k anchors, so the gain it tests has sigma * sqrt(1 + 1/k) and is the
-    largest of `contenders` draws. With a z-quantile Bonferroni-corrected over the contenders, seed noise
-    alone clears the bar in at most FALSE_PROMOTION_RATE of rounds (sigma: half the wider of the policy's
-    band and this round's anchor band). The bar never falls below the band or the threshold.
+    Why more than the band: the band is 2 sigma of one score, but the round picks the extreme of several
+    workers against the mean of k anchors, so the gain has sigma * sqrt(1 + 1/k) and is the largest of
+    `contenders` draws: a z-quantile Bonferroni-corrected over them (sigma: half the wider of the policy's
+    band and this round's anchor band). Never below that band.
     """
     band = max(previous.noise_band, anchor_band(previous, anchors))
     k = max(1, len(anchors.leaderboard_scores))
     z = NormalDist().inv_cdf(1 - FALSE_PROMOTION_RATE / max(1, contenders))
-    return max(previous.promotion_threshold, band, band / 2 * math.sqrt(1 + 1 / k) * z)
+    return max(band, band / 2 * math.sqrt(1 + 1 / k) * z)
+
+
+def promotion_bar(previous: Policy, anchors: AnchorStats, contenders: int) -> float:
+    """The leaderboard gain over the anchor mean that the best of `contenders` workers must exceed (C2):
+    the noise bar, and the policy's promotion threshold (the smallest gain worth a new standing recipe)."""
+    return max(previous.promotion_threshold, noise_bar(previous, anchors, contenders))
 
 
 def plateau_flags(history: list[RoundEvidence]) -> list[bool]:
