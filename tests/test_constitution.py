@@ -11,9 +11,9 @@ from test_decoupling import BAND, EXAMPLES, recipes_for, synthetic_policy, synth
 
 from hpc_aevo.search.constitution import (
     CONSTITUTION_PATH, RULES, CheckContext, PolicyDecision, Promotion, RejectedProposal, Violation, anchor_band,
-    check_policy, constitution_hash, plateau_flags, plateau_streak, without_seed,
+    check_policy, constitution_hash, plateau_flags, plateau_streak, promotion_bar, without_seed,
 )
-from hpc_aevo.search.decoupling import anchor_stats
+from hpc_aevo.search.decoupling import AnchorStats, anchor_stats
 from hpc_aevo.search.evidence import collect_evidence
 from hpc_aevo.search.policy import DeadEnd
 
@@ -93,7 +93,25 @@ def test_c2_refuses_a_gain_inside_the_band():
     assert _rules(violations) == ["C2"] and "does not exceed" in violations[0].message
 
 
-def test_c2_bar_is_the_anchor_measured_band_when_it_is_wider_than_the_threshold():
+def test_c2_bar_corrects_the_band_for_the_anchors_and_the_workers_compared():
+    """The demo's shape (band 0.016, 1 anchor, 3 workers): the best of three gains of sigma sqrt(2) each
+    clears 0.016 by chance in one round in six; the bar is z(1 - 0.05/3) sigma sqrt(2) = 0.0241."""
+    policy = synthetic_policy(1, noise_band=0.016, promotion_threshold=0.016)
+    one = AnchorStats(leaderboard_scores=[0.05])
+    assert promotion_bar(policy, one, 3) == pytest.approx(0.008 * 2 ** 0.5 * 2.128, abs=1e-4)
+    assert promotion_bar(policy, one, 6) > promotion_bar(policy, one, 3)  # more contenders, luckier best
+    many = AnchorStats(leaderboard_scores=[0.05] * 50)  # k -> many: a one-sided 5% test of one score
+    assert promotion_bar(policy, many, 1) == 0.016  # ... would be 1.66 sigma, but the bar never falls below the band
+    assert promotion_bar(synthetic_policy(1, noise_band=0.016, promotion_threshold=0.05), one, 3) == 0.05
+
+
+def test_c2_refuses_a_gain_above_the_band_but_within_the_corrected_bar():
+    previous, history, ctx = _round(effects={3: uniform(0.06, BAND * 1.2)})  # 2 anchors, 6 workers: bar 1.47 bands
+    violations = check_policy(previous, _next(previous, **_promote(ctx, "cand-03")), history, ctx)
+    assert _rules(violations) == ["C2"] and "corrected for the anchors and workers" in violations[0].message
+
+
+def test_c2_bar_grows_with_the_anchor_measured_band_when_it_is_wider_than_the_threshold():
     previous, history, ctx = _round(effects={3: uniform(0.0, 0.045)})
     ctx.manifests[1].measured.leaderboard += 0.04  # anchors 0.04 apart: band 2 x 0.028
     anchors = anchor_stats(ctx.manifests)

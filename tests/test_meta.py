@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_decoupling import EXAMPLES, TRAP, Effect, recipes_for, synthetic_policy, synthetic_round, uniform
+from test_decoupling import BAND, EXAMPLES, TRAP, Effect, recipes_for, synthetic_policy, synthetic_round, uniform
 
 from hpc_aevo.search.axes import AXES, applies, categories_of
 from hpc_aevo.search.constitution import CheckContext, PolicyDecision, constitution_hash
@@ -48,6 +48,13 @@ def test_a_real_leaderboard_gain_is_promoted_with_its_numbers():
     assert any(c.startswith("promoted r001/cand-03") for c in decision.changes)
 
 
+def test_a_leaderboard_gain_inside_the_corrected_bar_is_not_promoted():
+    """Above the band, but the best of six workers against two anchors clears one band by chance too often."""
+    [(policy, decision)] = _campaign([dict(effects={3: uniform(0.06, BAND * 1.2)})])
+    assert policy.standing_source == "substrate" and decision.promotion is None
+    assert any(c.startswith("no promotion: best cand-03") for c in decision.changes)
+
+
 def test_promotion_keeps_the_previous_standing_seed():
     previous = synthetic_policy(1)
     previous.standing_recipe["seed"] = 11
@@ -59,6 +66,14 @@ def test_a_dev_gain_without_a_leaderboard_gain_is_not_promoted():
     [(policy, decision)] = _campaign([dict(effects={3: uniform(0.03, 0.01)})])
     assert policy.standing_source == "substrate" and decision.promotion is None and not policy.dead_ends
     assert any(c.startswith("no promotion: best cand-03 +0.0100") for c in decision.changes)
+
+
+def test_a_loss_bans_its_idea_only_beyond_the_noise_bar():
+    """The registry never shrinks: a loss inside the bar the worst of six workers reaches on noise is no ban."""
+    [(policy, _)] = _campaign([dict(effects={3: uniform(0.0, -BAND * 1.2)})])
+    assert policy.dead_ends == []
+    [(policy, _)] = _campaign([dict(effects={3: uniform(0.0, -BAND * 1.6)})])
+    assert [d.change for d in policy.dead_ends] == ["data.filter.max_len:down"]
 
 
 def test_dead_ends_only_grow_across_rounds_and_carry_their_round():

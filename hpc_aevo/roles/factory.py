@@ -16,7 +16,7 @@ def make_roles(backend: str, campaign: Campaign | None = None, tree: StateTree |
     if backend not in BACKENDS:
         raise ConfigError("agents.backend", f"one of {', '.join(BACKENDS)} (unknown agents.backend)", backend)
     if backend == "scripted":
-        return ScriptedRoles()
+        return ScriptedRoles(tree)
     from hpc_aevo.roles.claude.backend import claude_roles  # the agents extra: claude-agent-sdk
 
     return claude_roles(campaign, tree)

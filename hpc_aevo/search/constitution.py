@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 from hpc_aevo.search.axes import categories_of
@@ -36,6 +38,7 @@ RULES: dict[str, str] = {
 
 SEED_KEY = "seed"  # the recipe key that differs between candidates of one recipe
 _EPS = 1e-12  # float slack for comparing bands computed along different paths
+FALSE_PROMOTION_RATE = 0.05  # C2: the most often, per round, that seed noise alone may clear the bar
 
 
 def constitution_hash(path: Path = CONSTITUTION_PATH) -> str:
@@ -76,9 +79,30 @@ def anchor_band(previous: Policy, anchors: AnchorStats) -> float:
     return 2 * anchors.leaderboard_std if anchors.leaderboard_std is not None else previous.noise_band
 
 
-def promotion_bar(previous: Policy, anchors: AnchorStats) -> float:
-    """The leaderboard gain over the anchor mean that a promotion must exceed (C2)."""
-    return max(previous.promotion_threshold, anchor_band(previous, anchors))
+def scored_workers(manifests: list[CandidateManifest]) -> int:
+    """The workers a promotion picks its best from (C2's contenders): those that count and have a leaderboard score."""
+    return sum(m.role == "worker" and evaluated(m) and m.measured.leaderboard is not None for m in manifests)
+
+
+def noise_bar(previous: Policy, anchors: AnchorStats, contenders: int) -> float:
+    """How far the best (or the worst) of `contenders` workers' leaderboard gains over the anchor mean may
+    stray on seed noise alone, in all but FALSE_PROMOTION_RATE of rounds.
+
+    Why more than the band: the band is 2 sigma of one score, but the round picks the extreme of several
+    workers against the mean of k anchors, so the gain has sigma * sqrt(1 + 1/k) and is the largest of
+    `contenders` draws: a z-quantile Bonferroni-corrected over them (sigma: half the wider of the policy's
+    band and this round's anchor band). Never below that band.
+    """
+    band = max(previous.noise_band, anchor_band(previous, anchors))
+    k = max(1, len(anchors.leaderboard_scores))
+    z = NormalDist().inv_cdf(1 - FALSE_PROMOTION_RATE / max(1, contenders))
+    return max(band, band / 2 * math.sqrt(1 + 1 / k) * z)
+
+
+def promotion_bar(previous: Policy, anchors: AnchorStats, contenders: int) -> float:
+    """The leaderboard gain over the anchor mean that the best of `contenders` workers must exceed (C2):
+    the noise bar, and the policy's promotion threshold (the smallest gain worth a new standing recipe)."""
+    return max(previous.promotion_threshold, noise_bar(previous, anchors, contenders))
 
 
 def plateau_flags(history: list[RoundEvidence]) -> list[bool]:
@@ -142,10 +166,11 @@ def check_promotion(
         return None, [Violation("C2", f"no anchor of round {latest_round} has a leaderboard score to measure "
                                       f"{source}'s gain against")]
     promotion = Promotion(source, manifest.measured.leaderboard - anchors.leaderboard_mean,
-                          promotion_bar(previous, anchors))
+                          promotion_bar(previous, anchors, scored_workers(ctx.manifests)))
     if promotion.leaderboard_gain <= promotion.band:
         return promotion, [Violation("C2", f"{source}'s leaderboard gain {promotion.leaderboard_gain:+.4f} does not "
-                                           f"exceed the bar {promotion.band:.4f} (threshold and anchor band)")]
+                                           f"exceed the bar {promotion.band:.4f} (threshold, and the band "
+                                           f"corrected for the anchors and workers compared)")]
     return promotion, []
 
 

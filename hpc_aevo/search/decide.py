@@ -24,6 +24,7 @@ from hpc_aevo.search.constitution import (
     anchor_band,
     check_policy,
     check_promotion,
+    noise_bar,
     plateau_streak,
     promotion_bar,
     without_seed,
@@ -91,14 +92,24 @@ def _add_dead_end(policy: Policy, entry: DeadEnd, changes: list[str]) -> None:
         changes.append(f"dead end {entry.change} ({entry.axis}): {entry.reason}")
 
 
-def _register_dead_ends(policy: Policy, evidence: RoundEvidence, changes: list[str]) -> None:
+def _contenders(evidence: RoundEvidence) -> int:
+    """The workers with a leaderboard gain: those a promotion picks the best of (C2)."""
+    return sum(c.role == "worker" and c.leaderboard_gain is not None for c in evidence.candidates)
+
+
+def _register_dead_ends(policy: Policy, previous: Policy, evidence: RoundEvidence, changes: list[str]) -> None:
     """Workers whose mutation failed (not the infrastructure under it), lost on the leaderboard beyond the
-    band, or gained dev that did not transfer."""
+    noise bar, or gained dev that did not transfer.
+
+    The registry never shrinks, so a loss bans an idea only on the evidence a promotion needs: beyond the
+    bar that the worst of the round's workers reaches on seed noise in 5% of rounds. A smaller loss is
+    still evidence, for the workers' search (roles/scripted/search.py), not a ban.
+    """
     flagged: dict[str, DecouplingFlag] = {}
     for f in evidence.calibration.flags:
         if f.candidate is not None:
             flagged.setdefault(f.candidate, f)
-    band = evidence.noise_band
+    band = noise_bar(previous, evidence.anchors, _contenders(evidence))
     for c in evidence.candidates:
         if c.role != "worker" or c.mutation is None:
             continue
@@ -200,7 +211,7 @@ def mandatory_update(previous: Policy, evidence: RoundEvidence, history: list[Ro
     policy.round = previous.round + 1
     changes = [f"round {previous.round} -> {policy.round}"]
     _update_bands(policy, previous, full, changes)
-    _register_dead_ends(policy, evidence, changes)
+    _register_dead_ends(policy, previous, evidence, changes)
     _respond_to_decoupling(policy, evidence, changes)
     _plateau(policy, full, changes)
     return policy, changes
@@ -213,7 +224,7 @@ def _promote(policy: Policy, previous: Policy, evidence: RoundEvidence, recipes:
     Under promote_on "leaderboard_transfer" a worker the calibration flagged is not eligible. The new
     standing recipe is the worker's recipe with the previous standing seed.
     """
-    bar = promotion_bar(previous, evidence.anchors)
+    bar = promotion_bar(previous, evidence.anchors, _contenders(evidence))
     flagged = ({f.candidate for f in evidence.calibration.flags if f.candidate}
                if policy.evidence.promote_on == "leaderboard_transfer" else set())
     eligible = [c for c in evidence.candidates if c.role == "worker" and c.leaderboard_gain is not None

@@ -429,10 +429,21 @@ def bench_pack(seq_len: int, steps: int, batch_size: int, out: Path) -> PackBenc
     return record
 
 
+def _gains(text: str) -> tuple[float, ...]:
+    """`--power-gains`: comma-separated positive numbers."""
+    try:
+        gains = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
+    if any(g <= 0 for g in gains):
+        raise argparse.ArgumentTypeError(f"gains must be positive, not {text!r}")
+    return gains
+
+
 def _noise_input_problem(args: argparse.Namespace) -> str | None:
     """The one line that says what is wrong with `noise`'s numbers, or None."""
-    if args.rounds < 1 or args.trap_rounds < 1:
-        return "--rounds and --trap-rounds must be at least 1"
+    if args.rounds < 1 or args.trap_rounds < 1 or args.power_rounds < 1:
+        return "--rounds, --trap-rounds and --power-rounds must be at least 1"
     if args.dev_std < 0 or args.leaderboard_std < 0:
         return "--dev-std and --leaderboard-std must be non-negative"
     if not -1 <= args.rho <= 1:
@@ -468,6 +479,9 @@ def main(argv: list[str] | None = None) -> None:
     noise.add_argument("--leaderboard-std", type=float, default=bench_noise.LEADERBOARD_STD)
     noise.add_argument("--rho", type=float, default=0.0, help="correlation of one seed's dev and held-out noise")
     noise.add_argument("--seed", type=int, default=0)
+    noise.add_argument("--power-gains", type=_gains, default=bench_noise.POWER_GAINS,
+                       help="comma-separated true held-out gains whose promotion rate (the power) is measured")
+    noise.add_argument("--power-rounds", type=int, default=2_000, help="rounds per true gain")
     noise.add_argument("--out", type=Path, default=Path("bench-noise.json"))
     search = sub.add_parser("search", help="the campaign loop against Optuna TPE and random search at equal candidates")
     search.add_argument("--campaign", type=Path, default=DEMO_CAMPAIGN,
@@ -496,7 +510,8 @@ def main(argv: list[str] | None = None) -> None:
         if problem:
             noise.error(problem)
         bench_noise.bench_noise(args.campaign, args.rounds, args.trap_rounds, args.dev_std, args.leaderboard_std,
-                                args.rho, args.seed, args.out, args.anchors, args.workers,
+                                args.rho, args.seed, args.out, args.anchors, args.workers, args.power_gains,
+                                args.power_rounds,
                                 shlex.join(["python", "-m", "hpc_aevo.bench", *(sys.argv[1:] if argv is None else argv)]))
     elif args.command == "search":
         for name in ("seeds", "rounds", "jobs"):

@@ -1,7 +1,8 @@
 """The false-promotion rate: the campaign's own decision code, driven by candidates that change nothing.
 
     python -m hpc_aevo.bench noise [--campaign campaigns/demo.yaml] [--rounds 10000] [--trap-rounds 2000]
-                                   [--dev-std 0.015] [--leaderboard-std 0.008] [--rho 0.0] [--out bench-noise.json]
+                                   [--dev-std 0.015] [--leaderboard-std 0.008] [--rho 0.0]
+                                   [--power-gains 0.01,0.02,0.03,0.04,0.05] [--power-rounds 2000] [--out bench-noise.json]
 
 Why: a loop that promotes seed noise spends every later round on a recipe that is not better, and the
 constitution's band rule (C2) is the only thing between a lucky seed and the standing recipe. This runs
@@ -15,6 +16,10 @@ the pool, and dead ends and decoupling responses carry over. Every promotion is 
 The planted trap is measured on single rounds from the initial policy: the first worker raises dev on
 one domain the way the calibration's "sequence x6" did (overall dev +0.130, held-out flat); it should be
 flagged by the decoupling detector, registered as a dead end, and not promoted.
+
+The power is measured the same way: single rounds from the initial policy whose first worker carries a
+true gain of delta on every domain's dev and held-out score (the other workers null); the rate at which
+that worker is promoted, per delta. A band rule that never promotes has no false promotions too.
 
 Rates come with 95% Wilson intervals. The rounds of one campaign are not independent (their bands
 and standing recipe carry over), so the interval of the per-round rate is a little narrower than it
@@ -45,6 +50,7 @@ EXAMPLES_PER_DOMAIN = 100  # substrate/data.py DEV_PER_DOMAIN and scoring/leader
 DEV_STD, LEADERBOARD_STD = 0.015, 0.008  # pooled within-variant seed std of the overall scores (the doc's wider)
 TRAP_DOMAIN, TRAP_DEV_GAIN = "sequence", 0.130  # "sequence x6": overall dev +0.130, held-out +0.001
 Z95 = 1.959963984540054
+POWER_GAINS = (0.01, 0.02, 0.03, 0.04, 0.05)  # true held-out gains: the calibration's moves reach about 0.02
 _HASH = "0" * 64  # the simulated campaign's substrate and constitution hashes: unchanged by construction
 
 
@@ -92,8 +98,9 @@ class NoiseModel:
         binomial = sum(p * (1 - p) for p in means.values())
         return 0.0 if binomial == 0 else std * len(means) / math.sqrt(binomial)
 
-    def draw(self, rng: random.Random, dev_effect: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
-        """One candidate's per-domain (dev, held-out) scores; `dev_effect` adds to its dev domains."""
+    def draw(self, rng: random.Random, dev_effect: dict[str, float],
+             board_effect: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        """One candidate's per-domain (dev, held-out) scores; the effects add to its domains' scores."""
         dev_scale = self._scale(self.dev_means, self.dev_std)
         board_scale = self._scale(self.leaderboard_means, self.leaderboard_std)
         dev, board = {}, {}
@@ -102,8 +109,14 @@ class NoiseModel:
             z_board = self.rho * z_dev + math.sqrt(1 - self.rho ** 2) * rng.gauss(0, 1)
             p, q = self.dev_means[d], self.leaderboard_means[d]
             dev[d] = min(1.0, max(0.0, p + dev_scale * math.sqrt(p * (1 - p)) * z_dev + dev_effect.get(d, 0.0)))
-            board[d] = min(1.0, max(0.0, q + board_scale * math.sqrt(q * (1 - q)) * z_board))
+            board[d] = min(1.0, max(0.0, q + board_scale * math.sqrt(q * (1 - q)) * z_board + board_effect.get(d, 0.0)))
         return dev, board
+
+
+@dataclass
+class Power:
+    gain: float  # the worker's true gain on every domain's dev and held-out score
+    promoted: Rate  # rounds that promoted that worker
 
 
 @dataclass
@@ -133,6 +146,7 @@ class NoiseBench(Record):
     trap_flagged: Rate  # trap rounds where a decoupling flag names the trap worker
     trap_dead_end: Rate  # trap rounds that registered the trap's mutation as a dead end
     trap_promoted: Rate  # trap rounds that promoted the trap worker
+    power: list[Power]  # the promotion rate of a worker with a true gain, per gain
     within_5_percent: bool  # the promotion rate is at most 0.05, as the issue asks of the band rule
     notes: list[str] = field(default_factory=list)
 
@@ -144,21 +158,39 @@ class _Shape:
     model: NoiseModel
 
 
+@dataclass
+class _Planted:
+    """What the first worker of a round does instead of nothing: its mutation and its per-domain effects."""
+
+    mutation: str
+    dev: dict[str, float]
+    board: dict[str, float]
+
+
+def _trap(model: NoiseModel) -> _Planted:
+    """"sequence x6": all of the overall dev gain on one domain, held-out flat."""
+    return _Planted(signature(mixture_key(TRAP_DOMAIN), "up"), {TRAP_DOMAIN: TRAP_DEV_GAIN * len(model.dev_means)}, {})
+
+
+def _gain(model: NoiseModel, delta: float) -> _Planted:
+    """A real gain: every domain's dev and held-out score `delta` higher."""
+    return _Planted("optim.steps:up", {d: delta for d in model.dev_means}, {d: delta for d in model.leaderboard_means})
+
+
 def _round(policy: Policy, shape: _Shape, rng: random.Random,
-           trap: bool = False) -> tuple[list[CandidateManifest], dict[str, dict[str, Any]]]:
-    """One measured round of null candidates (the standing recipe, a fresh seed); with `trap`, the first
-    worker is the planted trap."""
+           planted: _Planted | None = None) -> tuple[list[CandidateManifest], dict[str, dict[str, Any]]]:
+    """One measured round of null candidates (the standing recipe, a fresh seed); with `planted`, the first
+    worker is that instead."""
     rnd = policy.round
     axes = assign_axes(policy, shape.workers, rnd)
     manifests, recipes = [], {}
     for i in range(shape.anchors + shape.workers):
         worker = i >= shape.anchors
         axis = axes[i - shape.anchors] if worker else None
-        is_trap = trap and i == shape.anchors
-        mutation = (signature(mixture_key(TRAP_DOMAIN), "up") if is_trap
+        first = planted if planted is not None and i == shape.anchors else None
+        mutation = (first.mutation if first is not None
                     else signature(AXES[axis].recipe_areas[0], "noop") if worker else None)
-        effect = {TRAP_DOMAIN: TRAP_DEV_GAIN * len(shape.model.dev_means)} if is_trap else {}
-        dev, board = shape.model.draw(rng, effect)
+        dev, board = shape.model.draw(rng, first.dev if first else {}, first.board if first else {})
         name, seed = f"cand-{i:02d}", rng.randrange(2 ** 31)
         manifests.append(CandidateManifest(
             round=rnd, candidate=i, name=name, role="worker" if worker else "anchor", seed=seed, axis=axis,
@@ -180,8 +212,8 @@ def _decide(policy: Policy, manifests: list[CandidateManifest], recipes: dict[st
 
 
 def simulate(initial: Policy, shape: _Shape, rounds_per_campaign: int, campaigns: int, trap_rounds: int,
-             seed: int) -> dict[str, Any]:
-    """Run the null campaigns and the trap rounds; the counts behind NoiseBench's rates."""
+             seed: int, power_gains: list[float], power_rounds: int) -> dict[str, Any]:
+    """Run the null campaigns, the trap rounds and the power rounds; the counts behind NoiseBench's rates."""
     rng = random.Random(seed)
     promoted = [0] * rounds_per_campaign
     alarms = dead_end_rounds = 0
@@ -199,21 +231,28 @@ def simulate(initial: Policy, shape: _Shape, rounds_per_campaign: int, campaigns
             history.append(evidence)
             policy = new
     flagged = dead = trapped = 0
-    trap_name = f"cand-{shape.anchors:02d}"
-    trap_signature = signature(mixture_key(TRAP_DOMAIN), "up")
+    first = f"cand-{shape.anchors:02d}"
+    trap = _trap(shape.model)
     for _ in range(trap_rounds):
-        manifests, recipes = _round(initial, shape, rng, trap=True)
+        manifests, recipes = _round(initial, shape, rng, trap)
         evidence, new, decision = _decide(initial, manifests, recipes, [], shape)
-        flagged += any(f.candidate == trap_name for f in evidence.calibration.flags)
-        dead += trap_signature in new.dead_end_signatures()
-        trapped += decision.promotion is not None and decision.promotion.candidate.endswith(trap_name)
+        flagged += any(f.candidate == first for f in evidence.calibration.flags)
+        dead += trap.mutation in new.dead_end_signatures()
+        trapped += decision.promotion is not None and decision.promotion.candidate.endswith(first)
+    found = {}
+    for delta in power_gains:
+        found[delta] = 0
+        for _ in range(power_rounds):
+            manifests, recipes = _round(initial, shape, rng, _gain(shape.model, delta))
+            _, _, decision = _decide(initial, manifests, recipes, [], shape)
+            found[delta] += decision.promotion is not None and decision.promotion.candidate.endswith(first)
     return dict(promoted=promoted, alarms=alarms, kinds=dict(sorted(kinds.items())), dead_end_rounds=dead_end_rounds,
-                flagged=flagged, dead=dead, trapped=trapped)
+                flagged=flagged, dead=dead, trapped=trapped, found=found)
 
 
 def bench_noise(campaign_path: Path, rounds: int, trap_rounds: int, dev_std: float, leaderboard_std: float,
                 rho: float, seed: int, out: Path, anchors: int | None = None, workers: int | None = None,
-                command: str = "") -> NoiseBench:
+                power_gains: tuple[float, ...] = (), power_rounds: int = 0, command: str = "") -> NoiseBench:
     """Simulate, print the rates and write the record; `rounds` is rounded up to whole campaigns."""
     campaign = load_campaign(campaign_path)
     initial = load_initial_policy(campaign)
@@ -223,7 +262,7 @@ def bench_noise(campaign_path: Path, rounds: int, trap_rounds: int, dev_std: flo
                    NoiseModel(dev_std, leaderboard_std, rho, dict(DEV_MEANS), dict(LEADERBOARD_MEANS), domains))
     per = campaign.rounds
     campaigns = -(-rounds // per)
-    counts = simulate(initial, shape, per, campaigns, trap_rounds, seed)
+    counts = simulate(initial, shape, per, campaigns, trap_rounds, seed, list(power_gains), power_rounds)
     n = campaigns * per
     promotions = Rate.of(sum(counts["promoted"]), n)
     record = NoiseBench(
@@ -236,6 +275,7 @@ def bench_noise(campaign_path: Path, rounds: int, trap_rounds: int, dev_std: flo
         dead_end_rounds=Rate.of(counts["dead_end_rounds"], n),
         trap_dev_gain=TRAP_DEV_GAIN, trap_flagged=Rate.of(counts["flagged"], trap_rounds),
         trap_dead_end=Rate.of(counts["dead"], trap_rounds), trap_promoted=Rate.of(counts["trapped"], trap_rounds),
+        power=[Power(delta, Rate.of(n, power_rounds)) for delta, n in counts["found"].items()],
         within_5_percent=promotions.rate <= 0.05)
     if not record.within_5_percent:
         record.notes.append(f"the band rule does NOT hold false promotions at or below 5% here: {promotions.line()}")
@@ -258,5 +298,6 @@ def _lines(r: NoiseBench) -> list[str]:
         f"trap (dev +{r.trap_dev_gain} on {TRAP_DOMAIN}) flagged: {r.trap_flagged.line()}",
         f"trap registered as dead end:  {r.trap_dead_end.line()}",
         f"trap promoted:                {r.trap_promoted.line()}",
+        *[f"true gain {p.gain:+.3f} promoted: {p.promoted.line()}" for p in r.power],
         *r.notes,
     ]

@@ -1,1 +1,1 @@
-"""The offline roles backend: a deterministic mutator per axis and the rule-based meta step."""
+"""The offline roles backend: a deterministic mutator per axis, told by the campaign's evidence, and the rule-based meta step."""

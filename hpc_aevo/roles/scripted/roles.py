@@ -8,11 +8,12 @@ from hpc_aevo.search.constitution import CheckContext
 from hpc_aevo.search.decide import RULE_BASED, MetaProposals
 from hpc_aevo.search.evidence import RoundEvidence
 from hpc_aevo.search.policy import Policy
+from hpc_aevo.state.tree import StateTree
 
 
 class ScriptedRoles(Roles):
-    def __init__(self) -> None:
-        self.worker = ScriptedWorker()
+    def __init__(self, tree: StateTree | None = None) -> None:
+        self.worker = ScriptedWorker(tree)
 
     def propose(self, task: WorkerTask) -> WorkerResult:
         return self.worker.propose(task)

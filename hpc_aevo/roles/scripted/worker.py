@@ -1,7 +1,8 @@
 """The scripted worker: the offline backend's mutator, one operator on the candidate's axis.
 
-It is deterministic per (round, candidate, seed), never repeats a registered dead end, and writes
-only its sandbox.
+It chooses the operator and its stride from the campaign's earlier evidence (search.py), is
+deterministic per (round, candidate, seed) and that evidence, never repeats a registered dead end,
+and writes only its sandbox.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import yaml
 
 from hpc_aevo.loop.fork import load_recipe, recipe_diff
 from hpc_aevo.roles.interface import WorkerResult, WorkerTask
+from hpc_aevo.roles.scripted.search import Choice, choose
 from hpc_aevo.search.axes import AXES, has_key, mixture_key, signature
 from hpc_aevo.search.constitution import SEED_KEY
+from hpc_aevo.search.evidence import RoundEvidence
 from hpc_aevo.search.policy import Policy
 from hpc_aevo.state.contract import RECIPE_FILE
 from hpc_aevo.state.manifest import Proposal
 from hpc_aevo.state.records import atomic_write_text
+from hpc_aevo.state.tree import StateTree
 
 ACTOR = "scripted-worker"
 ANCHOR_HYPOTHESIS = "anchor: standing recipe with a fresh seed measures seed noise"
@@ -61,9 +65,11 @@ class Operator:
     def signature(self) -> str:
         return signature(self.key, self.direction)
 
-    def apply(self, recipe: Recipe) -> Recipe:
+    def apply(self, recipe: Recipe, stride: int = 1) -> Recipe:
+        """The recipe after `stride` edits (a setting's edit repeats to the same value; a number's bounds hold)."""
         mutated = copy.deepcopy(recipe)
-        self.edit(mutated)
+        for _ in range(stride):
+            self.edit(mutated)
         return mutated
 
 
@@ -247,23 +253,40 @@ def _rationale(task: WorkerTask, skipped: dict[str, list[str]]) -> str:
             f"{_skipped_text(skipped)}.{note}")
 
 
+def _search_text(choice: Choice) -> str:
+    arms = ", ".join(f"{a.signature} {a.mean:+.4f} ± {a.sd:.4f} (n {a.n:g})" for a in choice.arms)
+    return (f"Chosen by Thompson sampling over the open operators, told {choice.observations} measured candidates "
+            f"(posterior leaderboard gain: {arms}); stride {choice.stride}.")
+
+
 class ScriptedWorker:
-    """The offline worker: one random open operator of the assigned axis, applied to the sandbox recipe."""
+    """The offline worker: one open operator of the assigned axis, chosen from the campaign's evidence so far
+    (none without a state tree), applied to the sandbox recipe."""
+
+    def __init__(self, tree: StateTree | None = None):
+        self.tree = tree
+
+    def _history(self, rnd: int) -> list[RoundEvidence]:
+        """The evidence of every round before `rnd` (written once per round, so a restart reads the same)."""
+        if self.tree is None:
+            return []
+        paths = [self.tree.evidence_json(r) for r in range(rnd)]
+        return [RoundEvidence.load(p) for p in paths if p.exists()]
 
     def propose(self, task: WorkerTask) -> WorkerResult:
         path = Path(task.sandbox) / RECIPE_FILE
         before = load_recipe(task.sandbox)
         task.trace.log(ACTOR, "read-recipe", path=str(path), role=task.role, axis=task.axis)
         if task.role == "anchor":
-            op, proposal = None, Proposal(
+            op, stride, proposal = None, 1, Proposal(
                 hypothesis=ANCHOR_HYPOTHESIS, expected_effect=NO_EFFECT,
                 rationale=(f"{task.name} anchors round {task.round}: the standing recipe from "
                            f"{task.policy.standing_source}, seed {task.seed}; the anchors' spread sets the noise band "
                            f"(now {task.policy.noise_band:.3f})"))
             task.trace.log(ACTOR, "mutation", signature=None, reason="anchor")
         else:
-            op, proposal = self._choose(task, before)
-        after = op.apply(before) if op else copy.deepcopy(before)
+            op, stride, proposal = self._choose(task, before)
+        after = op.apply(before, stride) if op else copy.deepcopy(before)
         after[SEED_KEY] = task.seed
         atomic_write_text(path, yaml.safe_dump(after, sort_keys=False))
         task.trace.log(ACTOR, "wrote-recipe", path=str(path), diff=recipe_diff(before, after))
@@ -273,21 +296,25 @@ class ScriptedWorker:
         """The scripted mutator has no debugging skill: the retry runs the same sandbox."""
         return None
 
-    def _choose(self, task: WorkerTask, recipe: Recipe) -> tuple[Operator | None, Proposal]:
+    def _choose(self, task: WorkerTask, recipe: Recipe) -> tuple[Operator | None, int, Proposal]:
         if task.axis not in AXES:
             raise ValueError(f"{task.name}: a worker needs an axis from {', '.join(AXES)} (got {task.axis!r})")
         candidates, skipped = _open_operators(task.axis, recipe, task.policy)
         rationale = _rationale(task, skipped)
         if not candidates:
             task.trace.log(ACTOR, "mutation", signature=None, skipped=skipped)
-            return None, Proposal(
+            return None, 1, Proposal(
                 hypothesis=(f"no mutation: every {task.axis} operator is a dead end, blocked or without effect "
                             f"({_skipped_text(skipped)}); the standing recipe runs with seed {task.seed}"),
                 rationale=rationale, expected_effect=NO_EFFECT)
-        op = random.Random(f"{task.round}:{task.candidate}:{task.seed}").choice(candidates)
-        task.trace.log(ACTOR, "mutation", signature=op.signature, open=[c.signature for c in candidates],
-                       skipped=skipped)
-        return op, Proposal(
-            hypothesis=f"{op.why} ({_changes(recipe_diff(recipe, op.apply(recipe)))})", rationale=rationale,
+        rng = random.Random(f"{task.round}:{task.candidate}:{task.seed}")
+        choice = choose([c.signature for c in candidates], self._history(task.round), task.policy, rng)
+        op = next(c for c in candidates if c.signature == choice.signature)
+        task.trace.log(ACTOR, "mutation", signature=op.signature, stride=choice.stride,
+                       open=[c.signature for c in candidates], skipped=skipped,
+                       posterior={a.signature: [a.n, a.mean, a.sd, a.draw] for a in choice.arms})
+        return op, choice.stride, Proposal(
+            hypothesis=f"{op.why} ({_changes(recipe_diff(recipe, op.apply(recipe, choice.stride)))})",
+            rationale=f"{rationale} {_search_text(choice)}",
             expected_effect=(f"raise the leaderboard score (and dev) above the anchors by more than the noise band "
                              f"{task.policy.noise_band:.3f}"))
