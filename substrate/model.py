@@ -74,8 +74,8 @@ def init_parallel(seed: int, tp: int = 1, ep: int = 1) -> distributed.Launch:
     else:
         parallel_state._GLOBAL_MEMORY_BUFFER = _CPUMemoryBuffer()
         tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
-        if ep > 1:
-            distributed.cpu_is_the_current_device()
+        if parallel_state.get_tensor_model_parallel_world_size() * parallel_state.get_expert_model_parallel_world_size() > 1:
+            distributed.cpu_is_the_current_device()  # the token dispatcher's gathers over TP x EP ranks
     return launch
 
 
@@ -254,9 +254,6 @@ def _moe_config(experts: dict | None, choice: layers.LayerChoice) -> dict:
         if ep > 1:
             raise ValueError(f"recipe parallel.expert: {ep} needs a mixture of experts (model.moe)")
         return {}
-    if parallel_state.get_tensor_model_parallel_world_size() > 1:
-        raise ValueError("recipe parallel.tensor: a mixture of experts trains with 1 for now (megatron's MoE "
-                         "under tensor parallelism needs sequence parallelism, which the substrate does not run)")
     if experts["experts"] % ep:
         raise ValueError(f"recipe parallel.expert: {ep} does not divide model.moe.experts ({experts['experts']})")
     return {**choice.moe_kwargs(), **moe.config_kwargs(experts, ep)}

@@ -34,7 +34,7 @@ import layers
 import moe
 import packing
 import safe_weights
-from model import build_model, checked_model_config, forward, init_parallel, use_tokenizer
+from model import build_model, checked_model_config, forward, init_parallel, resolve_config, use_tokenizer
 import tokenizer
 
 EXIT_PREEMPTED = 3
@@ -105,6 +105,10 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
         if size > 1 and fmt != "dist":
             raise ValueError(f"recipe checkpoints.format: {what} parallelism (parallel.{key} {size}) needs dist "
                              f"(got {fmt!r})")
+    if tp > 1 and resolve_config(model_cfg).get("moe"):
+        raise ValueError(f"recipe parallel.tensor: a mixture of experts trains with 1 (got {tp}): megatron trains "
+                         "its MoE under tensor parallelism with sequence parallelism only, which this trainer does "
+                         "not run (an MoE builds, imports and exports under tensor parallelism)")
     launch = init_parallel(seed, tp, ep)
     use_tokenizer(model_cfg)
     choice = layers.choose(model_cfg)  # before the data: a precision this machine cannot run fails at once

@@ -1,8 +1,9 @@
-"""Hugging Face Llama checkpoints in and out of megatron-core (substrate/hf_checkpoint.py), on CPU.
+"""Hugging Face Llama, Mixtral and Qwen3-MoE checkpoints in and out of megatron-core (substrate/hf_checkpoint.py),
+on CPU.
 
-Small random Llama configs (GQA, SwiGLU, RMSNorm, RoPE; tied and untied embeddings): the megatron
-model built from an HF checkpoint gives the HF model's logits (fp32), and export after import gives
-back the very same weights; the same with tensor parallelism 2 under torchrun (gloo).
+Small random configs (GQA, SwiGLU, RMSNorm, RoPE; tied and untied embeddings; four experts, two per token):
+the megatron model built from an HF checkpoint gives the HF model's logits (fp32), and export after import
+gives back the very same weights; the same with tensor parallelism 2 under torchrun (gloo).
 """
 
 from __future__ import annotations
@@ -122,23 +123,40 @@ def test_init_from_stays_inside_the_recipe_directory_or_the_model_roots(tmp_path
         checked_model_config({"hidden": 32, "layers": 1, "heads": 4, "seq_len": 32, "vocab": 10**7}, sandbox)
 
 
+TP_MODELS = {"llama": dict(tied=False), "mixtral": dict(tied=False, family="mixtral", **MIXTRAL),
+             "qwen3_moe": dict(tied=True, family="qwen3_moe", norm_topk_prob=True, **QWEN3_MOE)}
+
+
 @pytest.mark.slow
-def test_tensor_parallel_2_under_torchrun(tmp_path):
-    hf_dir = random_llama(tmp_path / "hf", tied=False, seed=2)
+@pytest.mark.parametrize("name", sorted(TP_MODELS))
+def test_tensor_parallel_2_under_torchrun(tmp_path, name):
+    """Under TP=2 each rank imports its shard (query groups, [gate; up] halves, and for a mixture of experts
+    each expert's halves, the router whole), the gathered logits are transformers', and the export gathered
+    from both ranks is the very checkpoint imported."""
+    hf_dir = random_llama(tmp_path / "hf", seed=2, **TP_MODELS[name])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(Path(__file__).parent / "tp_hf_worker.py"), str(hf_dir),
-                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     theirs = hf_logits(hf_dir, IDS)
     for rank in ranks:  # every rank sees the whole (gathered) logits
         torch.testing.assert_close(rank["logits"], theirs, rtol=1e-5, atol=1e-5)
-    qkv = "decoder.layers.0.self_attention.linear_qkv.weight"
-    full = hf_checkpoint.hf_to_megatron(_hf_weights(hf_dir), resolve_config({"init_from": str(hf_dir), "seq_len": 32}), SMALL["vocab_size"])
-    assert ranks[0]["shard"][qkv].shape[0] == full[qkv].shape[0] // 2  # really sharded
+    print(f"{name}: TP=2 max |megatron - HF| logit {float((ranks[0]['logits'] - theirs).abs().max()):.2e}")
+    cfg = resolve_config({"init_from": str(hf_dir), "seq_len": 32})
+    full = hf_checkpoint.hf_to_megatron(_hf_weights(hf_dir), cfg, SMALL["vocab_size"])
+    split = ["decoder.layers.0.self_attention.linear_qkv.weight"]
+    if name != "llama":
+        split += ["decoder.layers.1.mlp.experts.local_experts.3.linear_fc1.weight",
+                  "decoder.layers.1.mlp.experts.local_experts.3.linear_fc2.weight"]
+        assert torch.equal(ranks[1]["shard"]["decoder.layers.1.mlp.router.weight"],
+                           full["decoder.layers.1.mlp.router.weight"])  # the router is whole on every rank
+    for key in split:  # really sharded
+        assert ranks[0]["shard"][key].numel() == full[key].numel() // 2, key
     for r, rank in enumerate(ranks):
         expected = hf_checkpoint.shard(full, r, 2)
+        assert sorted(expected) == sorted(rank["shard"])
         assert all(torch.equal(expected[k], rank["shard"][k]) for k in expected)
     before, after = _hf_weights(hf_dir), _hf_weights(tmp_path / "export")
     assert sorted(before) == sorted(after)

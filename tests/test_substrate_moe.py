@@ -168,13 +168,19 @@ def test_a_tiny_moe_trains_on_cpu_and_is_scored_from_its_export(tmp_path):
 
 
 @pytest.mark.slow
-def test_expert_parallel_needs_a_distributed_checkpoint(tmp_path):
-    recipe = tiny_moe_recipe(tmp_path / "recipe.yaml", **{"parallel.expert": 2})
+@pytest.mark.parametrize("parallel, line", [
+    ({"parallel.expert": 2}, "recipe checkpoints.format: expert parallelism (parallel.expert 2) needs dist (got 'torch')"),
+    ({"parallel.tensor": 2, "checkpoints.format": "dist"},
+     "recipe parallel.tensor: a mixture of experts trains with 1 (got 2): megatron trains its MoE under tensor "
+     "parallelism with sequence parallelism only, which this trainer does not run (an MoE builds, imports and "
+     "exports under tensor parallelism)"),
+])
+def test_a_parallel_layout_the_trainer_cannot_run_is_one_line(tmp_path, parallel, line):
+    recipe = tiny_moe_recipe(tmp_path / "recipe.yaml", **parallel)
     proc = subprocess.run([sys.executable, "train.py", "--recipe", str(recipe), "--out", str(tmp_path / "out")],
                           cwd=SUBSTRATE, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == (f"train.py: {recipe}: recipe checkpoints.format: expert "
-                                                     "parallelism (parallel.expert 2) needs dist (got 'torch')")
+    assert proc.stderr.strip().splitlines()[-1] == f"train.py: {recipe}: {line}"
     assert "Traceback" not in proc.stderr
 
 

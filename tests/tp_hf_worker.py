@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --nproc-per-node 2 tests/tp_hf_worker.py HF_DIR OUT_DIR
 
-Imports HF_DIR into a TP=2 megatron llama (each rank its shard), runs a forward pass on every
+Imports HF_DIR (a Llama, Mixtral or Qwen3-MoE) into a TP=2 megatron model (each rank its shard), runs a forward pass on every
 rank, exports back to OUT_DIR/export and writes OUT_DIR/rank<r>.pt with the logits and the shard.
 """
 
