@@ -20,7 +20,7 @@ Off Transformer Engine megatron's router moves its weight to CUDA in `gating` an
 CPU it allocates its expert-bias buffers on the CUDA device at construction: `adapt_routers` and
 `distributed.cuda_answers_cpu` answer for both.
 The trainer scales the aux loss like the main loss (`set_aux_loss_scale`), updates the expert bias
-after each step (`update_expert_bias`) and reports per-expert load (`expert_load`).
+after each step (`update_expert_bias`) and reports per-expert load per logging interval (`expert_load`).
 """
 
 from __future__ import annotations
@@ -253,11 +253,14 @@ def aux_loss(model) -> float | None:
 
 
 def expert_load(model, sum_over_ranks=None) -> list[list[float]]:
-    """Per MoE layer, the share of routed tokens each expert received while training, over the ranks
-    `sum_over_ranks` sums (a tensor in, a list out; default this rank's): a collapsed router shows as one
-    expert near 1, an even one as 1/experts each."""
+    """Per MoE layer, the share of routed tokens each expert received in training since the last call, over
+    the ranks `sum_over_ranks` sums (a tensor in, a list out; default this rank's); the counts start again.
+    An even router gives 1/experts each; a collapsed one starves experts (near 0), its busiest taking up
+    to 1/top_k (a token goes to top_k different experts)."""
     layers = routers(model)
     counts = torch.stack([router.load.double() for router in layers])
+    for router in layers:
+        router.load = torch.zeros_like(router.load)
     if sum_over_ranks is not None:
         counts = torch.tensor(sum_over_ranks(counts.flatten()), dtype=torch.float64).view_as(counts)
     return [[round(float(n) / max(float(row.sum()), 1.0), 4) for n in row] for row in counts.cpu()]
