@@ -3,8 +3,9 @@
 `model.arch: gpt` (default) is the tiny GPT: LayerNorm, GELU, learned absolute positions, the
 character tokenizer. `model.arch: llama` is a Llama-family model: RMSNorm, SwiGLU, RoPE, grouped
 query attention, tied or untied embeddings, optionally RMSNorm on queries and keys (`qk_norm`, as
-Qwen3) and a mixture of experts in place of every MLP (`model.moe`, see moe.py: Mixtral, Qwen3-MoE).
-`model.init_from` starts from a pretrained Hugging Face Llama, Mixtral or Qwen3-MoE checkpoint (see
+Qwen3), biases on the query, key and value projections (`qkv_bias`, as Qwen2) and a mixture of experts in
+place of every MLP (`model.moe`, see moe.py: Mixtral, Qwen3-MoE, Qwen2-MoE).
+`model.init_from` starts from a pretrained Hugging Face Llama, Mixtral, Qwen3-MoE or Qwen2-MoE checkpoint (see
 hf_checkpoint.py): the architecture and the tokenizer come from it and its weights are imported,
 sharded for tensor (or expert) parallelism, when the model is built.
 
@@ -41,7 +42,7 @@ from tokenizer import VOCAB_SIZE  # noqa: E402
 ARCHS = ("gpt", "llama")
 MODEL_KEYS = ("arch", "hidden", "layers", "heads", "seq_len", "precision", "fp8_recipe", "kv_heads", "head_dim",
               "ffn_hidden", "norm_eps", "rope_theta", "tie_embeddings", "vocab", "init_from", "qk_norm",
-              "moe")  # the recipe contract's
+              "qkv_bias", "moe")  # the recipe contract's
 # Where an absolute model.init_from may point: directories the operator lists (os.pathsep-separated), e.g. a
 # shared model store no candidate can write. The environment is the operator's; a recipe cannot set it.
 MODEL_ROOTS_ENV = "HPC_AEVO_MODEL_ROOTS"
@@ -116,12 +117,13 @@ def resolve_config(model_cfg: dict) -> dict:
         cfg.setdefault("norm_eps", 1e-5)
         cfg.setdefault("rope_theta", 10000.0)
         cfg.setdefault("tie_embeddings", True)
-        if not isinstance(cfg.setdefault("qk_norm", False), bool):
-            raise ValueError(f"recipe model.qk_norm: expected true or false (got {cfg['qk_norm']!r})")
+        for key in ("qk_norm", "qkv_bias"):
+            if not isinstance(cfg.setdefault(key, False), bool):
+                raise ValueError(f"recipe model.{key}: expected true or false (got {cfg[key]!r})")
         if cfg.get("moe") is not None:
             cfg["moe"] = moe.checked(cfg["moe"], int(cfg["ffn_hidden"]))
     else:
-        for key in ("moe", "qk_norm"):
+        for key in ("moe", "qk_norm", "qkv_bias"):
             if cfg.get(key) not in (None, False):
                 raise ValueError(f"recipe model.{key}: needs model.arch llama (got arch {arch!r})")
     return cfg
@@ -220,7 +222,8 @@ def build_model(model_cfg: dict, load_pretrained: bool = True) -> GPTModel:
         **common, num_query_groups=int(cfg["kv_heads"]), kv_channels=int(cfg["head_dim"]),
         ffn_hidden_size=int(cfg["ffn_hidden"]), normalization="RMSNorm", layernorm_epsilon=float(cfg["norm_eps"]),
         gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
-        bias_activation_fusion=False, qk_layernorm=bool(cfg["qk_norm"]), **moe_fields,
+        bias_activation_fusion=False, qk_layernorm=bool(cfg["qk_norm"]), add_qkv_bias=bool(cfg["qkv_bias"]),
+        **moe_fields,
     )
     # a fresh MoE's own init stream, drawn before the construction, whose draws depend on the layout (moe.py)
     stream = int(torch.randint(0, 2**62, ())) if experts else None

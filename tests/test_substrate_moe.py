@@ -46,7 +46,7 @@ def tiny_moe_recipe(path: Path, **overrides) -> Path:
 
 def test_defaults_fill_in_and_megatron_gets_them():
     cfg = resolve_config({**LLAMA, "moe": EXPERTS})
-    assert cfg["moe"] == {**EXPERTS, "shared_ffn_hidden": 0, "score": "softmax", "norm_top_k": True,
+    assert cfg["moe"] == {**EXPERTS, "shared_ffn_hidden": 0, "shared_gate": False, "score": "softmax", "norm_top_k": True,
                           "balancing": "aux_loss", "aux_loss_coeff": 0.01, "capacity_factor": None}
     assert resolve_config({**LLAMA, "moe": {"experts": 4, "top_k": 2}})["moe"]["ffn_hidden"] == cfg["ffn_hidden"]
     kwargs = moe.config_kwargs(cfg["moe"], expert_parallel=2)
@@ -68,6 +68,8 @@ def test_defaults_fill_in_and_megatron_gets_them():
     ({**EXPERTS, "top_k": 5}, r"model.moe.top_k: expected at most model.moe.experts \(4\) \(got 5\)"),
     ({**EXPERTS, "top_k": 1.5}, r"model.moe.top_k: expected an integer"),
     ({**EXPERTS, "shared_ffn_hidden": -1}, r"model.moe.shared_ffn_hidden: expected an integer from 0"),
+    ({**EXPERTS, "shared_gate": 1}, r"model.moe.shared_gate: expected true or false \(got 1\)"),
+    ({**EXPERTS, "shared_gate": True}, r"model.moe.shared_gate: expected false without a shared expert"),
     ({**EXPERTS, "score": "relu"}, r"model.moe.score: expected one of softmax, sigmoid \(got 'relu'\)"),
     ({**EXPERTS, "norm_top_k": "yes"}, r"model.moe.norm_top_k: expected true or false"),
     ({**EXPERTS, "top_k": 1}, r"model.moe.norm_top_k: expected false with top_k 1 and softmax"),
@@ -90,11 +92,15 @@ def test_bad_moe_keys_are_one_line_errors(tmp_path, section, message):
     assert "\n" not in str(caught.value)
 
 
-def test_moe_and_qk_norm_need_a_llama(tmp_path):
+def test_moe_qk_norm_and_qkv_bias_need_a_llama(tmp_path):
     with pytest.raises(ValueError, match=r"recipe model.moe: needs model.arch llama \(got arch 'gpt'\)"):
         checked_model_config({"hidden": 32, "layers": 1, "heads": 4, "seq_len": 64, "moe": EXPERTS}, tmp_path)
     with pytest.raises(ValueError, match=r"recipe model.qk_norm: expected true or false"):
         checked_model_config({**LLAMA, "qk_norm": 1}, tmp_path)
+    with pytest.raises(ValueError, match=r"recipe model.qkv_bias: expected true or false"):
+        checked_model_config({**LLAMA, "qkv_bias": "yes"}, tmp_path)
+    with pytest.raises(ValueError, match=r"recipe model.qkv_bias: needs model.arch llama"):
+        checked_model_config({"hidden": 32, "layers": 1, "heads": 4, "seq_len": 64, "qkv_bias": True}, tmp_path)
 
 
 def test_the_spec_choice_picks_experts_and_dispatcher_per_machine():
