@@ -75,7 +75,9 @@ def init_parallel(seed: int, tp: int = 1, ep: int = 1) -> distributed.Launch:
     else:
         parallel_state._GLOBAL_MEMORY_BUFFER = _CPUMemoryBuffer()
         tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
-        if parallel_state.get_tensor_model_parallel_world_size() * parallel_state.get_expert_model_parallel_world_size() > 1:
+        model_parallel = (parallel_state.get_tensor_model_parallel_world_size()
+                          * parallel_state.get_expert_model_parallel_world_size())
+        if model_parallel > 1:
             distributed.cpu_is_the_current_device()  # the token dispatcher's gathers over TP x EP ranks
     return launch
 

@@ -263,7 +263,8 @@ def test_moe_families_refuse_what_they_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match=r"model.moe.score: Mixtral, Qwen3-MoE and Qwen2-MoE need softmax"):
         hf_checkpoint.hf_family(resolve_config({**llama, "moe": {**experts, "score": "sigmoid"}}))
     shared = {**experts, "shared_ffn_hidden": 32}
-    assert hf_checkpoint.hf_family(resolve_config({**llama, "qkv_bias": True, "moe": {**shared, "shared_gate": True}})) == "qwen2_moe"
+    qwen2 = {**llama, "qkv_bias": True, "moe": {**shared, "shared_gate": True}}
+    assert hf_checkpoint.hf_family(resolve_config(qwen2)) == "qwen2_moe"
     with pytest.raises(ValueError, match=r"model.moe.shared_gate: Qwen2-MoE, the HF family with a shared expert, has a gated"):
         hf_checkpoint.hf_family(resolve_config({**llama, "moe": shared}))
     with pytest.raises(ValueError, match=r"model.qkv_bias: Mixtral and Qwen3-MoE have no query/key/value biases"):
