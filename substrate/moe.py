@@ -5,7 +5,8 @@
       moe: {experts: 8, top_k: 2, ffn_hidden: 256}      # the other keys have defaults (MOE_DEFAULTS)
 
 Every llama MLP becomes megatron-core's `MoELayer`: a top-k router, `experts` SwiGLU experts of width
-`ffn_hidden` and, where the architecture has one, a shared expert of width `shared_ffn_hidden`.
+`ffn_hidden` and, where the architecture has one, a shared expert of width `shared_ffn_hidden` that every
+token goes through beside its routed ones, scaled by a sigmoid gate of its own with `shared_gate` (Qwen2-MoE).
 Which experts and dispatcher run is the layer spec's choice (layers.py: `SequentialMLP` and the
 `allgather` dispatcher on CPU, Transformer Engine grouped GEMM and `alltoall` on CUDA).
 
@@ -20,7 +21,7 @@ Off Transformer Engine megatron's router moves its weight to CUDA in `gating` an
 CPU it allocates its expert-bias buffers on the CUDA device at construction: `adapt_routers` and
 `distributed.cuda_answers_cpu` answer for both.
 The trainer scales the aux loss like the main loss (`set_aux_loss_scale`), updates the expert bias
-after each step (`update_expert_bias`) and reports per-expert load (`expert_load`).
+after each step (`update_expert_bias`) and reports per-expert load per logging interval (`expert_load`).
 """
 
 from __future__ import annotations
@@ -30,16 +31,17 @@ import re
 
 import torch
 
-MOE_KEYS = ("experts", "top_k", "ffn_hidden", "shared_ffn_hidden", "score", "norm_top_k", "balancing",
+MOE_KEYS = ("experts", "top_k", "ffn_hidden", "shared_ffn_hidden", "shared_gate", "score", "norm_top_k", "balancing",
             "aux_loss_coeff", "bias_update_rate", "capacity_factor")
 # Fixed by an `init_from` checkpoint (the weights' shapes and what they were trained to mean); the others
 # are the router's knobs a recipe may set over any model, top_k included (the same experts, more or fewer
 # per token).
-ARCH_KEYS = ("experts", "ffn_hidden", "shared_ffn_hidden", "score", "norm_top_k")
+ARCH_KEYS = ("experts", "ffn_hidden", "shared_ffn_hidden", "shared_gate", "score", "norm_top_k")
 MOE_LIMITS = {"experts": 1024, "top_k": 64, "ffn_hidden": 32768}
 SCORES = ("softmax", "sigmoid")
 BALANCING = ("aux_loss", "bias", "none")
-MOE_DEFAULTS = {"shared_ffn_hidden": 0, "score": "softmax", "norm_top_k": True, "balancing": "aux_loss"}
+MOE_DEFAULTS = {"shared_ffn_hidden": 0, "shared_gate": False, "score": "softmax", "norm_top_k": True,
+                "balancing": "aux_loss"}
 KNOB_DEFAULTS = {"aux_loss": ("aux_loss_coeff", 0.01), "bias": ("bias_update_rate", 1e-3)}
 EXPERT_INDEX = re.compile(r"(\.local_experts\.)(\d+)(\.)|(\.experts\.linear_fc[12]\.weight)(\d+)$")
 
@@ -80,8 +82,11 @@ def checked(section, dense_ffn: int) -> dict:
     for key, choices in (("score", SCORES), ("balancing", BALANCING)):
         if moe[key] not in choices:
             raise _error(key, f"one of {', '.join(choices)}", moe[key])
-    if not isinstance(moe["norm_top_k"], bool):
-        raise _error("norm_top_k", "true or false", moe["norm_top_k"])
+    for key in ("shared_gate", "norm_top_k"):
+        if not isinstance(moe[key], bool):
+            raise _error(key, "true or false", moe[key])
+    if moe["shared_gate"] and not moe["shared_ffn_hidden"]:
+        raise _error("shared_gate", "false without a shared expert (model.moe.shared_ffn_hidden 0)", True)
     if moe["score"] == "softmax" and moe["top_k"] == 1 and moe["norm_top_k"]:
         raise _error("norm_top_k", "false with top_k 1 and softmax (one renormalised weight is always 1: the "
                      "router would never learn)", True)
@@ -111,7 +116,7 @@ def config_kwargs(moe: dict, expert_parallel: int) -> dict:
     """megatron-core TransformerConfig fields for a checked `model.moe` (the spec's fields are layers.py's)."""
     return dict(
         num_moe_experts=moe["experts"], moe_router_topk=moe["top_k"], moe_ffn_hidden_size=moe["ffn_hidden"],
-        moe_shared_expert_intermediate_size=moe["shared_ffn_hidden"] or None,
+        moe_shared_expert_intermediate_size=moe["shared_ffn_hidden"] or None, moe_shared_expert_gate=moe["shared_gate"],
         moe_router_score_function=moe["score"],
         # softmax over the k chosen logits is the renormalised top-k of the full softmax (Mixtral)
         moe_router_pre_softmax=moe["score"] == "softmax" and not moe["norm_top_k"],
@@ -253,11 +258,14 @@ def aux_loss(model) -> float | None:
 
 
 def expert_load(model, sum_over_ranks=None) -> list[list[float]]:
-    """Per MoE layer, the share of routed tokens each expert received while training, over the ranks
-    `sum_over_ranks` sums (a tensor in, a list out; default this rank's): a collapsed router shows as one
-    expert near 1, an even one as 1/experts each."""
+    """Per MoE layer, the share of routed tokens each expert received in training since the last call, over
+    the ranks `sum_over_ranks` sums (a tensor in, a list out; default this rank's); the counts start again.
+    An even router gives 1/experts each; a collapsed one starves experts (near 0), its busiest taking up
+    to 1/top_k (a token goes to top_k different experts)."""
     layers = routers(model)
     counts = torch.stack([router.load.double() for router in layers])
+    for router in layers:
+        router.load = torch.zeros_like(router.load)
     if sum_over_ranks is not None:
         counts = torch.tensor(sum_over_ranks(counts.flatten()), dtype=torch.float64).view_as(counts)
     return [[round(float(n) / max(float(row.sum()), 1.0), 4) for n in row] for row in counts.cpu()]

@@ -34,7 +34,7 @@ import layers
 import moe
 import packing
 import safe_weights
-from model import build_model, checked_model_config, forward, init_parallel, use_tokenizer
+from model import build_model, checked_model_config, forward, init_parallel, resolve_config, use_tokenizer
 import tokenizer
 
 EXIT_PREEMPTED = 3
@@ -105,6 +105,10 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
         if size > 1 and fmt != "dist":
             raise ValueError(f"recipe checkpoints.format: {what} parallelism (parallel.{key} {size}) needs dist "
                              f"(got {fmt!r})")
+    if tp > 1 and resolve_config(model_cfg).get("moe"):
+        raise ValueError(f"recipe parallel.tensor: a mixture of experts trains with 1 (got {tp}): megatron trains "
+                         "its MoE under tensor parallelism with sequence parallelism only, which this trainer does "
+                         "not run (an MoE builds, imports and exports under tensor parallelism)")
     launch = init_parallel(seed, tp, ep)
     use_tokenizer(model_cfg)
     choice = layers.choose(model_cfg)  # before the data: a precision this machine cannot run fails at once
@@ -129,6 +133,7 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
     out.mkdir(parents=True, exist_ok=True)
     step, history, losses, earlier_wall, earlier_loop, earlier_cpu, tokens, useful = 0, [], [], 0.0, 0.0, 0.0, 0, 0
     earlier_saving = 0.0
+    load: list[list[float]] = []  # a mixture of experts' load at the last log line (none yet)
     existing = checkpoints.paths(out)
     if existing:
         state = checkpoints.load(existing[-1], model, optimizer)
@@ -227,6 +232,8 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
                      "loop_s": earlier_loop + loop_s}
             if experts and (aux := moe.aux_loss(model)) is not None:  # the ranks' mean, all layers'
                 entry["aux_loss"] = distributed.sum_over_dp(torch.tensor([aux]))[0] / distributed.dp_size()
+            if experts:  # each expert's share of the tokens routed since the last line (all data-parallel ranks)
+                load = moe.expert_load(model, distributed.sum_over_dp)
             history.append(entry)
             losses = []
             log(entry)
@@ -241,8 +248,8 @@ def train(recipe: dict, out: Path, max_steps: int | None = None, base: Path = Pa
                "examples": len(examples), "rows": len(ids_all),
                "packed": pack, "history": history, "world_size": launch.world_size,
                "ranks": distributed.gather_rank_info(tokens, useful)}
-    if experts:  # tokens routed to each expert since this run started (all data-parallel ranks)
-        summary["expert_load"] = moe.expert_load(model, distributed.sum_over_dp)
+    if experts:  # the router as training ended: the last logging interval's load
+        summary["expert_load"] = load
     if distributed.is_main():
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

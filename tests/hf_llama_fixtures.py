@@ -1,4 +1,4 @@
-"""Small random Hugging Face Llama, Mixtral and Qwen3-MoE checkpoints for the import/export tests (and the
+"""Small random Hugging Face Llama, Mixtral, Qwen3-MoE and Qwen2-MoE checkpoints for the import/export tests (and the
 TP worker)."""
 
 from __future__ import annotations
@@ -22,16 +22,19 @@ SMALL = dict(vocab_size=44, hidden_size=64, intermediate_size=96, num_hidden_lay
 EXPERTS = dict(num_experts_per_tok=2, router_aux_loss_coef=0.02)
 MIXTRAL = dict(num_local_experts=4, **EXPERTS)
 QWEN3_MOE = dict(num_experts=4, moe_intermediate_size=48, **EXPERTS)
+QWEN2_MOE = dict(shared_expert_intermediate_size=80, **QWEN3_MOE)  # a gated shared expert, q/k/v biases
 
 
 def random_llama(directory: Path, tied: bool, seed: int = 0, family: str = "llama", **extra) -> Path:
-    """A random Llama (or Mixtral, Qwen3-MoE: `family`, with `extra` config) saved as safetensors; norms
-    randomised too, so they are checked, and routers scaled up so that no token sits near a routing tie."""
+    """A random Llama (or Mixtral, Qwen3-MoE, Qwen2-MoE: `family`, with `extra` config) saved as safetensors;
+    norms and biases randomised too, so they are checked, and routers (and the shared expert's gate) scaled up
+    so that no token sits near a routing tie."""
     import transformers
 
     config_class, model_class = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
                                  "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
-                                 "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM")}[family]
+                                 "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
+                                 "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM")}[family]
     torch.manual_seed(seed)
     config = getattr(transformers, config_class)(**SMALL, **extra, tie_word_embeddings=tied, eos_token_id=1,
                                                  pad_token_id=0)
@@ -40,6 +43,8 @@ def random_llama(directory: Path, tied: bool, seed: int = 0, family: str = "llam
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.5)
             elif name.endswith("gate.weight"):
                 p.normal_(0, 1.0)
     model.save_pretrained(directory)

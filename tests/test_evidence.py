@@ -9,6 +9,7 @@ from test_decoupling import EXAMPLES, TRAP, Effect, synthetic_policy, synthetic_
 
 from hpc_aevo.search.evidence import (
     SECTIONS, RoundEvidence, collect_evidence, direction_key, expected_sign, off_axis_keys, render_markdown,
+    router_collapse,
 )
 from hpc_aevo.search.axes import AXES, applies
 from hpc_aevo.search.policy import DeadEnd
@@ -61,6 +62,30 @@ def test_surprises_report_wrong_signs_leaderboard_without_dev_and_failures():
     manifests[4].status, manifests[4].failure = "failed", "OOM"
     kinds = {(s.kind, s.candidate) for s in _evidence(manifests).surprises}
     assert kinds == {("opposite-sign", "cand-02"), ("leaderboard-without-dev", "cand-03"), ("failure", "cand-04")}
+
+
+def test_a_collapsed_router_is_a_surprise_and_a_balanced_one_is_not(tmp_path):
+    """Per-expert load from the trainer's summary (Measured.expert_load): a layer that starves experts (under
+    a tenth of an even share) is a surprise, for an anchor too; uneven but fed, or a dense model, is not."""
+    manifests = synthetic_round(noise=0.0)
+    manifests[0].measured.expert_load = [[0.4, 0.1, 0.3, 0.2]]  # uneven, every expert fed
+    manifests[3].measured.expert_load = [[0.25, 0.25, 0.25, 0.25], [0.5, 0.49, 0.01, 0.0]]  # top-2 onto 2 of 4
+    manifests[4].measured.expert_load = [[0.0, 0.0, 0.0, 0.0]]  # no routed tokens: no step trained, no figure
+    evidence = _evidence(manifests)
+    (surprise,) = evidence.surprises
+    assert (surprise.kind, surprise.candidate) == ("collapsed-router", "cand-03")
+    assert surprise.message == (
+        "cand-03 (filtering): router collapse in 1 of 2 MoE layers; layer 1: experts 2, 3 of 4 got under 10% of "
+        "an even share of the routed tokens, the busiest 2.0x an even share")
+    assert evidence.summary("cand-03").expert_load == manifests[3].measured.expert_load
+    assert "| collapsed-router | cand-03 |" in render_markdown(evidence)
+    evidence.save(tmp_path / "evidence.json")
+    assert RoundEvidence.load(tmp_path / "evidence.json") == evidence
+    assert router_collapse([[0.03, 0.27, 0.3, 0.4]]) is None and router_collapse([]) is None  # 0.03 > 0.25 / 10
+    assert router_collapse([[0.02, 0.28, 0.3, 0.4]]).endswith("layer 0: experts 0 of 4 got under 10% of an even "
+                                                              "share of the routed tokens, the busiest 1.6x an even share")
+    manifests[0].measured.expert_load = [[1.0, 0.0]]  # top-1 onto one expert of two
+    assert [s.message.split(":")[0] for s in _evidence(manifests).surprises] == ["cand-00 (anchor)", "cand-03 (filtering)"]
 
 
 def test_expected_sign_reads_simple_directions_only():

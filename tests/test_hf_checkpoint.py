@@ -1,8 +1,9 @@
-"""Hugging Face Llama checkpoints in and out of megatron-core (substrate/hf_checkpoint.py), on CPU.
+"""Hugging Face Llama, Mixtral and Qwen3-MoE checkpoints in and out of megatron-core (substrate/hf_checkpoint.py),
+on CPU.
 
-Small random Llama configs (GQA, SwiGLU, RMSNorm, RoPE; tied and untied embeddings): the megatron
-model built from an HF checkpoint gives the HF model's logits (fp32), and export after import gives
-back the very same weights; the same with tensor parallelism 2 under torchrun (gloo).
+Small random configs (GQA, SwiGLU, RMSNorm, RoPE; tied and untied embeddings; four experts, two per token):
+the megatron model built from an HF checkpoint gives the HF model's logits (fp32), and export after import
+gives back the very same weights; the same with tensor parallelism 2 under torchrun (gloo).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save
 
-from hf_llama_fixtures import MIXTRAL, QWEN3_MOE, SMALL, SUBSTRATE, hf_logits, random_llama
+from hf_llama_fixtures import MIXTRAL, QWEN2_MOE, QWEN3_MOE, SMALL, SUBSTRATE, hf_logits, random_llama
 
 from hpc_aevo.sandbox import bwrap
 
@@ -122,23 +123,41 @@ def test_init_from_stays_inside_the_recipe_directory_or_the_model_roots(tmp_path
         checked_model_config({"hidden": 32, "layers": 1, "heads": 4, "seq_len": 32, "vocab": 10**7}, sandbox)
 
 
+TP_MODELS = {"llama": dict(tied=False), "mixtral": dict(tied=False, family="mixtral", **MIXTRAL),
+             "qwen3_moe": dict(tied=True, family="qwen3_moe", norm_topk_prob=True, **QWEN3_MOE),
+             "qwen2_moe": dict(tied=False, family="qwen2_moe", norm_topk_prob=False, **QWEN2_MOE)}
+
+
 @pytest.mark.slow
-def test_tensor_parallel_2_under_torchrun(tmp_path):
-    hf_dir = random_llama(tmp_path / "hf", tied=False, seed=2)
+@pytest.mark.parametrize("name", sorted(TP_MODELS))
+def test_tensor_parallel_2_under_torchrun(tmp_path, name):
+    """Under TP=2 each rank imports its shard (query groups, [gate; up] halves, and for a mixture of experts
+    each expert's halves, the router whole), the gathered logits are transformers', and the export gathered
+    from both ranks is the very checkpoint imported."""
+    hf_dir = random_llama(tmp_path / "hf", seed=2, **TP_MODELS[name])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(Path(__file__).parent / "tp_hf_worker.py"), str(hf_dir),
-                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     theirs = hf_logits(hf_dir, IDS)
     for rank in ranks:  # every rank sees the whole (gathered) logits
         torch.testing.assert_close(rank["logits"], theirs, rtol=1e-5, atol=1e-5)
-    qkv = "decoder.layers.0.self_attention.linear_qkv.weight"
-    full = hf_checkpoint.hf_to_megatron(_hf_weights(hf_dir), resolve_config({"init_from": str(hf_dir), "seq_len": 32}), SMALL["vocab_size"])
-    assert ranks[0]["shard"][qkv].shape[0] == full[qkv].shape[0] // 2  # really sharded
+    print(f"{name}: TP=2 max |megatron - HF| logit {float((ranks[0]['logits'] - theirs).abs().max()):.2e}")
+    cfg = resolve_config({"init_from": str(hf_dir), "seq_len": 32})
+    full = hf_checkpoint.hf_to_megatron(_hf_weights(hf_dir), cfg, SMALL["vocab_size"])
+    split = [key for key in full if key.startswith("decoder.layers.0.self_attention.linear_qkv.")]  # weight (bias)
+    if name != "llama":
+        split += ["decoder.layers.1.mlp.experts.local_experts.3.linear_fc1.weight",
+                  "decoder.layers.1.mlp.experts.local_experts.3.linear_fc2.weight"]
+        assert torch.equal(ranks[1]["shard"]["decoder.layers.1.mlp.router.weight"],
+                           full["decoder.layers.1.mlp.router.weight"])  # the router is whole on every rank
+    for key in split:  # really sharded
+        assert ranks[0]["shard"][key].numel() == full[key].numel() // 2, key
     for r, rank in enumerate(ranks):
         expected = hf_checkpoint.shard(full, r, 2)
+        assert sorted(expected) == sorted(rank["shard"])
         assert all(torch.equal(expected[k], rank["shard"][k]) for k in expected)
     before, after = _hf_weights(hf_dir), _hf_weights(tmp_path / "export")
     assert sorted(before) == sorted(after)
@@ -179,20 +198,23 @@ def test_a_read_only_model_cache_gets_a_private_copy(tmp_path, job_sandbox):
 
 MOE_FAMILIES = {"mixtral": dict(family="mixtral", **MIXTRAL),
                 "qwen3_moe": dict(family="qwen3_moe", norm_topk_prob=True, **QWEN3_MOE),
-                "qwen3_moe-unnormalised": dict(family="qwen3_moe", norm_topk_prob=False, **QWEN3_MOE)}
+                "qwen3_moe-unnormalised": dict(family="qwen3_moe", norm_topk_prob=False, **QWEN3_MOE),
+                "qwen2_moe": dict(family="qwen2_moe", norm_topk_prob=False, **QWEN2_MOE)}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MOE_FAMILIES))
 def test_moe_logits_match_hf_and_export_is_identity(tmp_path, name):
-    """Mixtral and Qwen3-MoE (qk norms, renormalised top-k or not) import into megatron's MoELayer with
-    the HF logits in fp32, and export back to the same weights, which transformers loads."""
+    """Mixtral, Qwen3-MoE (qk norms, renormalised top-k or not) and Qwen2-MoE (q/k/v biases, a gated shared
+    expert) import into megatron's MoELayer with the HF logits in fp32, and export back to the same weights,
+    which transformers loads."""
     hf_dir = random_llama(tmp_path / "hf", tied=name.startswith("qwen"), seed=3, **MOE_FAMILIES[name])
     init_parallel(seed=0)
     cfg = {"init_from": str(hf_dir), "seq_len": 32}
     model = build_model(cfg).eval()
     assert model.config.num_moe_experts == 4 and model.config.moe_router_topk == 2
-    assert model.config.qk_layernorm == name.startswith("qwen")
+    assert model.config.qk_layernorm == name.startswith("qwen3")
+    assert model.config.add_qkv_bias == model.config.moe_shared_expert_gate == (name == "qwen2_moe")
     gap, out = _parity_and_identity(model, cfg, hf_dir, tmp_path / "export")
     print(f"{name}: max |megatron - HF| logit {float(gap):.2e}")
     config = json.loads((out / "config.json").read_text())
@@ -232,14 +254,24 @@ def test_moe_families_refuse_what_they_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match=r"config.json: mlp_only_layers must be empty"):
         hf_checkpoint.hf_to_model_config({**base, "model_type": "qwen3_moe", "num_experts": 4,
                                           "moe_intermediate_size": 16, "mlp_only_layers": [0]})
-    with pytest.raises(ValueError, match=r"config.json: model_type must be one of llama, mixtral, qwen3_moe"):
+    with pytest.raises(ValueError, match=r"config.json: model_type must be one of llama, mixtral, qwen3_moe, qwen2_moe"):
         hf_checkpoint.hf_to_model_config({**base, "model_type": "deepseek_v3"})
     llama = {"arch": "llama", "hidden": 32, "layers": 1, "heads": 4, "seq_len": 32}
     experts = {"experts": 4, "top_k": 2}
     assert hf_checkpoint.hf_family(resolve_config({**llama, "moe": experts})) == "mixtral"
     assert hf_checkpoint.hf_family(resolve_config({**llama, "qk_norm": True, "moe": experts})) == "qwen3_moe"
-    with pytest.raises(ValueError, match=r"model.moe.score: Mixtral and Qwen3-MoE need softmax"):
+    with pytest.raises(ValueError, match=r"model.moe.score: Mixtral, Qwen3-MoE and Qwen2-MoE need softmax"):
         hf_checkpoint.hf_family(resolve_config({**llama, "moe": {**experts, "score": "sigmoid"}}))
+    shared = {**experts, "shared_ffn_hidden": 32}
+    qwen2 = {**llama, "qkv_bias": True, "moe": {**shared, "shared_gate": True}}
+    assert hf_checkpoint.hf_family(resolve_config(qwen2)) == "qwen2_moe"
+    with pytest.raises(ValueError, match=r"model.moe.shared_gate: Qwen2-MoE, the HF family with a shared expert, has a gated"):
+        hf_checkpoint.hf_family(resolve_config({**llama, "moe": shared}))
+    with pytest.raises(ValueError, match=r"model.qkv_bias: Mixtral and Qwen3-MoE have no query/key/value biases"):
+        hf_checkpoint.hf_family(resolve_config({**llama, "qkv_bias": True, "moe": experts}))
+    with pytest.raises(ValueError, match=r"config.json: shared_expert_intermediate_size must be above 0"):
+        hf_checkpoint.hf_to_model_config({**base, "model_type": "qwen2_moe", "num_experts": 4,
+                                          "moe_intermediate_size": 16, "shared_expert_intermediate_size": 0})
     hf_dir = random_llama(tmp_path / "hf", tied=True, family="mixtral", **MIXTRAL)
     cfg = resolve_config({"init_from": str(hf_dir), "seq_len": 32, "moe": {"balancing": "none", "capacity_factor": 1.5}})
     assert cfg["moe"]["experts"] == 4 and cfg["moe"]["balancing"] == "none" and "aux_loss_coeff" not in cfg["moe"]

@@ -133,6 +133,9 @@ def test_a_good_summary_fills_the_manifest(box):
     cand, _ = box
     m, _ = evaluate(cand, b'{"steps": 24, "final_loss": 2.5, "wall_s": 9.0, "history": []}')
     assert m.status == "evaluated" and (m.measured.train_steps, m.measured.final_loss) == (24, 2.5)
+    moe = b'{"steps": 24, "final_loss": 2.5, "expert_load": [[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.3, 0.2]]}'
+    m, _ = evaluate(cand, moe)
+    assert m.status == "evaluated" and m.measured.expert_load == [[0.5, 0.5, 0, 0], [0.25, 0.25, 0.3, 0.2]]
 
 
 @pytest.mark.parametrize("summary, plant, match", [
@@ -141,6 +144,10 @@ def test_a_good_summary_fills_the_manifest(box):
     (b'{"final_loss": "low"}', None, "final_loss: expected a finite number or null"),
     (b'{"steps": 2.5}', None, "steps: expected an integer"),
     (b'{"final_loss": 1e400}', None, "not finite"),
+    (b'{"expert_load": [[0.5, "half"]]}', None, "expert_load[0][1]: expected a finite number"),
+    (b'{"expert_load": [0.5, 0.5]}', None, "expert_load[0]: expected a list"),
+    (b'{"expert_load": [[1.5, -0.5]]}', None, "expert_load[0]: expected each expert's share of the routed tokens (0 to 1)"),
+    (b'{"expert_load": [[1.0]]}', None, "at least 2 experts"),
     (None, os.mkfifo, "a FIFO"),
     (None, lambda p: os.symlink("/dev/zero", p), "symbolic link"),
 ])

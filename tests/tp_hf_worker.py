@@ -2,8 +2,9 @@
 
     python -m torch.distributed.run --nproc-per-node 2 tests/tp_hf_worker.py HF_DIR OUT_DIR
 
-Imports HF_DIR into a TP=2 megatron llama (each rank its shard), runs a forward pass on every
-rank, exports back to OUT_DIR/export and writes OUT_DIR/rank<r>.pt with the logits and the shard.
+Imports HF_DIR (a Llama, Mixtral, Qwen3-MoE or Qwen2-MoE) into a TP=2 megatron model (each rank its shard),
+runs a forward pass on every rank, exports back to OUT_DIR/export and writes OUT_DIR/rank<r>.pt with the
+logits and the shard.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ scores, never an agent's text.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from hpc_aevo.scoring.leaderboard import LeaderboardError
@@ -56,6 +56,7 @@ class TrainSummary:
     steps: int = 0
     final_loss: float | None = None
     wall_s: float | None = None
+    expert_load: list[list[float]] = field(default_factory=list)  # a mixture of experts' router, per MoE layer
 
 
 def read_eval_result(path: Path) -> EvalResult:
@@ -72,7 +73,12 @@ def read_train_summary(checkpoints_dir: Path) -> TrainSummary:
         return TrainSummary()
     if not isinstance(data, dict):
         raise UntrustedFile(f"{path}: expected a JSON object (got {type(data).__name__})")
-    return typed_fields(TrainSummary, data, path)
+    summary = typed_fields(TrainSummary, data, path)
+    for layer, shares in enumerate(summary.expert_load):
+        if len(shares) < 2 or not all(0.0 <= share <= 1.0 for share in shares):
+            raise UntrustedFile(f"{path}: expert_load[{layer}]: expected each expert's share of the routed tokens "
+                                f"(0 to 1), at least 2 experts (got {shares[:8]!r})")
+    return summary
 
 
 def record_evaluation(manifest: CandidateManifest, eval_path: Path, checkpoints_dir: Path, trace: Trace) -> EvalResult | None:
@@ -89,6 +95,7 @@ def record_evaluation(manifest: CandidateManifest, eval_path: Path, checkpoints_
         return None
     m = manifest.measured
     m.train_steps, m.final_loss, m.train_wall_s = summary.steps, summary.final_loss, summary.wall_s
+    m.expert_load = summary.expert_load
     m.eval_wall_s = result.wall_s
     m.checkpoints = result.checkpoints
     m.selected_step = result.selected_step

@@ -33,6 +33,11 @@ SECTIONS: dict[str, str] = {
 # words of both kinds, or none, states no direction and is not checked.
 _UP_WORDS = re.compile(r"\b(up|raises?|raising|higher|increases?|improves?)\b", re.I)
 _DOWN_WORDS = re.compile(r"\b(down|lowers?|lowering|decreases?|reduces?|drops?|worse)\b", re.I)
+# A mixture of experts' router has collapsed in a layer where an expert gets less than this fraction of an even
+# share (1/experts) of the routed tokens: a dead expert. Under top-k routing the busiest expert holds at most 1/k
+# (a token goes to k different experts), so the busiest share alone cannot tell a collapse for every k; the
+# starved experts can.
+STARVED_SHARE = 0.1
 
 
 @dataclass
@@ -52,6 +57,7 @@ class CandidateSummary:
     expected_effect: str
     failure_kind: FailureKind | None = None  # of a failed candidate; None: not a job failure, or unclassified
     failure_basis: str | None = None  # the typed facts the kind was judged from
+    expert_load: list[list[float]] = field(default_factory=list)  # per MoE layer, each expert's share (Measured)
 
 
 @dataclass
@@ -76,7 +82,7 @@ class Patterns:
 
 @dataclass
 class Surprise:
-    kind: Literal["opposite-sign", "leaderboard-without-dev", "failure", "infrastructure-failure"]
+    kind: Literal["opposite-sign", "leaderboard-without-dev", "failure", "infrastructure-failure", "collapsed-router"]
     candidate: str
     dev_gain: float | None
     leaderboard_gain: float | None
@@ -157,7 +163,7 @@ def _summaries(manifests: list[CandidateManifest], anchors: AnchorStats) -> list
             dev=dev, leaderboard=board, dev_gain=gain(dev, anchors.dev_mean),
             leaderboard_gain=gain(board, anchors.leaderboard_mean), selected_step=m.measured.selected_step,
             failure=m.failure, hypothesis=m.proposal.hypothesis, expected_effect=m.proposal.expected_effect,
-            failure_kind=kind, failure_basis=basis,
+            failure_kind=kind, failure_basis=basis, expert_load=m.measured.expert_load,
         ))
     return out
 
@@ -200,8 +206,26 @@ def expected_sign(text: str) -> int:
     return int(up) - int(down)
 
 
+def router_collapse(expert_load: list[list[float]]) -> str | None:
+    """In words, how many MoE layers' routers starve an expert (under STARVED_SHARE of an even share) and the
+    layer that starves the most; None for a dense model or a router that feeds every expert."""
+    collapsed = []
+    for layer, shares in enumerate(expert_load):
+        even = 1.0 / len(shares)
+        starved = [j for j, share in enumerate(shares) if share < STARVED_SHARE * even]
+        if starved and sum(shares) > 0:  # no routed tokens at all (a run that trained no step) is no collapse
+            collapsed.append((len(starved), layer, starved, max(shares) / even))
+    if not collapsed:
+        return None
+    _, layer, starved, busiest = max(collapsed)
+    return (f"router collapse in {len(collapsed)} of {len(expert_load)} MoE layers; layer {layer}: experts "
+            f"{', '.join(map(str, starved))} of {len(expert_load[layer])} got under {STARVED_SHARE:.0%} of an even "
+            f"share of the routed tokens, the busiest {busiest:.1f}x an even share")
+
+
 def _surprises(summaries: list[CandidateSummary], band: float, dev_band: float) -> list[Surprise]:
-    """Findings that contradict a stated expectation or the usual dev/leaderboard agreement.
+    """Findings that contradict a stated expectation or the usual dev/leaderboard agreement, and routers
+    (anchors' too) that collapsed onto a few experts.
 
     The observed effect of an expectation is the leaderboard gain when the candidate has one (the
     authoritative target), else its dev gain; only an effect beyond its band counts as a sign.
@@ -212,6 +236,10 @@ def _surprises(summaries: list[CandidateSummary], band: float, dev_band: float) 
             out.append(Surprise("infrastructure-failure" if c.failure_kind == "infrastructure" else "failure", c.name,
                                 None, None, f"{c.name} ({c.axis}) failed{_kind_note(c)}: {c.failure or 'no reason'}"))
             continue
+        collapse = router_collapse(c.expert_load)
+        if collapse:
+            out.append(Surprise("collapsed-router", c.name, c.dev_gain, c.leaderboard_gain,
+                                f"{c.name} ({c.axis or c.role}): {collapse}"))
         if c.role != "worker":
             continue
         sign = expected_sign(c.expected_effect)

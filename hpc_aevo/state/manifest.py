@@ -48,6 +48,9 @@ class Measured:
     dev_per_domain: dict[str, float] = field(default_factory=dict)
     leaderboard: float | None = None
     leaderboard_per_domain: dict[str, float] = field(default_factory=dict)
+    # a mixture of experts: per MoE layer, each expert's share of the tokens its router sent over the trainer's
+    # last logging interval (train_summary.json); empty for a dense model
+    expert_load: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
