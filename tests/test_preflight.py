@@ -93,6 +93,9 @@ def test_tensor_parallelism_beyond_the_gpus_of_a_node_is_refused(tmp_path):
     assert _refusals(_with(H200, parallel__tensor=2, checkpoints__format="torch"), cluster) == [
         "preflight refused: policy.yaml: standing_recipe.checkpoints.format: tensor or expert parallelism needs dist "
         "(got 'torch')"]
+    assert _refusals(_with(H200, parallel__tensor=2, model__moe={"experts": 8, "top_k": 2}), cluster) == [
+        "preflight refused: policy.yaml: standing_recipe.parallel.tensor: a mixture of experts trains with 1 (got 2): "
+        "megatron trains MoE under tensor parallelism with sequence parallelism only"]
     assert _refusals(_with(H200, parallel__tensor="2"), cluster) == [
         "preflight refused: policy.yaml: standing_recipe.parallel.tensor: an integer >= 1 (got '2')"]
 

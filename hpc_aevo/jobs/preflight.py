@@ -7,8 +7,8 @@ when its nodes have started, once per candidate. Each finding is one line naming
 change. A refusal stops `round` (and fails a candidate whose worker wrote it); a note is printed and run on.
 
 It reads the recipe keys the substrate contract documents (substrate/README.md: `model.precision`,
-`model.fp8_recipe`, `data.pack`, `parallel.*`, `checkpoints.format`); a substrate without one of them is not
-checked for it. The confinement preflight (can a stage's Python start inside bubblewrap) is sandbox/jobs.py.
+`model.fp8_recipe`, `data.pack`, `model.moe`, `parallel.*`, `checkpoints.format`); a substrate without one of
+them is not checked for it. The confinement preflight (can a stage's Python start inside bubblewrap) is sandbox/jobs.py.
 """
 
 from __future__ import annotations
@@ -139,6 +139,9 @@ def _parallel(recipe: dict, key, cluster: Cluster, train: TaskResources) -> list
         found.append(_refused(key("parallel.tensor"), f"{tp} does not divide the train task's {ranks} ranks"))
     elif (ranks // tp) % ep:
         found.append(_refused(key("parallel.expert"), f"{ep} does not divide the {ranks // tp} data-parallel ranks"))
+    if tp > 1 and _get(recipe, "model.moe") is not None:
+        found.append(_refused(key("parallel.tensor"), f"a mixture of experts trains with 1 (got {tp}): megatron trains "
+                                                      "MoE under tensor parallelism with sequence parallelism only"))
     experts = _get(recipe, "model.moe.experts")
     if type(experts) is int and experts % ep:
         found.append(_refused(key("parallel.expert"), f"{ep} does not divide model.moe.experts {experts}"))
