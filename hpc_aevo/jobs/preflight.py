@@ -22,6 +22,7 @@ import hpc_aevo
 from hpc_aevo.campaign.config import STAGES, Campaign
 from hpc_aevo.campaign.profile import GPU_CAPABILITY, ClusterProfile, TaskResources, load_profile
 from hpc_aevo.jobs.scheduler import Scheduler, SchedulerUnavailable
+from hpc_aevo.state.contract import recipe_value
 
 # Which GPUs can run each FP8 scaling recipe (Transformer Engine: per-tensor FP8 from Ada/Hopper; MXFP8 blocks
 # from Blackwell). bf16 needs Ampere.
@@ -72,28 +73,19 @@ class Cluster:
         return f"{self.campaign.paths.profile}: gpu_type" if self.profile is not None else "this machine's GPUs"
 
 
-def _get(recipe: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    node: Any = recipe
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 def _sm(capability: tuple[int, int]) -> str:
     return f"sm_{capability[0]}{capability[1]}"
 
 
 def _precision(recipe: dict, key, cluster: Cluster, train: TaskResources) -> list[Finding]:
-    precision = _get(recipe, "model.precision", "auto")
+    precision = recipe_value(recipe, "model.precision", "auto")
     if precision not in ("bf16", "fp8"):
         return []
     gpus = cluster.setting("train", "gpus_per_node", "gpus")
     if train.gpus_per_node == 0:
         return [_refused(key("model.precision"), f"{precision} needs a GPU, and the train stage has none ({gpus} 0)")]
     kind = cluster.scheduler.gpu_type
-    fp8_recipe = str(_get(recipe, "model.fp8_recipe", "delayed"))
+    fp8_recipe = str(recipe_value(recipe, "model.fp8_recipe", "delayed"))
     need = FP8_RECIPE_CAPABILITY.get(fp8_recipe) if precision == "fp8" else BF16_CAPABILITY
     if need is None:
         return [_refused(key("model.fp8_recipe"), f"one of {', '.join(FP8_RECIPE_CAPABILITY)} (got {fp8_recipe!r})")]
@@ -112,10 +104,10 @@ def _precision(recipe: dict, key, cluster: Cluster, train: TaskResources) -> lis
 
 
 def _packing(recipe: dict, key, train: TaskResources) -> list[Finding]:
-    if _get(recipe, "data.pack") is not True:
+    if recipe_value(recipe, "data.pack", None) is not True:
         return []
     why = "packed rows run on megatron's local spec only (train.py refuses them on the Transformer Engine spec"
-    if _get(recipe, "model.precision", "auto") == "fp8":
+    if recipe_value(recipe, "model.precision", "auto") == "fp8":
         return [_refused(key("data.pack"), f"{why}, which fp8 needs): set it false")]
     if train.gpus_per_node:
         return [_note(key("data.pack"), f"{why}, which a GPU node uses whenever its image has TE)")]
@@ -123,7 +115,7 @@ def _packing(recipe: dict, key, train: TaskResources) -> list[Finding]:
 
 
 def _parallel(recipe: dict, key, cluster: Cluster, train: TaskResources) -> list[Finding]:
-    tp, ep = _get(recipe, "parallel.tensor", 1), _get(recipe, "parallel.expert", 1)
+    tp, ep = recipe_value(recipe, "parallel.tensor", 1), recipe_value(recipe, "parallel.expert", 1)
     found = [_refused(key(f"parallel.{name}"), f"an integer >= 1 (got {value!r})")
              for name, value in (("tensor", tp), ("expert", ep)) if type(value) is not int or value < 1]
     if found:
@@ -139,13 +131,13 @@ def _parallel(recipe: dict, key, cluster: Cluster, train: TaskResources) -> list
         found.append(_refused(key("parallel.tensor"), f"{tp} does not divide the train task's {ranks} ranks"))
     elif (ranks // tp) % ep:
         found.append(_refused(key("parallel.expert"), f"{ep} does not divide the {ranks // tp} data-parallel ranks"))
-    if tp > 1 and _get(recipe, "model.moe") is not None:
+    if tp > 1 and recipe_value(recipe, "model.moe", None) is not None:
         found.append(_refused(key("parallel.tensor"), f"a mixture of experts trains with 1 (got {tp}): megatron trains "
                                                       "MoE under tensor parallelism with sequence parallelism only"))
-    experts = _get(recipe, "model.moe.experts")
+    experts = recipe_value(recipe, "model.moe.experts", None)
     if type(experts) is int and experts % ep:
         found.append(_refused(key("parallel.expert"), f"{ep} does not divide model.moe.experts {experts}"))
-    fmt = _get(recipe, "checkpoints.format", "torch")
+    fmt = recipe_value(recipe, "checkpoints.format", "torch")
     if (tp > 1 or ep > 1) and fmt != "dist":
         found.append(_refused(key("checkpoints.format"), f"tensor or expert parallelism needs dist (got {fmt!r})"))
     return found

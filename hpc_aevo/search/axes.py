@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hpc_aevo.state.contract import MISSING, recipe_value
+
 
 @dataclass(frozen=True)
 class Axis:
@@ -57,12 +59,8 @@ def categories_of(axes: list[str]) -> set[str]:
 def applies(axis: str, recipe: dict | None) -> bool:
     """Whether the axis can mutate `recipe` (its `requires` key exists there; with no recipe, only the axes
     that need nothing)."""
-    need, node = AXES[axis].requires, recipe
-    for part in need.split(".") if need else ():
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+    need = AXES[axis].requires
+    return need is None or (recipe is not None and has_key(recipe, need))
 
 
 def axis_allows(axis: str | None, key: str) -> bool:
@@ -84,9 +82,4 @@ def mixture_key(domain: str) -> str:
 
 def has_key(recipe: dict[str, Any], dotted: str) -> bool:
     """Whether the recipe has the dotted key ("optim.lr"): what an axis can mutate must be there."""
-    node: Any = recipe
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+    return recipe_value(recipe, dotted, MISSING) is not MISSING

@@ -42,6 +42,7 @@ import yaml
 from hpc_aevo.campaign.config import load_campaign, load_initial_policy
 from hpc_aevo.search.decoupling import sample_std
 from hpc_aevo.search.policy import Policy
+from hpc_aevo.state.contract import recipe_value
 from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.state.records import atomic_write_text
 from hpc_aevo.state.tree import StateTree
@@ -89,13 +90,7 @@ def search_space(recipe: dict[str, Any], axes: list[str]) -> list[Param]:
 
 
 def base_values(recipe: dict[str, Any], space: list[Param]) -> dict[str, Any]:
-    values = {}
-    for p in space:
-        node = recipe
-        for part in p.key.split("."):
-            node = node[part]
-        values[p.key] = node
-    return values
+    return {p.key: recipe_value(recipe, p.key) for p in space}
 
 
 def with_budget(overrides: dict[str, Any]) -> dict[str, Any]:
