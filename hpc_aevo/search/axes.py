@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hpc_aevo.state.contract import MISSING, recipe_value
+from hpc_aevo.state.contract import recipe_value
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,9 @@ def mixture_key(domain: str) -> str:
     return f"{AXES['mixture'].recipe_areas[0]}.{domain}"
 
 
+_ABSENT = object()  # has_key's answer for a path that is not there
+
+
 def has_key(recipe: dict[str, Any], dotted: str) -> bool:
     """Whether the recipe has the dotted key ("optim.lr"): what an axis can mutate must be there."""
-    return recipe_value(recipe, dotted, MISSING) is not MISSING
+    return recipe_value(recipe, dotted, _ABSENT) is not _ABSENT

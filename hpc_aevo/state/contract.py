@@ -18,15 +18,15 @@ EVAL_RESULT = "eval.json"  # the evaluator's record of the dev split
 SCORE_RESULT = "score.json"  # the evaluator's record of one checkpoint scored on a split (the leaderboard's)
 PREDICTIONS = "predictions.json"  # the evaluator's answers to a prompts file (the jsonl leaderboard's score job)
 
-MISSING = object()  # recipe_value's default: a missing key is a KeyError
+_REQUIRED = object()  # recipe_value's default: a missing key is a KeyError
 
 
-def recipe_value(recipe: dict[str, Any], dotted: str, default: Any = MISSING) -> Any:
+def recipe_value(recipe: dict[str, Any], dotted: str, default: Any = _REQUIRED) -> Any:
     """The value at a dotted key of a recipe ("optim.lr"); `default` where a part of the path is missing."""
     node: Any = recipe
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            if default is MISSING:
+            if default is _REQUIRED:
                 raise KeyError(dotted)
             return default
         node = node[part]
