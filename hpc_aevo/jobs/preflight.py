@@ -20,7 +20,7 @@ from typing import Any
 
 import hpc_aevo
 from hpc_aevo.campaign.config import STAGES, Campaign
-from hpc_aevo.campaign.profile import GPU_CAPABILITY, ClusterProfile, TaskResources, load_profile
+from hpc_aevo.campaign.profile import GPU_CAPABILITY, ClusterProfile, TaskResources
 from hpc_aevo.jobs.scheduler import Scheduler, SchedulerUnavailable
 from hpc_aevo.state.contract import recipe_value
 
@@ -60,8 +60,7 @@ class Cluster:
 
     @classmethod
     def of(cls, campaign: Campaign, scheduler: Scheduler) -> "Cluster":
-        slurm = campaign.scheduler.backend == "slurm"
-        return cls(campaign, scheduler, load_profile(campaign.paths.profile) if slurm else None)
+        return cls(campaign, scheduler, scheduler.profile)
 
     def setting(self, stage: str, profile_key: str, campaign_key: str | None = None) -> str:
         """"FILE: KEY" of whichever file sets this resource of `stage`: the profile's shape wins where set."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
-from hpc_aevo.campaign.profile import TaskResources
+from hpc_aevo.campaign.profile import ClusterProfile, TaskResources
 from hpc_aevo.jobs.spec import JobSpec
 from hpc_aevo.state.records import Record
 
@@ -83,6 +83,7 @@ class Scheduler(abc.ABC):
     backend: str
     finds_by_comment = False  # find() is authoritative: an intent it cannot find was never submitted
     gpu_type: str | None = None  # the GPU kind tasks get (a key of campaign.profile.GPU_CAPABILITY), when known
+    profile: ClusterProfile | None = None  # the cluster profile jobs are shaped by (SLURM); None: this machine
 
     @abc.abstractmethod
     def resources(self, stage: str) -> TaskResources:

@@ -282,11 +282,12 @@ class SlurmScheduler(Scheduler):
 
     def limits(self) -> PartitionLimits:
         """The profile's partition (or the cluster's default one), from scontrol and sinfo."""
-        fields = _partition_fields(_run(["scontrol", "show", "partition", "--oneliner", *filter(None, [self.profile.partition])]),
-                                   self.profile.partition)
+        partition = self.profile.partition
+        shown = _run(["scontrol", "show", "partition", "--oneliner", *([partition] if partition else [])])
+        fields = _partition_fields(shown, partition)
         name = fields["PartitionName"]
-        nodes = [line.split() for line in _run(["sinfo", "--noheader", "--Node", f"--partition={name}", "--format=%m %c"])
-                 .splitlines() if line.strip()]
+        listed = _run(["sinfo", "--noheader", "--Node", f"--partition={name}", "--format=%m %c"])
+        nodes = [line.split() for line in listed.splitlines() if line.strip()]
         mem = [int(m) for m, _ in nodes if m.isdigit()]
         cpus = [int(c) for _, c in nodes if c.isdigit()]
         max_nodes = fields.get("MaxNodes", "UNLIMITED")
