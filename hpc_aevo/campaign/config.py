@@ -43,10 +43,12 @@ class Agents:
     max_budget_usd_per_session: float | None = None  # cap on API spend per session; None: no cap
     max_budget_usd_per_round: float | None = None  # cap on the API spend of all sessions of a round; None: no cap
     max_session_minutes: float = 30.0  # wall-clock cap per session; the session and all it started are killed
+    max_processes: int = 1024  # processes and threads one session (its CLI and tools) or smoke test may run at once
 
     def validate(self) -> None:
         _at_least("max_turns", self.max_turns, 1)
         _positive("max_session_minutes", self.max_session_minutes)
+        _at_least("max_processes", self.max_processes, 64)  # the CLI alone runs some 20 threads
         _positive("max_budget_usd_per_session", self.max_budget_usd_per_session)
         _positive("max_budget_usd_per_round", self.max_budget_usd_per_round)
 

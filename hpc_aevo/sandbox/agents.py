@@ -45,6 +45,7 @@ class Confinement:
     sandbox: Path
     protected: list[Path]  # what the worker must not see (state tree, constitution, substrate); the sandbox excepted
     bash: bool = field(default_factory=lambda: os_sandbox_available())
+    max_processes: int = 1024  # what code run in the sandbox may run at once, threads included (agents.max_processes)
 
     def __post_init__(self) -> None:
         self.sandbox = Path(os.path.realpath(self.sandbox))
