@@ -174,18 +174,24 @@ def _settings(spec: SessionSpec, secrets: Path) -> tuple[dict[str, Any], dict[st
     return settings, env
 
 
+def _bundled_cli() -> Path:
+    import claude_agent_sdk
+
+    return Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
+
+
 @functools.lru_cache(maxsize=1)
 def powerless_here() -> bool:
-    """Whether the CLI can run under `bwrap.powerless` here (bubblewrap with user namespaces)."""
-    return bwrap.available("--unshare-user", "--uid", str(os.getuid() or bwrap.NOBODY), "--unshare-ipc")
+    """Whether sessions run their CLI under `bwrap.powerless` here: bubblewrap with user namespaces, and the
+    CLI the SDK bundles (the one the launcher runs)."""
+    return _bundled_cli().is_file() and bwrap.available("--unshare-user", "--uid", str(os.getuid() or bwrap.NOBODY),
+                                                        "--unshare-ipc")
 
 
 def _cli(spec: SessionSpec, scratch: str, cap: pids.Cap) -> str | None:
     """A launcher that runs the bundled CLI in the session's pids cgroup and under `bwrap.powerless`, as far
     as this host has them (None: the SDK runs the CLI itself)."""
-    import claude_agent_sdk
-
-    bundled = [str(Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude")]
+    bundled = [str(_bundled_cli())]
     argv = cap.argv(bwrap.powerless(bundled, spec.cwd) if powerless_here() else bundled)
     if argv == bundled or not os.path.isfile(bundled[0]):
         return None
