@@ -97,9 +97,11 @@ class SchedulerConfig:
     poll_interval_s: float = 2.0  # how often the daemon polls the scheduler, seconds
     # run each job stage under bubblewrap; auto: where it runs. None: required with agents, auto with scripted ones
     confine_jobs: Literal["auto", "required", "off"] | None = None
+    max_processes: int = 4096  # processes and threads one job stage may run at once (a pids cgroup, where one can be made)
 
     def validate(self) -> None:
         _at_least("max_parallel", self.max_parallel, 1)
+        _at_least("max_processes", self.max_processes, 64)
         _positive("poll_interval_s", self.poll_interval_s)
         if self.backend != "slurm" and self.profile is not None:
             raise SchemaError("profile", "no profile with the local backend (profiles are for slurm)", self.profile)
