@@ -11,6 +11,7 @@ capped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -47,11 +48,15 @@ class Cap:
 
     @classmethod
     def create(cls, name: str, limit: int) -> "Cap":
+        path = None
         try:
             path = _own_dir() / f"{PREFIX}{name}"
             path.mkdir(exist_ok=True)
-            (path / "pids.max").write_text(str(limit))
+            (path / "pids.max").write_text(str(limit))  # cgroup v2: only where pids is enabled for its children
         except (OSError, StopIteration) as exc:
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
             return cls(None, f"process cap of {limit} not enforced: no pids cgroup can be made here ({exc})")
         return cls(path)
 
