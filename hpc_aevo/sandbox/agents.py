@@ -10,6 +10,8 @@ Three layers, strongest first:
    the sandbox; a Bash command naming a protected path or a scheduler command is refused. String
    checks on shell commands are bypassable (quoting, python one-liners): only layers 1-2 confine Bash.
 The worker's own smoke test runs the sandbox's code too, so it runs under bubblewrap as well.
+Beneath all three, the CLI itself runs powerless (`bwrap.powerless`, started by roles/claude/session.py):
+no capabilities and read-only kernel knobs even when the daemon is root, so its Bash has neither.
 """
 
 from __future__ import annotations
