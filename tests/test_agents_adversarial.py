@@ -123,7 +123,6 @@ def test_adversarial_worker_is_contained(tmp_path, stub, os_sandbox):
             daemon.tree.sandbox(0, 2), daemon.tree.candidate_dir(0, 2) / "manifest.json",
             daemon.tree.candidate_dir(0, 2) / "trace.jsonl", daemon.tree.candidate_dir(0, 0)]
     before = snapshot(state, skip)
-    before_other = (other / "recipe.yaml").read_text()
     before_constitution = constitution.read_bytes()
     hits_before = len(stub.hits)
 

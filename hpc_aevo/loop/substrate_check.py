@@ -24,7 +24,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Iterator, Literal
 
 from hpc_aevo.campaign.config import read_initial_policy
 from hpc_aevo.campaign.reader import ConfigError, read_yaml_mapping
