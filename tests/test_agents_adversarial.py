@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from model_stub import mcp, text, tool_use
-from test_agents_worker import claude_daemon, propose
+from test_agents_worker import claude_daemon, propose, session_starts
 from tiny_campaign import REPO
 
+from hpc_aevo.roles.claude import reaper
 from hpc_aevo.roles.claude.session import keys_dir
+from hpc_aevo.sandbox import pids
 from hpc_aevo.state.records import read_jsonl
 
 
@@ -121,18 +123,21 @@ def test_adversarial_worker_is_contained(tmp_path, stub, os_sandbox):
             daemon.tree.sandbox(0, 2), daemon.tree.candidate_dir(0, 2) / "manifest.json",
             daemon.tree.candidate_dir(0, 2) / "trace.jsonl", daemon.tree.candidate_dir(0, 0)]
     before = snapshot(state, skip)
-    before_other = (other / "recipe.yaml").read_text()
     before_constitution = constitution.read_bytes()
     hits_before = len(stub.hits)
 
     try:
-        propose(daemon)
+        anchor, worker, _idle = propose(daemon)
         assert victim.poll() is None, "the worker killed a process outside its sandbox"
+        assert anchor.status == "proposed", anchor  # the round goes on without the attacker
+        assert worker.status == "failed" and "without record_proposal" in worker.failure, worker
     finally:
         victim.kill()
         shutil.rmtree(stale)
 
     assert snapshot(state, skip) == before
+    for start in session_starts(daemon):  # nothing either session started is left running
+        assert reaper.marked(start["marker"]) == [] and pids.Cap.existing(start["marker"]).path is None
     assert (other / "recipe.yaml").read_text().count("seed2") == 0 and "x\n" not in (other / "recipe.yaml").read_text()[-3:]
     assert constitution.read_bytes() == before_constitution
     assert not [h for h in stub.hits[hits_before:] if not h.startswith("POST /v1/messages")], stub.hits

@@ -18,7 +18,7 @@ from host import require
 
 from hpc_aevo.roles.claude.worker import WorkerTools
 from hpc_aevo.roles.interface import WorkerTask
-from hpc_aevo.sandbox import bwrap
+from hpc_aevo.sandbox import bwrap, pids
 from hpc_aevo.sandbox.agents import Confinement
 from hpc_aevo.state.trace import Trace
 
@@ -100,3 +100,33 @@ def test_the_smoke_tool_bounds_its_output_and_removes_planted_agent_config(tmp_p
     assert not (sandbox / ".claude").exists() and not (sandbox / ".mcp.json").exists()
     removed = [e for e in trace.events() if e["event"] == "agent-config-removed"]
     assert len(removed) == 1 and {Path(p).name for p in removed[0]["paths"]} == {".claude", ".mcp.json"}
+
+
+def test_the_clis_own_layer_has_no_capabilities_and_read_only_kernel_knobs_and_nests_a_sandbox(tmp_path):
+    """What `bwrap.powerless` gives the CLI, as root or not: and the CLI's OS sandbox still starts inside it
+    (a user namespace of its own, the layer's /proc bound: what the CLI does with enableWeakerNestedSandbox)."""
+    require(bwrap.available("--unshare-user", "--uid", str(os.getuid() or bwrap.NOBODY)), "needs bubblewrap with user namespaces")
+    probe = ("grep CapEff /proc/self/status; test -w /proc/sys/kernel/hostname && echo KNOB-WRITABLE; "
+             "test -w /proc/sysrq-trigger && echo SYSRQ-WRITABLE; echo x > /sys/fs/cgroup/x 2>/dev/null && echo SYS-WRITABLE; "
+             "bwrap --ro-bind / / --dev /dev --bind /proc /proc --unshare-user --unshare-pid --unshare-net "
+             "--cap-drop ALL sh -c 'grep CapEff /proc/self/status; echo nested'")
+    done = subprocess.run(bwrap.powerless(["sh", "-c", probe], tmp_path), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n") == ["CapEff:\t0000000000000000", "CapEff:\t0000000000000000", "nested", ""], done
+
+
+def test_a_pids_cgroup_caps_forks_and_ends_what_left_its_session():
+    cap = pids.Cap.create(f"test-{uuid.uuid4().hex}", 64)
+    if cap.path is None:
+        pytest.skip(cap.why)
+    bomb = ("import os, sys\nn = 0\nfor _ in range(500):\n    try:\n        pid = os.fork()\n    except OSError:\n"
+            "        break\n    if pid == 0:\n        os.setsid()\n        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)\n"
+            "        os.execvp('sleep', ['sleep', '300'])\n    n += 1\n"
+            "print(n)")
+    try:
+        done = subprocess.run(cap.argv(["env", "-i", sys.executable, "-c", bomb]), stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, timeout=60, start_new_session=True)
+        assert 0 < int(done.stdout) < 64 and len(cap.pids()) == int(done.stdout)  # its sleeps outlived it
+    finally:
+        killed = cap.close()
+    assert killed == int(done.stdout) and cap.pids() == [] and not cap.path.exists()

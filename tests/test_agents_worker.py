@@ -16,6 +16,7 @@ from model_stub import Turn, mcp, text, tool_use
 from tiny_campaign import write_campaign
 
 from hpc_aevo.roles.claude import reaper
+from hpc_aevo.sandbox import pids
 from hpc_aevo.roles.claude.session import AgentSession
 from hpc_aevo.campaign.reader import ConfigError
 from hpc_aevo.campaign.config import load_campaign
@@ -156,7 +157,11 @@ def test_what_a_killed_daemon_s_session_left_running_is_reaped_before_the_rerun(
     marker = reaper.new_marker()  # a session the daemon was killed during, and the command it left running
     daemon.tree.trace(0, 1).parent.mkdir(parents=True, exist_ok=True)
     Trace(daemon.tree.trace(0, 1)).log("agent:worker", "session-start", who="cand-01", marker=marker)
-    orphan = subprocess.Popen(["sleep", "300"], env={**os.environ, reaper.MARKER: marker}, start_new_session=True)
+    cap = pids.Cap.create(marker, 64)
+    if cap.path is None:  # without a cgroup, what the session left is found by the marker in its environment
+        orphan = subprocess.Popen(["sleep", "300"], env={**os.environ, reaper.MARKER: marker}, start_new_session=True)
+    else:  # in its cgroup, even a process that cleared its environment and left the session's
+        orphan = subprocess.Popen(cap.argv(["env", "-i", "sleep", "300"]), start_new_session=True)
     try:
         stub.add("r000/cand-01", [[minimal_proposal()], [text("done")]])
         _anchor, worker = propose(daemon)

@@ -23,7 +23,7 @@ import yaml
 from host import require
 from tiny_campaign import REPO, tiny_recipe
 
-from hpc_aevo.sandbox import bwrap
+from hpc_aevo.sandbox import bwrap, pids
 from hpc_aevo.loop.fork import fork_candidate
 from hpc_aevo.jobs.candidate import Candidate
 from hpc_aevo.jobs.spec import JobOutcome
@@ -131,6 +131,46 @@ def test_worker_code_in_the_train_stage_reaches_nothing_outside_its_checkpoints(
     assert found["env key"] == [] and found["proc environ"] == [], found
     assert snapshot(tree.root, [tree.checkpoints(0, 1), tree.jobs(0, 1)]) == before
     assert JobOutcome.load(spec.outcome_path()).stages[0].confined
+
+
+BOMB = """\
+import os, sys
+n = 0
+for _ in range(5000):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        os.setsid()
+        os.execvp("sleep", ["sleep", "{token}"])
+    n += 1
+print("forked", n)
+"""
+
+
+def test_a_fork_bomb_in_the_train_stage_stops_at_the_cap_and_nothing_outlives_the_stage(tree, job_sandbox):
+    token = str(int.from_bytes(os.urandom(2), "big") + 800_000)  # its sleeps sleep this long: their mark
+    probe = pids.Cap.create(f"probe-{token}", 64)
+    probe.close()
+    if probe.path is None:  # a host whose cgroups the job cannot write: the bomb runs only capped
+        pytest.skip(probe.why)
+    (tree.sandbox(0, 1) / "train.py").chmod(0o644)
+    (tree.sandbox(0, 1) / "train.py").write_text(BOMB.format(token=token))
+    spec = Candidate(0, 1, tree, max_processes=64).spec(1).stage("train")
+    outcome = run_job(spec)
+    log = spec.log_path("train").read_text()
+    assert outcome.state == "COMPLETED" and "at most 64 processes" in log.splitlines()[0], log
+    assert 0 < int(log.split("forked ")[1].split()[0]) < 64, log
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if f"sleep\0{token}".encode() in _read(p)]
+    assert not list(probe.path.parent.glob(f"{pids.PREFIX}r000-cand-01-1-train-*"))  # its cgroup is gone
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def test_without_bubblewrap_the_stage_runs_unconfined_and_says_so(tree, monkeypatch):

@@ -43,10 +43,12 @@ class Agents:
     max_budget_usd_per_session: float | None = None  # cap on API spend per session; None: no cap
     max_budget_usd_per_round: float | None = None  # cap on the API spend of all sessions of a round; None: no cap
     max_session_minutes: float = 30.0  # wall-clock cap per session; the session and all it started are killed
+    max_processes: int = 1024  # processes and threads one session (its CLI and tools) or smoke test may run at once
 
     def validate(self) -> None:
         _at_least("max_turns", self.max_turns, 1)
         _positive("max_session_minutes", self.max_session_minutes)
+        _at_least("max_processes", self.max_processes, 64)  # the CLI alone runs some 20 threads
         _positive("max_budget_usd_per_session", self.max_budget_usd_per_session)
         _positive("max_budget_usd_per_round", self.max_budget_usd_per_round)
 
@@ -95,9 +97,11 @@ class SchedulerConfig:
     poll_interval_s: float = 2.0  # how often the daemon polls the scheduler, seconds
     # run each job stage under bubblewrap; auto: where it runs. None: required with agents, auto with scripted ones
     confine_jobs: Literal["auto", "required", "off"] | None = None
+    max_processes: int = 4096  # processes and threads one job stage may run at once (a pids cgroup, where one can be made)
 
     def validate(self) -> None:
         _at_least("max_parallel", self.max_parallel, 1)
+        _at_least("max_processes", self.max_processes, 64)
         _positive("poll_interval_s", self.poll_interval_s)
         if self.backend != "slurm" and self.profile is not None:
             raise SchemaError("profile", "no profile with the local backend (profiles are for slurm)", self.profile)

@@ -21,6 +21,7 @@ Each stage runs the sandbox's code or reads the candidate's checkpoints, so it r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -28,10 +29,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from hpc_aevo.jobs.spec import EXIT_PREEMPTED, Claim, JobOutcome, JobSpec, StageRun
-from hpc_aevo.sandbox import bwrap
+from hpc_aevo.sandbox import bwrap, pids
 from hpc_aevo.sandbox.jobs import ConfinementUnavailable, confine
 from hpc_aevo.state.contract import EVAL_RESULT, EVALUATOR, MAX_RECIPE_BYTES, RECIPE_FILE, TRAIN_SCRIPT
 from hpc_aevo.state.records import atomic_write_text, now_iso
@@ -134,20 +135,26 @@ def _command(spec: JobSpec, stage: str) -> tuple[list[str], str]:
     return [*program, *spec.score.args], str(out)
 
 
-def start_stage(spec: JobSpec, stage: str, log, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, bool]:
-    """Start `stage` confined (or, where it cannot be, unconfined with one line in its log saying so).
+@contextlib.contextmanager
+def start_stage(spec: JobSpec, stage: str, log, extra: tuple[str, ...] = ()) -> Iterator[tuple[subprocess.Popen, bool]]:
+    """Start `stage` confined (or, where it cannot be, unconfined with one line in its log saying so), in a
+    pids cgroup of its own (scheduler.max_processes); what it left running is killed when the block ends.
 
     `extra` arguments go after the stage's command line (`substrate check` trains with `--max-steps 2`)."""
     argv, cwd = _command(spec, stage)
     argv, unconfined = confine(spec, stage, [*argv, *extra], cwd)
+    cap = pids.Cap.create(f"{spec.key.replace('/', '-')}-{spec.attempt}-{stage}-{os.getpid()}", spec.max_processes)
     note = f"UNCONFINED: {unconfined}" if unconfined else "confined by bubblewrap"
+    note += f"; {cap.why}" if cap.why else f"; at most {spec.max_processes} processes"
     log.write(f"hpc_aevo: {spec.key} attempt {spec.attempt} {stage} on {os.uname().nodename}: {note}\n".encode())
     log.flush()
     env = {**bwrap.scrubbed_env(), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
     if unconfined is None:
         env["TMPDIR"] = "/tmp"  # the private one; the host's temp dir, where the agents' keys are, is hidden
-    process = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    return process, unconfined is None
+    try:
+        yield subprocess.Popen(cap.argv(argv), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env), unconfined is None
+    finally:
+        cap.close()
 
 
 def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None = None) -> JobOutcome:
@@ -181,13 +188,13 @@ def run_job(spec: JobSpec, on_process: Callable[[subprocess.Popen], None] | None
         began = time.time()
         with open(log, "ab") as handle:
             try:
-                process, confined = start_stage(spec, stage, handle)
+                with start_stage(spec, stage, handle) as (process, confined):
+                    if on_process is not None:
+                        on_process(process)
+                    code = process.wait()
             except ConfinementUnavailable as exc:
                 outcome.state, outcome.message = "FAILED", f"{stage} not started: {exc}"
                 break
-            if on_process is not None:
-                on_process(process)
-            code = process.wait()
         outcome.stages.append(StageRun(stage, code, time.time() - began, str(log), confined))
         staged = spec.files.out("eval") / EVAL_RESULT
         if code == 0 and stage == "eval" and staged.exists():  # a missing eval.json fails the candidate later
@@ -214,8 +221,7 @@ def run_rank(spec: JobSpec, rank: int, on_process: Callable[[subprocess.Popen], 
         if time.time() > deadline:
             raise RuntimeError(f"rank {rank}: rank 0 never prepared {spec.checkpoints} for this recipe")
         time.sleep(0.5)
-    with open(spec.files.rank_log(rank), "ab") as handle:
-        process, _ = start_stage(spec, "train", handle)
+    with open(spec.files.rank_log(rank), "ab") as handle, start_stage(spec, "train", handle) as (process, _):
         if on_process is not None:
             on_process(process)
         return process.wait()

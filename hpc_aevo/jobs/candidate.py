@@ -20,6 +20,7 @@ class Candidate:
     tree: StateTree
     confine: str = "auto"  # scheduler.confine_jobs
     hidden: tuple[str, ...] = ()  # the campaign's files its jobs must not see, besides the state tree
+    max_processes: int = 4096  # scheduler.max_processes
 
     @property
     def ref(self) -> CandidateRef:
@@ -42,7 +43,8 @@ class Candidate:
         t, r, c = self.tree, self.round, self.index
         return JobSpec(key=self.key, attempt=attempt, sandbox=str(t.sandbox(r, c)), evaluator_dir=str(t.default_dir),
                        checkpoints=str(t.checkpoints(r, c)), eval_result=str(t.eval_result(r, c)),
-                       jobs_dir=str(t.jobs(r, c)), hidden=(str(t.root), *self.hidden), confine=self.confine)
+                       jobs_dir=str(t.jobs(r, c)), hidden=(str(t.root), *self.hidden), confine=self.confine,
+                       max_processes=self.max_processes)
 
     def submission_path(self, attempt: int) -> Path:
         return self.tree.attempt(self.round, self.index, attempt).submission

@@ -45,6 +45,7 @@ class JobSpec:
     stages: tuple[str, ...] = ("train", "eval")  # or ("score",): the leaderboard scoring job
     hidden: tuple[str, ...] = ()  # what no stage may see: the state root, the campaign's own files
     confine: str = "auto"  # scheduler.confine_jobs: auto | required | off
+    max_processes: int = 4096  # scheduler.max_processes: a stage's cap on processes and threads
     score: ScoreInput | None = None  # the scoring job's input (stages ("score",))
 
     @property

@@ -225,7 +225,8 @@ class Daemon:
                                       *([paths.heldout] if paths.heldout is not None else []), *task))
 
     def candidate(self, rnd: int, c: int) -> Candidate:
-        return Candidate(rnd, c, self.tree, self.campaign.confine_jobs, self._hidden())
+        return Candidate(rnd, c, self.tree, self.campaign.confine_jobs, self._hidden(),
+                         self.campaign.scheduler.max_processes)
 
     def candidates(self, rnd: int) -> list[Candidate]:
         return [self.candidate(rnd, c) for c in range(self.campaign.candidates)]

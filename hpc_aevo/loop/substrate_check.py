@@ -24,7 +24,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Iterator, Literal
 
 from hpc_aevo.campaign.config import read_initial_policy
 from hpc_aevo.campaign.reader import ConfigError, read_yaml_mapping
@@ -134,8 +134,7 @@ def _run_stage(spec: JobSpec, stage: str, timeout_s: float, extra: tuple[str, ..
     """Run `stage` of `spec` as a job would (the same command line and confinement), within `timeout_s`."""
     log = spec.log_path(stage)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as handle:
-        process, confined = start_stage(spec, stage, handle, extra)
+    with open(log, "ab") as handle, start_stage(spec, stage, handle, extra) as (process, confined):
         try:
             code: int | None = process.wait(timeout_s)
         except subprocess.TimeoutExpired:

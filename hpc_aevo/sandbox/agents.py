@@ -10,6 +10,8 @@ Three layers, strongest first:
    the sandbox; a Bash command naming a protected path or a scheduler command is refused. String
    checks on shell commands are bypassable (quoting, python one-liners): only layers 1-2 confine Bash.
 The worker's own smoke test runs the sandbox's code too, so it runs under bubblewrap as well.
+Beneath all three, the CLI itself runs powerless (`bwrap.powerless`, started by roles/claude/session.py):
+no capabilities and read-only kernel knobs even when the daemon is root, so its Bash has neither.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Confinement:
     sandbox: Path
     protected: list[Path]  # what the worker must not see (state tree, constitution, substrate); the sandbox excepted
     bash: bool = field(default_factory=lambda: os_sandbox_available())
+    max_processes: int = 1024  # what code run in the sandbox may run at once, threads included (agents.max_processes)
 
     def __post_init__(self) -> None:
         self.sandbox = Path(os.path.realpath(self.sandbox))

@@ -40,6 +40,7 @@ KERNEL_KNOBS = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 HOST_SECRETS = ("/etc/munge", "/run/munge", "/var/run/munge", "~/.claude", "~/.claude.json")
 # Hidden too with `strict` (agent tools): the host's Unix sockets (system bus, container and scheduler daemons).
 SOCKET_DIRS = ("/run", "/var/run")
+NOBODY = 65534  # the uid (and gid) a root daemon's agent CLI has in its user namespace
 
 
 def scrubbed_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -73,10 +74,7 @@ def command(argv: list[str], chdir: Path, hidden: Iterable[Path], binds: Iterabl
     host's GPU and RDMA devices and its /dev/shm (NCCL between ranks) as well; with `strict`, the host's
     socket directories hidden too."""
     cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-           "--unshare-pid", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    for entry in KERNEL_KNOBS:
-        if os.path.exists(entry):
-            cmd += ["--ro-bind", entry, entry]
+           "--unshare-pid", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL", *_knobs_read_only()]
     if not network:
         cmd.append("--unshare-net")
     if accelerators:
@@ -91,6 +89,22 @@ def command(argv: list[str], chdir: Path, hidden: Iterable[Path], binds: Iterabl
     for p in hidden:  # read-only once the binds have their mount points: a write there fails, not vanishes
         cmd += ["--remount-ro", str(p)] if p.is_dir() else []
     return cmd + ["--chdir", str(chdir), *argv]
+
+
+def powerless(argv: list[str], chdir: Path) -> list[str]:
+    """`argv` with its filesystem as it is but without power: for an agent's CLI, which confines its own tools
+    (its OS sandbox nests inside this one). A user namespace where it is not root (a uid of its own is what
+    lets the nested sandbox map one: root without capabilities could not), no capabilities, the kernel's
+    knobs and /sys (cgroups) read-only, pid and IPC namespaces of its own: all it started dies with it, or
+    with its parent."""
+    uid, gid = os.getuid() or NOBODY, os.getgid() or NOBODY
+    return ["bwrap", "--bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc", "--ro-bind", "/sys", "/sys",
+            "--unshare-user", "--uid", str(uid), "--gid", str(gid), "--unshare-pid", "--unshare-ipc",
+            "--die-with-parent", "--cap-drop", "ALL", *_knobs_read_only(), "--chdir", str(chdir), "--", *argv]
+
+
+def _knobs_read_only() -> list[str]:
+    return [arg for entry in KERNEL_KNOBS if os.path.exists(entry) for arg in ("--ro-bind", entry, entry)]
 
 
 def relay(bwrap_argv: list[str]) -> int:

@@ -1,12 +1,12 @@
 """Every process an agent session started ends with the session, even one the daemon did not see start.
 
-The CLI runs Bash inside its own OS sandbox, which may start a new session or process group, and a
-command can go to the background (`run_in_background`) or outlive a daemon killed with -9 (then
-its parent is pid 1). A process tree or a process group therefore misses some of them. What they all
-keep is the environment the CLI passed down: each session's CLI gets a marker variable of its own,
-and at the session's end, and before its candidate goes on after a restart, every process of this
-user whose environment carries the marker is killed. A process that clears its own environment on
-purpose escapes this; the session's wall-clock cap still ends the CLI itself.
+A session's CLI runs in a pids cgroup of its own (`sandbox/pids.py`) and under `bwrap.powerless`, in a
+pid namespace of its own that dies with the CLI or with the daemon (a daemon killed with -9 takes it
+along). Neither depends on what a worker's commands do to themselves: one that clears its environment,
+starts a new session or forks twice stays in the cgroup and in the namespace. At the session's end,
+and before its candidate goes on after a restart, the cgroup is emptied with SIGKILL and removed. The
+CLI and its launcher also carry a marker in their environment (set by the daemon, out of a worker's
+reach): on a host without cgroups or user namespaces, killing them still ends the CLI itself.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import signal
 import time
 import uuid
 from pathlib import Path
+
+from hpc_aevo.sandbox import pids
 
 MARKER = "HPC_AEVO_AGENT_SESSION"
 
@@ -40,18 +42,19 @@ def marked(marker: str) -> list[int]:
 
 
 def reap(marker: str, wait_s: float = 10.0) -> int:
-    """SIGKILL every process carrying `marker`, again while any is still there (one forked during the scan,
-    one not yet gone), until none is left or `wait_s` has passed; returns how many were killed."""
-    killed: set[int] = set()
+    """SIGKILL everything in the session's cgroup and every process carrying `marker`, again while any is
+    still there (one forked during the scan, one not yet gone), until none is left or `wait_s` has passed;
+    returns how many were killed."""
+    killed = pids.Cap.existing(marker).close(wait_s)
     deadline = time.monotonic() + wait_s
     while True:
-        pids = marked(marker)
-        if not pids or time.monotonic() > deadline:
-            return len(killed)
-        for pid in pids:
+        found = marked(marker)
+        if not found or time.monotonic() > deadline:
+            return killed
+        for pid in found:
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
+                killed += 1
             except ProcessLookupError:
                 continue
         time.sleep(0.05)

@@ -10,6 +10,7 @@ hits its turn cap or runs out of budget returns a record saying so; it never rai
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 import shlex
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpc_aevo.roles.claude import reaper
+from hpc_aevo.sandbox import bwrap, pids
 from hpc_aevo.state.records import Record, now_iso
 from hpc_aevo.state.trace import Trace
 
@@ -65,6 +67,7 @@ class Limits:
     max_turns: int | None = None
     max_budget_usd: float | None = None
     max_wall_s: float | None = None  # the session and everything it started are killed after this
+    max_processes: int | None = None  # the session's cap on processes and threads (a pids cgroup, where one can be made)
 
 
 @dataclass
@@ -158,6 +161,9 @@ def _settings(spec: SessionSpec, secrets: Path) -> tuple[dict[str, Any], dict[st
     if spec.sandbox is not None:
         settings["sandbox"] = copy.deepcopy(spec.sandbox)
         settings["sandbox"].setdefault("filesystem", {}).setdefault("denyRead", []).append(str(keys_dir()))
+        # Inside `powerless`, the /proc Bash sees is that layer's: its own pids, the kernel's knobs read-only.
+        # A fresh one cannot be mounted beneath those read-only knobs, and would make them writable again.
+        settings["sandbox"]["enableWeakerNestedSandbox"] = powerless_here()
     key = next((os.environ[name] for name in CREDENTIALS if os.environ.get(name)), None) or _api_key
     if key:
         keyfile = secrets / "api-key"
@@ -168,7 +174,34 @@ def _settings(spec: SessionSpec, secrets: Path) -> tuple[dict[str, Any], dict[st
     return settings, env
 
 
-def _options(spec: SessionSpec, hook_denied: dict[str, str], scratch: str, secrets: str, marker: str):
+def _bundled_cli() -> Path:
+    import claude_agent_sdk
+
+    return Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
+
+
+@functools.lru_cache(maxsize=1)
+def powerless_here() -> bool:
+    """Whether sessions run their CLI under `bwrap.powerless` here: bubblewrap with user namespaces, and the
+    CLI the SDK bundles (the one the launcher runs)."""
+    return _bundled_cli().is_file() and bwrap.available("--unshare-user", "--uid", str(os.getuid() or bwrap.NOBODY),
+                                                        "--unshare-ipc")
+
+
+def _cli(spec: SessionSpec, scratch: str, cap: pids.Cap) -> str | None:
+    """A launcher that runs the bundled CLI in the session's pids cgroup and under `bwrap.powerless`, as far
+    as this host has them (None: the SDK runs the CLI itself)."""
+    bundled = [str(_bundled_cli())]
+    argv = cap.argv(bwrap.powerless(bundled, spec.cwd) if powerless_here() else bundled)
+    if argv == bundled or not os.path.isfile(bundled[0]):
+        return None
+    launcher = Path(scratch) / "claude"
+    launcher.write_text(f"#!/bin/sh\nexec {shlex.join(argv)} \"$@\"\n")
+    launcher.chmod(0o700)
+    return str(launcher)
+
+
+def _options(spec: SessionSpec, hook_denied: dict[str, str], scratch: str, secrets: str, marker: str, cap: pids.Cap):
     import json
 
     from claude_agent_sdk import ClaudeAgentOptions, HookMatcher
@@ -191,7 +224,7 @@ def _options(spec: SessionSpec, hook_denied: dict[str, str], scratch: str, secre
         mcp_servers={spec.mcp_name: spec.mcp_server} if spec.mcp_server else {}, strict_mcp_config=True,
         permission_mode="dontAsk", max_turns=spec.limits.max_turns, max_budget_usd=spec.limits.max_budget_usd,
         model=spec.limits.model, cwd=str(spec.cwd), settings=json.dumps(settings), setting_sources=[],
-        env=env, resume=spec.resume, verbatim_prompts=True,
+        env=env, resume=spec.resume, verbatim_prompts=True, cli_path=_cli(spec, scratch, cap),
         hooks={"PreToolUse": [HookMatcher(matcher=None, hooks=[pre_tool_use], on_failure="block")]})
 
 
@@ -218,7 +251,7 @@ def _log_result(trace: Trace, actor: str, block: Any, tool: str | None, hook_den
               **({"reason": _short(detail)} if event == "tool-denied" else {"output": _short(detail, 400)}))
 
 
-async def _drive(spec: SessionSpec, record: AgentSession, marker: str) -> None:
+async def _drive(spec: SessionSpec, record: AgentSession, marker: str, cap: pids.Cap) -> None:
     import anyio
     from claude_agent_sdk import query
 
@@ -228,7 +261,7 @@ async def _drive(spec: SessionSpec, record: AgentSession, marker: str) -> None:
     # A short temp dir: the OS sandbox's bridge sockets live there, and a Unix socket path has 108 bytes at most.
     with tempfile.TemporaryDirectory(prefix="hpc-agent-") as scratch, \
             tempfile.TemporaryDirectory(dir=keys_dir()) as secrets, anyio.fail_after(spec.limits.max_wall_s):
-        messages = query(prompt=spec.prompt, options=_options(spec, hook_denied, scratch, secrets, marker))
+        messages = query(prompt=spec.prompt, options=_options(spec, hook_denied, scratch, secrets, marker, cap))
         try:
             async for message in messages:
                 _observe(spec, record, message, names, hook_denied, denied)
@@ -307,14 +340,17 @@ def run_session(spec: SessionSpec) -> AgentSession:
     record = AgentSession(role=spec.role, round=spec.round, who=spec.who, session_id=spec.resume,
                           model=spec.limits.model, started_at=now_iso(), wall_s=0.0, outcome="crashed", is_error=True)
     marker = reaper.new_marker()
+    cap = pids.Cap.create(marker, spec.limits.max_processes) if spec.limits.max_processes else pids.Cap(None)
     spec.trace.log(f"agent:{spec.role}", "session-start", who=spec.who, resume=spec.resume, tools=spec.tools,
                    model=spec.limits.model, max_turns=spec.limits.max_turns, max_budget_usd=spec.limits.max_budget_usd,
-                   max_wall_s=spec.limits.max_wall_s, marker=marker, record=str(spec.record_path))
+                   max_wall_s=spec.limits.max_wall_s, marker=marker, record=str(spec.record_path),
+                   max_processes=spec.limits.max_processes if cap.path else None, powerless=powerless_here(),
+                   **({"unlimited": cap.why} if cap.why else {}))
     started = time.monotonic()
     try:
         import anyio  # with claude-agent-sdk (the agents extra)
 
-        anyio.run(_drive, spec, record, marker)
+        anyio.run(_drive, spec, record, marker, cap)
     except TimeoutError:
         record.outcome, record.is_error = "error_max_wall_time", True
         record.message = f"stopped at its wall-clock cap of {spec.limits.max_wall_s:g} s (agents.max_session_minutes)"

@@ -66,7 +66,7 @@ def limits_for(agents: Agents, spend: RoundSpend) -> Limits:
     """The next session's limits: the campaign's, with the budget cut to what the round has left."""
     caps = [c for c in (agents.max_budget_usd_per_session, spend.left_usd(agents)) if c is not None]
     return Limits(model=agents.model, max_turns=agents.max_turns, max_budget_usd=min(caps) if caps else None,
-                  max_wall_s=agents.max_session_minutes * 60)
+                  max_wall_s=agents.max_session_minutes * 60, max_processes=agents.max_processes)
 
 
 def agent_home(spend: RoundSpend, who: str) -> Path:

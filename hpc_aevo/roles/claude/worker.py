@@ -16,6 +16,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from hpc_aevo.roles.claude.session import AgentSession, SessionSpec, tool_result
 from hpc_aevo.roles.claude.spend import RoundSpend, limits_for
 from hpc_aevo.roles.interface import WorkerFailed, WorkerResult, WorkerTask
 from hpc_aevo.roles.scripted.worker import ScriptedWorker
-from hpc_aevo.sandbox import bwrap
+from hpc_aevo.sandbox import bwrap, pids
 from hpc_aevo.sandbox.agents import Confinement
 from hpc_aevo.search.axes import AXES, signature
 from hpc_aevo.search.constitution import SEED_KEY
@@ -120,8 +121,11 @@ class WorkerTools:
             return tool_result("refused: smoke test unavailable, no OS sandbox (bubblewrap) on this host to run sandbox code in",
                            error=True)
         out = self.confinement.sandbox / ".smoke"
-        argv = self.confinement.bwrap_argv([sys.executable, TRAIN_SCRIPT, "--recipe", RECIPE_FILE, "--out", str(out),
-                                            "--max-steps", str(min(max(steps, 1), 10))])
+        cap = pids.Cap.create(f"smoke-{uuid.uuid4().hex}", self.confinement.max_processes)
+        if cap.why:
+            self.task.trace.log("daemon", "smoke-test-unlimited", reason=cap.why)
+        argv = cap.argv(self.confinement.bwrap_argv([sys.executable, TRAIN_SCRIPT, "--recipe", RECIPE_FILE, "--out",
+                                                     str(out), "--max-steps", str(min(max(steps, 1), 10))]))
         with tempfile.TemporaryFile() as log:  # not a pipe: output without end must not fill the daemon's memory
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=bwrap.scrubbed_env(),
                                        preexec_fn=_smoke_limits)
@@ -131,6 +135,7 @@ class WorkerTools:
                 process.kill()  # bubblewrap's --die-with-parent takes everything inside with it
                 code, note = process.wait(), f"timed out after {SMOKE_TIMEOUT_S}s\n"
             finally:
+                cap.close()
                 subprocess.run(["rm", "-rf", str(out), *self._planted_agent_config()], check=False)
             log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
             text = note + log.read().decode(errors="replace")
@@ -218,7 +223,7 @@ class ClaudeWorker:
         protected = [self.tree.root, self.campaign.paths.substrate, self.campaign.paths.constitution,
                      self.campaign.source.parent, PACKAGE_DIR,  # the package holds the leaderboard adapter
                      MUNGE_DIR]  # SLURM's shared key: with it a job could be forged
-        return Confinement(task.sandbox, protected)
+        return Confinement(task.sandbox, protected, max_processes=self.campaign.agents.max_processes)
 
     def _spec(self, task: WorkerTask, role: str, prompt: str, tools: WorkerTools, resume: str | None) -> SessionSpec:
         conf = tools.confinement
