@@ -35,8 +35,8 @@ from hf_llama_fixtures import add_hf_tokenizer, random_llama  # noqa: E402
 from hpc_aevo.tools.calibrate import apply_overrides  # noqa: E402
 
 # One subtask per subset over its own file of the held-out directory, with the evaluator's decoding: the prompt as
-# it is (no BOS), greedy, at most 9 tokens (evaluate.MAX_ANSWER_TOKENS), ended by the end-of-sequence token (whose
-# text never occurs in an answer: a newline is as good a stop).
+# it is (no BOS), greedy, at most 9 tokens (evaluate.MAX_ANSWER_TOKENS), ended by the end-of-sequence token alone
+# (`until: []`: the harness adds its text; a newline stop would cut outputs that the evaluator keeps whole).
 SUBSETS = ("bits", "equation", "cipher", "base")
 TASK_YAML = """\
 group: team_puzzles
@@ -49,7 +49,7 @@ task:
     output_type: generate_until
     doc_to_text: "{{{{prompt}}}}"
     doc_to_target: "{{{{answer}}}}"
-    generation_kwargs: {{until: ["\\n"], do_sample: false, max_gen_toks: 9}}
+    generation_kwargs: {{until: [], do_sample: false, max_gen_toks: 9}}
     metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}]
 """ for name in SUBSETS)
 
