@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -52,12 +53,34 @@ task:
 """ for name in SUBSETS)
 
 
-@pytest.fixture
-def model_root(monkeypatch):
-    """The operator's model store ($HPC_AEVO_MODEL_ROOTS), outside /tmp: every job stage has a private /tmp."""
+needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
+                                   reason="lm-eval is not installed (pip install -e .[lmeval])")
+
+
+@dataclass
+class Trained:
+    tree: StateTree
+    cand: Candidate
+    export: Path
+    step: int
+
+
+@pytest.fixture(scope="module")
+def tiny_candidate(tmp_path_factory):
+    """A candidate trained 4 steps from a small random Llama with an HF tokenizer, in its job's train stage. The
+    model lies in the operator's model store ($HPC_AEVO_MODEL_ROOTS), outside /tmp: each job stage has its own /tmp."""
     root = Path(tempfile.mkdtemp(prefix="hpc-aevo-models-", dir="/var/tmp"))
-    monkeypatch.setenv("HPC_AEVO_MODEL_ROOTS", str(root))
-    yield root
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HPC_AEVO_MODEL_ROOTS", str(root))
+        hf = add_hf_tokenizer(random_llama(root / "hf", tied=True))
+        tree = StateTree(tmp_path_factory.mktemp("tiny") / "state")
+        installed = install_substrate(REPO / "substrate", tree.default_dir, tree.substrate_manifest)
+        recipe = apply_overrides(yaml.safe_load((REPO / "substrate" / "recipe.yaml").read_text()),
+                                 {"data.train_examples": 200, "optim.steps": 4, "optim.batch_size": 8,
+                                  "checkpoints.every": 4})
+        recipe["model"] = {"init_from": str(hf), "seq_len": 64}
+        cand = Candidate(0, 0, tree)
+        yield Trained(tree, cand, *train(cand, installed, recipe)[:2])
     shutil.rmtree(root)
 
 
@@ -65,23 +88,10 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
-                                   reason="lm-eval is not installed (pip install -e .[lmeval])")
-
-
 @pytest.mark.slow
 @needs_lm_eval
-def test_lm_eval_scores_a_candidate_in_the_score_job_as_the_evaluator_does(tmp_path, model_root, job_sandbox):
-    hf = add_hf_tokenizer(random_llama(model_root / "hf", tied=True))
-    tree = StateTree(tmp_path / "state")
-    installed = install_substrate(REPO / "substrate", tree.default_dir, tree.substrate_manifest)
-    recipe = apply_overrides(yaml.safe_load((REPO / "substrate" / "recipe.yaml").read_text()),
-                             {"data.train_examples": 200, "optim.steps": 4, "optim.batch_size": 8,
-                              "checkpoints.every": 4})
-    recipe["model"] = {"init_from": str(hf), "seq_len": 64}
-    cand = Candidate(0, 0, tree)
-    export, step, _ = train(cand, installed, recipe)
-
+def test_lm_eval_scores_a_candidate_in_the_score_job_as_the_evaluator_does(tmp_path, tiny_candidate, job_sandbox):
+    tree, cand, export, step = tiny_candidate.tree, tiny_candidate.cand, tiny_candidate.export, tiny_candidate.step
     sys.path.insert(0, str(tree.default_dir))
     import puzzles
 
@@ -122,6 +132,48 @@ def test_lm_eval_scores_a_candidate_in_the_score_job_as_the_evaluator_does(tmp_p
     print(f"\nlm-eval {lm_eval_scores}\njsonl   {jsonl_scores}")
     assert lm_eval_scores == jsonl_scores == (0.5, {name: 0.5 for name in SUBSETS})
     assert lm_eval.ledger().submissions[0].per_domain == lm_eval_scores[1]
+
+
+def cached_hub_dataset(cache: Path, repo: str, config: str, splits: dict[str, list[dict]]) -> None:
+    """What `datasets.load_dataset(repo, config)` with a network leaves in the datasets cache `cache`, in its layout
+    (<namespace>___<name>/<config>/<version>/<hash>/, arrow files and dataset_info.json), with our rows."""
+    from datasets.packaged_modules.json.json import Json
+
+    staging = cache / ".staging"
+    staging.mkdir()
+    files = {}
+    for split, rows in splits.items():
+        files[split] = str(staging / f"{split}.jsonl")
+        Path(files[split]).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    builder = Json(cache_dir=str(staging / "prepared"), dataset_name=repo.split("/")[-1], config_name=config,
+                   data_files=files)
+    builder.download_and_prepare()
+    target = cache / repo.replace("/", "___") / config / "0.0.0"
+    target.mkdir(parents=True)
+    Path(builder.cache_dir).rename(target / "0123456789abcdef")
+    shutil.rmtree(staging)
+
+
+@pytest.mark.slow
+@needs_lm_eval
+def test_lm_eval_scores_a_built_in_task_from_the_sites_datasets_cache(tiny_candidate, job_sandbox, monkeypatch):
+    """`leaderboard.task: gsm8k`, its data where a load with network left it in the site's datasets cache (the rows
+    are ours: there is no network here); the score job sees that cache read-only and runs offline."""
+    cache = Path(tempfile.mkdtemp(prefix="hf-datasets-site-", dir="/var/tmp"))  # outside /tmp: jobs have their own
+    rows = [{"question": f"Tom has {i} apples and buys {i + 1} more. How many apples has he now?",
+             "answer": f"{i} + {i + 1} = {2 * i + 1}\n#### {2 * i + 1}"} for i in range(8)]
+    try:
+        cached_hub_dataset(cache, "openai/gsm8k", "main", {"train": rows[:5], "test": rows[5:]})
+        monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+        config = Leaderboard(1, 1, "lm-eval", task="gsm8k", metric="exact_match,strict-match", limit=2)
+        tiny_candidate.tree.leaderboard_ledger.unlink(missing_ok=True)  # a ledger of its own: its subsets are gsm8k's
+        adapter = LmEvalTask(tiny_candidate.tree, 1, config, None, None)
+        adapter.prepare()
+        scored, out, _ = score(adapter, tiny_candidate.cand, tiny_candidate.export, tiny_candidate.step, 3)
+    finally:
+        shutil.rmtree(cache)
+    assert len(json.loads((out / OUTPUTS).read_text())["gsm8k"]) == 2  # two test documents, 5-shot from train
+    assert set(scored.measured.leaderboard_per_domain) == {"gsm8k"}
 
 
 @pytest.mark.slow

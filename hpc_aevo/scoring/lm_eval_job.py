@@ -30,6 +30,26 @@ class JobError(RuntimeError):
     """What stops the job, in one line."""
 
 
+def site_datasets_cache() -> Path:
+    """Where the site's `datasets` cache lies, as the datasets library finds it."""
+    if "HF_DATASETS_CACHE" in os.environ:
+        return Path(os.environ["HF_DATASETS_CACHE"])
+    home = os.environ.get("HF_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"))
+    return Path(os.path.expanduser(home)) / "datasets"
+
+
+def private_datasets_cache(site: Path) -> Path:
+    """A writable datasets cache that links to every Hub dataset of the site's (`<org>___<name>`). Offline,
+    `datasets` loads a Hub dataset (a built-in task's) only from its own cache of prepared datasets, never from
+    the Hub cache, and it takes a lock file at the cache's root, which the job's read-only view of the site's
+    cache refuses. Nothing else is linked: a local task's `json` files are prepared here, writable."""
+    private = Path(tempfile.mkdtemp(prefix="hf-datasets-"))
+    for entry in site.iterdir() if site.is_dir() else ():
+        if entry.is_dir() and "___" in entry.name:
+            (private / entry.name).symlink_to(entry)
+    return private
+
+
 def export_checkpoint(substrate: Path, checkpoint: Path, recipe: Path, out: Path) -> Path:
     """The export as an HF directory, written by the frozen substrate's own converter (in its own process:
     it imports the training stack, the harness need not share its memory)."""
@@ -94,12 +114,16 @@ def evaluate(hf_dir: Path, task: str, include: Path | None, limit: int | None) -
                                    limit=limit, task_manager=manager, log_samples=True)
 
 
-def outputs(results: dict) -> dict[str, list]:
-    """Each leaf task's filtered output per document, in document order."""
+def outputs(results: dict, metric: str) -> dict[str, list]:
+    """Each leaf task's filtered output per document, in document order, under the filter `metric` is read from
+    (a task with several filters logs every document once per filter: gsm8k's strict-match and flexible-extract)."""
     one = lambda resps: resps[0] if isinstance(resps, list) and len(resps) == 1 else resps  # noqa: E731
-    samples = results.get("samples") or {}
-    return {subset: [one(s["filtered_resps"]) for s in sorted(samples[name], key=lambda s: s["doc_id"])]
-            for name, subset in subset_names(samples).items()}
+    samples, found = results.get("samples") or {}, {}
+    for name, subset in subset_names(samples).items():
+        chosen = metric_key(results["results"][name], metric, name).split(",", 1)[1]
+        docs = sorted((s for s in samples[name] if s.get("filter", chosen) == chosen), key=lambda s: s["doc_id"])
+        found[subset] = [one(s["filtered_resps"]) for s in docs]
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,10 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    # Offline whatever the site's environment says; the datasets cache is private to this job (the site's
-    # HF hub cache, where a built-in task's data lies, stays readable).
+    # Offline whatever the site's environment says, with a datasets cache of the job's own (see private_datasets_cache).
     os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                      HF_DATASETS_CACHE=tempfile.mkdtemp(prefix="hf-datasets-"))
+                      HF_DATASETS_CACHE=str(private_datasets_cache(site_datasets_cache())))
     try:
         if (args.task is None) == (args.task_yaml is None):
             raise JobError("expected --task or --task-yaml (one of them)")
@@ -132,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         score, per_subset = summarize(results, args.metric)
     except (JobError, KeyError, ValueError) as error:
         sys.exit(f"lm_eval_job: {error}")
-    args.out.parent.joinpath(OUTPUTS).write_text(json.dumps(outputs(results), indent=1) + "\n")
+    args.out.parent.joinpath(OUTPUTS).write_text(json.dumps(outputs(results, args.metric), indent=1) + "\n")
     args.out.write_text(json.dumps({"score": score, "per_subset": per_subset}) + "\n")
     print(f"lm_eval_job: {args.metric} {score:.4f}, per subset {per_subset}")
 
