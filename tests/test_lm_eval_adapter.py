@@ -27,7 +27,7 @@ from hpc_aevo.scoring.adapters import JsonlHeldout, LmEvalTask
 from hpc_aevo.scoring.lm_eval_job import OUTPUTS
 from hpc_aevo.state.contract import PREDICTIONS
 from hpc_aevo.state.tree import StateTree
-from hpc_aevo.tools.bench_lmeval import compare, render_row, score, train
+from hpc_aevo.tools.bench_lmeval import BenchError, compare, render_row, score, train
 
 sys.path.insert(0, str(REPO / "substrate"))
 from hf_llama_fixtures import add_hf_tokenizer, random_llama  # noqa: E402
@@ -158,18 +158,22 @@ def cached_hub_dataset(cache: Path, repo: str, config: str, splits: dict[str, li
 @needs_lm_eval
 def test_lm_eval_scores_a_built_in_task_from_the_sites_datasets_cache(tiny_candidate, job_sandbox, monkeypatch):
     """`leaderboard.task: gsm8k`, its data where a load with network left it in the site's datasets cache (the rows
-    are ours: there is no network here); the score job sees that cache read-only and runs offline."""
+    are ours: there is no network here); the score job sees that cache read-only and runs offline. Before the data
+    is there, the job fails with one line that says where it must be."""
     cache = Path(tempfile.mkdtemp(prefix="hf-datasets-site-", dir="/var/tmp"))  # outside /tmp: jobs have their own
     rows = [{"question": f"Tom has {i} apples and buys {i + 1} more. How many apples has he now?",
              "answer": f"{i} + {i + 1} = {2 * i + 1}\n#### {2 * i + 1}"} for i in range(8)]
     try:
-        cached_hub_dataset(cache, "openai/gsm8k", "main", {"train": rows[:5], "test": rows[5:]})
         monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
         config = Leaderboard(1, 1, "lm-eval", task="gsm8k", metric="exact_match,strict-match", limit=2)
         tiny_candidate.tree.leaderboard_ledger.unlink(missing_ok=True)  # a ledger of its own: its subsets are gsm8k's
         adapter = LmEvalTask(tiny_candidate.tree, 1, config, None, None)
         adapter.prepare()
-        scored, out, _ = score(adapter, tiny_candidate.cand, tiny_candidate.export, tiny_candidate.step, 3)
+        with pytest.raises(BenchError, match=r"lm_eval_job: Couldn't reach 'openai/gsm8k' .* must be prepared in the "
+                                             r"site's datasets cache"):  # not there yet: one line says so
+            score(adapter, tiny_candidate.cand, tiny_candidate.export, tiny_candidate.step, 3)
+        cached_hub_dataset(cache, "openai/gsm8k", "main", {"train": rows[:5], "test": rows[5:]})
+        scored, out, _ = score(adapter, tiny_candidate.cand, tiny_candidate.export, tiny_candidate.step, 4)
     finally:
         shutil.rmtree(cache)
     assert len(json.loads((out / OUTPUTS).read_text())["gsm8k"]) == 2  # two test documents, 5-shot from train

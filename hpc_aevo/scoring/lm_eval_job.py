@@ -138,9 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    # Offline whatever the site's environment says, with a datasets cache of the job's own (see private_datasets_cache).
+    # Offline whatever the site's environment says, with a datasets cache of its own (private_datasets_cache).
+    site = site_datasets_cache()
     os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                      HF_DATASETS_CACHE=str(private_datasets_cache(site_datasets_cache())))
+                      HF_DATASETS_CACHE=str(private_datasets_cache(site)))
     try:
         if (args.task is None) == (args.task_yaml is None):
             raise JobError("expected --task or --task-yaml (one of them)")
@@ -155,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
         score, per_subset = summarize(results, args.metric)
     except (JobError, KeyError, ValueError) as error:
         sys.exit(f"lm_eval_job: {error}")
+    except ConnectionError as error:  # offline, the one way `datasets` says that it has no copy of a Hub dataset
+        sys.exit(f"lm_eval_job: {error}: a built-in task's dataset must be prepared in the site's datasets cache "
+                 f"({site}), once, by datasets.load_dataset on a machine with network")
     args.out.parent.joinpath(OUTPUTS).write_text(json.dumps(outputs(results, args.metric), indent=1) + "\n")
     args.out.write_text(json.dumps({"score": score, "per_subset": per_subset}) + "\n")
     print(f"lm_eval_job: {args.metric} {score:.4f}, per subset {per_subset}")
