@@ -30,11 +30,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from pathlib import Path
 from statistics import fmean
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -242,8 +242,10 @@ def start_recipe(substrate: Path, policy: Path | None, start: list[tuple[str, An
 
 
 def calibrate(substrate: Path, recipe: dict, probes: dict[str, dict[str, Any]], seeds: int, variant_seeds: int,
-              jobs: int, scratch: Path) -> dict:
-    """Run `recipe` with `seeds` seeds and every probe with `variant_seeds`, `jobs` at a time."""
+              jobs: int, scratch: Path, write: Callable[[dict], None]) -> dict:
+    """Run `recipe` with `seeds` seeds and every probe with `variant_seeds`, `jobs` at a time. `write` gets the
+    record after every finished run (`complete` false until the last), so a sweep stopped early keeps what it
+    measured."""
     base_seed = int(recipe["seed"])
     plan = [(DEFAULT, {}, base_seed + i) for i in range(seeds)]
     plan += [(name, o, base_seed + i) for name, o in probes.items() for i in range(variant_seeds)]
@@ -258,10 +260,19 @@ def calibrate(substrate: Path, recipe: dict, probes: dict[str, dict[str, Any]], 
                           "wall_s": round(result["train_s"] + result["eval_s"] + result["heldout_s"], 1)}), flush=True)
         return {"variant": name, "seed": seed, "overrides": overrides, **result}
 
+    done: dict[int, dict] = {}
+    body: dict = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        runs = list(pool.map(one, range(len(plan))))
-    return {"schema": "hpc_aevo.calibration", "version": 1, "substrate": str(substrate),
-            "substrate_sha256": substrate_sha256, **summarize(runs, recipe), "runs": runs}
+        futures = {pool.submit(one, i): i for i in range(len(plan))}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            runs = [done[i] for i in sorted(done)]
+            if any(r["variant"] == DEFAULT for r in runs):
+                body = {"schema": "hpc_aevo.calibration", "version": 1, "substrate": str(substrate),
+                        "substrate_sha256": substrate_sha256, "complete": len(runs) == len(plan),
+                        **summarize(runs, recipe), "runs": runs}
+                write(body)
+    return body
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -287,13 +298,16 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyError, ValueError) as exc:
         parser.error(str(exc))
     started = time.time()
+
+    def write(body: dict) -> None:
+        body.update(command=shlex.join([sys.executable, "-m", "hpc_aevo.tools.calibrate", *(argv or sys.argv[1:])]),
+                    machine=f"{platform.machine()}, {os.cpu_count()} cores, {args.jobs} candidates at once, "
+                            f"{os.environ.get('SUBSTRATE_THREADS', '1')} thread each",
+                    date=date.today().isoformat(), wall_s=time.time() - started)
+        atomic_write_text(args.out, json.dumps(body, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="hpc-aevo-calibrate-") as scratch:
-        body = calibrate(substrate, recipe, probes, args.seeds, args.variant_seeds, args.jobs, Path(scratch))
-    body.update(command=shlex.join([sys.executable, "-m", "hpc_aevo.tools.calibrate", *(argv or sys.argv[1:])]),
-                machine=f"{platform.machine()}, {os.cpu_count()} cores, {args.jobs} candidates at once, "
-                        f"{os.environ.get('SUBSTRATE_THREADS', '1')} thread each",
-                date=date.today().isoformat(), wall_s=time.time() - started)
-    atomic_write_text(args.out, json.dumps(body, indent=2) + "\n")
+        body = calibrate(substrate, recipe, probes, args.seeds, args.variant_seeds, args.jobs, Path(scratch), write)
     print(render(body))
     print(f"\nwrote {args.out} ({body['wall_s']:.0f} s)")
 
