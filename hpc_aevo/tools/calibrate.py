@@ -2,6 +2,8 @@
 
     python -m hpc_aevo.tools.calibrate [--substrate substrate] [--seeds 3] [--variant-seeds 1]
                                  [--out logs/calibration.json] [--jobs 2]
+                                 [--policy policy/initial.yaml] [--start KEY=VALUE ...]
+                                 [--operators AXIS|SIGNATURE[*STRIDE] ...]
 
 A campaign can only promote what beats seed noise, and it can only find gains if the recipe's axes
 move the score at all. So before a substrate is trusted, this trains and evaluates its recipe with
@@ -10,6 +12,10 @@ variants (pooling their replicates into a second noise estimate), and flags the 
 moves beyond the wider band. It goes through the campaign's own path: the substrate is installed
 read-only into a scratch state tree, every candidate trains and is evaluated from that frozen copy,
 and the held-out score comes from the `heldout-puzzles` adapter.
+
+The start is the substrate's recipe, or a campaign's round-0 standing recipe (`--policy`), with `--start`
+overrides; the variants are a fixed set of one-axis probes, or the scripted workers' own operators
+(`--operators`), so the sweep measures exactly the moves a campaign's workers can make from that start.
 """
 
 from __future__ import annotations
@@ -24,15 +30,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from pathlib import Path
 from statistics import fmean
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
+from hpc_aevo.campaign.config import read_initial_policy
 from hpc_aevo.loop.install import install_substrate
+from hpc_aevo.roles.scripted.worker import OPERATORS, operators
 from hpc_aevo.scoring.leaderboard import HeldoutPuzzles
 from hpc_aevo.scoring.results import EvalResult, selected_file
 from hpc_aevo.search.decoupling import sample_std
@@ -56,6 +64,45 @@ def variants(recipe: dict) -> dict[str, dict[str, Any]]:
         f"{TRAP_DOMAIN} x6 (trap)": {f"data.mixture.{TRAP_DOMAIN}": 6 * float(recipe["data"]["mixture"][TRAP_DOMAIN])},
         "dedupe": {"data.filter.dedupe": True},
     }
+
+
+def operator_variants(recipe: dict, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The scripted workers' operators as variants of `recipe`: each name is an axis (all its operators that
+    change the recipe, one edit each) or one operator's signature, optionally `*STRIDE` edits of it
+    ("optim.lr:up*2"). A variant is named by its signature and holds the keys the edit changed."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        signature, _, stride = name.partition("*")
+        axis_ops = operators(signature, recipe) if signature in OPERATORS else None
+        ops = axis_ops if axis_ops is not None else [
+            op for axis in OPERATORS for op in operators(axis, recipe) if op.signature == signature]
+        if not ops:
+            raise ValueError(f"--operators {name}: neither an axis ({', '.join(OPERATORS)}) nor an operator's "
+                             "signature on this recipe")
+        for op in ops:
+            overrides = flat_diff(recipe, op.apply(recipe, int(stride or 1)))
+            if overrides:
+                out[f"{op.signature}*{stride}" if stride else op.signature] = overrides
+    return out
+
+
+def flat_diff(before: dict, after: dict, prefix: str = "") -> dict[str, Any]:
+    """The dotted keys whose value differs between two recipes of the same shape, with the new value."""
+    out: dict[str, Any] = {}
+    for key, value in after.items():
+        if isinstance(value, dict) and isinstance(before.get(key), dict):
+            out.update(flat_diff(before[key], value, f"{prefix}{key}."))
+        elif before.get(key) != value:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` with a YAML value ("optim.lr=2.5e-4"), for --start."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (got {text!r})")
+    return key, yaml.safe_load(value)
 
 
 def apply_overrides(recipe: dict, overrides: dict[str, Any]) -> dict:
@@ -187,12 +234,21 @@ def scratch_campaign(substrate: Path, scratch: Path, quota: int) -> tuple[StateT
     return tree, manifest.tree_sha256, leaderboard
 
 
-def calibrate(substrate: Path, seeds: int, variant_seeds: int, jobs: int, scratch: Path) -> dict:
-    """Run the default recipe with `seeds` seeds and every variant with `variant_seeds`, `jobs` at a time."""
-    recipe = yaml.safe_load((substrate / "recipe.yaml").read_text())
+def start_recipe(substrate: Path, policy: Path | None, start: list[tuple[str, Any]]) -> dict:
+    """The recipe the sweep starts from: the policy's standing recipe (or the substrate's), with `start` set."""
+    recipe = (read_initial_policy(policy, substrate).standing_recipe if policy is not None
+              else yaml.safe_load((substrate / "recipe.yaml").read_text()))
+    return apply_overrides(recipe, dict(start))
+
+
+def calibrate(substrate: Path, recipe: dict, probes: dict[str, dict[str, Any]], seeds: int, variant_seeds: int,
+              jobs: int, scratch: Path, write: Callable[[dict], None]) -> dict:
+    """Run `recipe` with `seeds` seeds and every probe with `variant_seeds`, `jobs` at a time. `write` gets the
+    record after every finished run (`complete` false until the last), so a sweep stopped early keeps what it
+    measured."""
     base_seed = int(recipe["seed"])
     plan = [(DEFAULT, {}, base_seed + i) for i in range(seeds)]
-    plan += [(name, o, base_seed + i) for name, o in variants(recipe).items() for i in range(variant_seeds)]
+    plan += [(name, o, base_seed + i) for name, o in probes.items() for i in range(variant_seeds)]
     tree, substrate_sha256, leaderboard = scratch_campaign(substrate, scratch, quota=len(plan))
 
     def one(index: int) -> dict:
@@ -204,10 +260,19 @@ def calibrate(substrate: Path, seeds: int, variant_seeds: int, jobs: int, scratc
                           "wall_s": round(result["train_s"] + result["eval_s"] + result["heldout_s"], 1)}), flush=True)
         return {"variant": name, "seed": seed, "overrides": overrides, **result}
 
+    done: dict[int, dict] = {}
+    body: dict = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        runs = list(pool.map(one, range(len(plan))))
-    return {"schema": "hpc_aevo.calibration", "version": 1, "substrate": str(substrate),
-            "substrate_sha256": substrate_sha256, **summarize(runs, recipe), "runs": runs}
+        futures = {pool.submit(one, i): i for i in range(len(plan))}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            runs = [done[i] for i in sorted(done)]
+            if any(r["variant"] == DEFAULT for r in runs):
+                body = {"schema": "hpc_aevo.calibration", "version": 1, "substrate": str(substrate),
+                        "substrate_sha256": substrate_sha256, "complete": len(runs) == len(plan),
+                        **summarize(runs, recipe), "runs": runs}
+                write(body)
+    return body
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,17 +282,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant-seeds", type=int, default=1, help="seeds per one-axis variant")
     parser.add_argument("--out", type=Path, default=Path("logs/calibration.json"))
     parser.add_argument("--jobs", type=int, default=2, help="candidates trained at once (one core each)")
+    parser.add_argument("--policy", type=Path, help="start from this initial policy's standing recipe "
+                                                    "(default: the substrate's recipe.yaml)")
+    parser.add_argument("--start", type=parse_assignment, nargs="+", default=[], metavar="KEY=VALUE",
+                        help="dotted recipe keys set on the start (YAML values)")
+    parser.add_argument("--operators", nargs="+", metavar="AXIS|SIGNATURE[*STRIDE]",
+                        help="probe the scripted workers' operators (default: the fixed one-axis variants)")
     args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error("--seeds must be at least 2 to measure a noise band")
+    substrate = args.substrate.resolve()
+    try:
+        recipe = start_recipe(substrate, args.policy, args.start)
+        probes = operator_variants(recipe, args.operators) if args.operators else variants(recipe)
+    except (KeyError, ValueError) as exc:
+        parser.error(str(exc))
     started = time.time()
+
+    def write(body: dict) -> None:
+        body.update(command=shlex.join([sys.executable, "-m", "hpc_aevo.tools.calibrate", *(argv or sys.argv[1:])]),
+                    machine=f"{platform.machine()}, {os.cpu_count()} cores, {args.jobs} candidates at once, "
+                            f"{os.environ.get('SUBSTRATE_THREADS', '1')} thread each",
+                    date=date.today().isoformat(), wall_s=time.time() - started)
+        atomic_write_text(args.out, json.dumps(body, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="hpc-aevo-calibrate-") as scratch:
-        body = calibrate(args.substrate.resolve(), args.seeds, args.variant_seeds, args.jobs, Path(scratch))
-    body.update(command=shlex.join([sys.executable, "-m", "hpc_aevo.tools.calibrate", *(argv or sys.argv[1:])]),
-                machine=f"{platform.machine()}, {os.cpu_count()} cores, {args.jobs} candidates at once, "
-                        f"{os.environ.get('SUBSTRATE_THREADS', '1')} thread each",
-                date=date.today().isoformat(), wall_s=time.time() - started)
-    atomic_write_text(args.out, json.dumps(body, indent=2) + "\n")
+        body = calibrate(substrate, recipe, probes, args.seeds, args.variant_seeds, args.jobs, Path(scratch), write)
     print(render(body))
     print(f"\nwrote {args.out} ({body['wall_s']:.0f} s)")
 
