@@ -184,3 +184,16 @@ def test_domains_come_from_the_data_and_unknown_example_counts_are_not_tested():
     assert {d.domain for d in report.domains} == set(DOMAINS)
     equation = next(d for d in report.domains if d.domain == "equation")
     assert equation.dev_threshold is None and report.suspect_domains == []
+
+
+def test_the_leaderboard_band_of_a_domain_is_that_of_its_own_split():
+    """A leaderboard split larger than dev samples less noise: its per-domain band is its own, not dev's."""
+    manifests = synthetic_round(noise=0.0, effects={2: TRAP})
+    policy = synthetic_policy()
+    as_dev = calibration_report(manifests, policy, EXAMPLES)
+    larger = calibration_report(manifests, policy, EXAMPLES, {d: 4 * n for d, n in EXAMPLES.items()})
+    for before, after in zip(as_dev.domains, larger.domains):
+        assert (before.n_leaderboard, after.n_leaderboard) == (before.n_examples, 4 * before.n_examples)
+        assert after.leaderboard_band == domain_band(policy.noise_band, after.anchor_leaderboard, after.n_leaderboard)
+        assert after.leaderboard_band <= before.leaderboard_band and after.dev_band == before.dev_band
+    assert any(a.leaderboard_band < b.leaderboard_band for a, b in zip(larger.domains, as_dev.domains))

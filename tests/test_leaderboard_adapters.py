@@ -63,6 +63,11 @@ def heldout(tmp_path: Path, rows=ROWS, name="heldout.jsonl") -> Path:
      "leaderboard.task_yaml: expected an existing file"),
     ({"adapter": "jsonl", "heldout": "team.jsonl", "metric": "exact_match"}, "leaderboard.metric: expected no such key"),
     ({"adapter": "lm-eval-harness"}, "leaderboard.adapter"),
+    ({"examples_per_domain": 5}, "leaderboard.examples_per_domain: expected an integer >= 10"),
+    ({"examples_per_domain": 20_000}, "leaderboard.examples_per_domain: expected an integer <= 10000"),
+    ({"examples_per_domain": "400"}, "leaderboard.examples_per_domain"),
+    ({"adapter": "jsonl", "heldout": "team.jsonl", "examples_per_domain": 400},
+     "leaderboard.examples_per_domain: expected no such key with adapter jsonl"),
 ])
 def test_bad_adapter_keys_are_one_line_naming_the_file_and_the_key(tmp_path, keys, said):
     heldout(tmp_path, name="team.jsonl")
@@ -274,3 +279,35 @@ def test_the_smollm2_lm_eval_campaign_scores_the_heldout_puzzles_items(tmp_path)
             for name in {row["domain"] for row in split}}
     assert [task[row["domain"]].pop(0) for row in split] == [{"prompt": r["prompt"], "answer": r["answer"]} for r in split]
     assert not any(task.values()) and len(split) == 500
+
+
+def test_a_larger_heldout_puzzles_split_extends_the_default_one_and_cannot_change_size_later(tmp_path):
+    """`examples_per_domain` draws more of each domain's puzzles: the default split's 100 come first, so scores on
+    either are of the same distribution; a campaign that asks another size once the split is drawn is refused."""
+    tree = StateTree(tmp_path / "state")
+    tree.default_dir.mkdir(parents=True)
+    shutil.copy(REPO / "substrate" / "puzzles.py", tree.default_dir)
+    HeldoutPuzzles(tree, 1, 0).prepare()
+    default = [json.loads(line) for line in tree.heldout_split.read_text().splitlines()]
+    tree.heldout_split.unlink()
+    larger = HeldoutPuzzles(tree, 1, 0, per_domain=400)
+    larger.prepare()
+    rows = [json.loads(line) for line in tree.heldout_split.read_text().splitlines()]
+    assert len(rows) == 2000 and larger.ledger().examples_per_domain == {d: 400 for d in {r["domain"] for r in rows}}
+    by_domain = {}
+    for row in rows:
+        by_domain.setdefault(row["domain"], []).append(row)
+    assert [r for d in dict.fromkeys(r["domain"] for r in default) for r in by_domain[d][:100]] == default
+    with pytest.raises(LeaderboardError, match=r"drawn with \[400\] puzzles per domain, but the campaign asks "
+                                               r"leaderboard.examples_per_domain 100") as info:
+        HeldoutPuzzles(tree, 1, 0).prepare()
+    assert "\n" not in str(info.value)
+
+
+def test_the_campaign_sizes_its_heldout_puzzles_split(tmp_path):
+    campaign = write_campaign(tmp_path)
+    data = yaml.safe_load(campaign.read_text())
+    data["leaderboard"]["examples_per_domain"] = 250
+    campaign.write_text(yaml.safe_dump(data))
+    assert make_adapter(load_campaign(campaign), StateTree(tmp_path / "s")).per_domain == 250
+    assert make_adapter(load_campaign(write_campaign(tmp_path / "default")), StateTree(tmp_path / "d")).per_domain == 100

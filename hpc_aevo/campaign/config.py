@@ -110,8 +110,9 @@ class SchedulerConfig:
 
 
 # The keys each leaderboard adapter takes besides quota, per_round and adapter.
-ADAPTER_KEYS = {"heldout-puzzles": (), "jsonl": ("heldout", "rule", "tolerance", "pattern"),
+ADAPTER_KEYS = {"heldout-puzzles": ("examples_per_domain",), "jsonl": ("heldout", "rule", "tolerance", "pattern"),
                 "command": ("heldout", "command"), "lm-eval": ("heldout", "task", "task_yaml", "metric", "limit")}
+MAX_HELDOUT_PER_DOMAIN = 10_000  # a split the frozen evaluator answers in minutes on one core, not hours
 LM_EVAL_NAME = re.compile(r"[\w.-]{1,128}")  # an lm-evaluation-harness task or metric name
 
 
@@ -130,6 +131,8 @@ class Leaderboard:
     task_yaml: str | None = None  # lm-eval: a local task YAML whose data files are `heldout`'s (the offline case)
     metric: str | None = None  # lm-eval: the metric that is the score (e.g. exact_match; `exact_match,FILTER`)
     limit: int | None = None  # lm-eval: score only the first `limit` documents of each task
+    # heldout-puzzles: puzzles drawn per domain (default 100); more cut the seed noise a promotion must beat
+    examples_per_domain: int | None = None
 
     def validate(self) -> None:
         _at_least("quota", self.quota, 1)
@@ -138,7 +141,7 @@ class Leaderboard:
             raise SchemaError("per_round", f"an integer <= leaderboard.quota ({self.quota})", self.per_round)
         given = {"heldout": self.heldout, "rule": self.rule, "tolerance": self.tolerance, "pattern": self.pattern,
                  "command": self.command or None, "task": self.task, "task_yaml": self.task_yaml,
-                 "metric": self.metric, "limit": self.limit}
+                 "metric": self.metric, "limit": self.limit, "examples_per_domain": self.examples_per_domain}
         takes = ADAPTER_KEYS[self.adapter]
         for key, value in given.items():
             if value is not None and key not in takes:
@@ -152,6 +155,11 @@ class Leaderboard:
             if not self.command or not all(arg.strip() and "\n" not in arg and "\0" not in arg for arg in self.command):
                 raise SchemaError("command", "the scorer's command line as a list of non-empty one-line strings",
                                   self.command)
+        if self.examples_per_domain is not None:
+            _at_least("examples_per_domain", self.examples_per_domain, 10)
+            if self.examples_per_domain > MAX_HELDOUT_PER_DOMAIN:
+                raise SchemaError("examples_per_domain", f"an integer <= {MAX_HELDOUT_PER_DOMAIN}",
+                                  self.examples_per_domain)
         if self.tolerance is not None and self.tolerance < 0:
             raise SchemaError("tolerance", "a number >= 0", self.tolerance)
         if self.tolerance is not None and self.rule != "numeric":

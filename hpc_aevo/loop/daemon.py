@@ -368,7 +368,8 @@ class Daemon:
         return {}
 
     def phase_collect(self, rnd: int, policy: Policy, record: CampaignRecord) -> str:
-        evidence = collect_evidence(rnd, self.manifests(rnd), policy, self._examples_per_domain(rnd))
+        evidence = collect_evidence(rnd, self.manifests(rnd), policy, self._examples_per_domain(rnd),
+                                    self.leaderboard.ledger().examples_per_domain)
         evidence.prose = self.roles.prose(evidence)
         crashpoint(f"r{rnd}:collect:mid")
         evidence.save(self.tree.evidence_json(rnd))

@@ -35,7 +35,8 @@ from pathlib import Path
 from hpc_aevo.campaign.config import Campaign, Leaderboard
 from hpc_aevo.campaign.reader import ConfigError
 from hpc_aevo.jobs.spec import ScoreInput
-from hpc_aevo.scoring.leaderboard import Adapter, HeldoutPuzzles, LeaderboardError, LeaderboardLedger, evaluator_input
+from hpc_aevo.scoring.leaderboard import (HELDOUT_PER_DOMAIN, Adapter, HeldoutPuzzles, LeaderboardError,
+                                         LeaderboardLedger, evaluator_input)
 from hpc_aevo.state.contract import PREDICTIONS, SCORE_RESULT
 from hpc_aevo.state.records import Record, atomic_write_text
 from hpc_aevo.state.tree import StateTree
@@ -307,4 +308,5 @@ def make_adapter(campaign: Campaign, tree: StateTree) -> Adapter:
         return CommandScorer(tree, config.quota, config, campaign.paths.heldout)
     if config.adapter == "lm-eval":
         return LmEvalTask(tree, config.quota, config, campaign.paths.heldout, campaign.paths.task_yaml)
-    return HeldoutPuzzles(tree, config.quota, campaign.seed)
+    return HeldoutPuzzles(tree, config.quota, campaign.seed,
+                          config.examples_per_domain or HELDOUT_PER_DOMAIN)

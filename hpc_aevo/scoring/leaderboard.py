@@ -153,26 +153,33 @@ def evaluator_input(checkpoint: Path, sha256: str, recipe: Path, split: Path, *m
 
 
 class HeldoutPuzzles(Adapter):
-    """The `heldout-puzzles` adapter over the installed reference substrate."""
+    """The `heldout-puzzles` adapter over the installed reference substrate: `per_domain` puzzles of each domain
+    (the first 100 are the same in every size, so a larger split extends the default one)."""
 
-    def __init__(self, tree: StateTree, quota: int, seed: int):
+    def __init__(self, tree: StateTree, quota: int, seed: int, per_domain: int = HELDOUT_PER_DOMAIN):
         super().__init__(tree, quota)
-        self.seed = seed
+        self.seed, self.per_domain = seed, per_domain
         self.split_file = tree.heldout_split
 
     def data_files(self) -> list[Path]:
         return [self.split_file]
 
     def prepare(self) -> None:
-        """Write the held-out split once (idempotent), outside every sandbox."""
+        """Write the held-out split once (idempotent), outside every sandbox; a campaign that asks another size
+        later is refused, since its earlier scores were on this split."""
         if self.split_file.exists() and self.ledger_file.exists():
+            drawn = set(self.ledger().examples_per_domain.values())
+            if drawn != {self.per_domain}:
+                raise LeaderboardError(f"{self.split_file}: drawn with {sorted(drawn)} puzzles per domain, but the "
+                                       f"campaign asks leaderboard.examples_per_domain {self.per_domain}; its earlier "
+                                       f"scores are on the drawn split (keep its size, or start a new state_root)")
             return
         puzzles = _load_module(self.tree.default_dir / "puzzles.py", "heldout_puzzles_source")
         params = heldout_params(puzzles)
         rows = [ex for d in puzzles.DOMAINS
-                for ex in puzzles.generate(d, HELDOUT_PER_DOMAIN, 7_000_000 + self.seed, **params[d])]
+                for ex in puzzles.generate(d, self.per_domain, 7_000_000 + self.seed, **params[d])]
         atomic_write_text(self.split_file, "".join(json.dumps(r) + "\n" for r in rows))
-        counts = {d: HELDOUT_PER_DOMAIN for d in sorted(puzzles.DOMAINS)}
+        counts = {d: self.per_domain for d in sorted(puzzles.DOMAINS)}
         LeaderboardLedger(quota=self.quota, examples_per_domain=counts).save(self.ledger_file)
 
     def score_input(self, checkpoint: Path, sha256: str, recipe: Path, out: Path) -> ScoreInput:

@@ -169,6 +169,7 @@ class DomainCalibration:
     leaderboard_band: float | None
     dev_threshold: float | None
     workers: list[DomainGain] = field(default_factory=list)
+    n_leaderboard: int | None = None  # the leaderboard's examples of the domain (None: taken as n_examples)
 
 
 @dataclass
@@ -227,24 +228,29 @@ def _transfer_flags(workers: list[CandidateGain], policy: Policy, k: int) -> tup
 
 
 def _domain_calibration(
-    workers: list[CandidateManifest], anchors: AnchorStats, policy: Policy, examples_per_domain: dict[str, int]
+    workers: list[CandidateManifest], anchors: AnchorStats, policy: Policy, examples_per_domain: dict[str, int],
+    leaderboard_examples: dict[str, int],
 ) -> tuple[list[DomainCalibration], list[DecouplingFlag]]:
     """Rule (b): per domain, a worker's dev gain clears the noise while that domain's leaderboard gain does not.
 
     A domain whose dev score can be raised without its leaderboard score following is where the
     proxy has stopped measuring the target (the paper's weak "equation" domain): it is suspect.
-    A domain score carries its own sampling noise plus at most the seed noise of the overall band.
+    A domain score carries its own sampling noise plus at most the seed noise of the overall band; the
+    leaderboard's sampling noise is that of its own split's size where the leaderboard says it, which can be
+    larger than dev's.
     """
     k = len(anchors.names)
     domains = []
     for d, anchor_dev in anchors.dev_per_domain.items():
         n = examples_per_domain.get(d)
+        n_board = leaderboard_examples.get(d) or n
         anchor_board = anchors.leaderboard_per_domain.get(d)
-        board_band = None if n is None or anchor_board is None else domain_band(policy.noise_band, anchor_board, n)
+        board_band = (None if n is None or n_board is None or anchor_board is None
+                      else domain_band(policy.noise_band, anchor_board, n_board))
         domains.append(DomainCalibration(
             domain=d, n_examples=n, anchor_dev=anchor_dev, anchor_leaderboard=anchor_board,
             dev_band=policy.dev_noise_band if n is None else domain_band(policy.dev_noise_band, anchor_dev, n),
-            leaderboard_band=board_band, dev_threshold=None,
+            leaderboard_band=board_band, dev_threshold=None, n_leaderboard=n_board,
             workers=[
                 DomainGain(m.name, m.measured.dev_per_domain[d] - anchor_dev,
                            gain(m.measured.leaderboard_per_domain.get(d), anchor_board))
@@ -287,9 +293,11 @@ def _rank_flag(rho: float | None, p: float | None, n: int) -> list[DecouplingFla
 
 
 def calibration_report(
-    manifests: list[CandidateManifest], policy: Policy, examples_per_domain: dict[str, int]
+    manifests: list[CandidateManifest], policy: Policy, examples_per_domain: dict[str, int],
+    leaderboard_examples: dict[str, int] | None = None,
 ) -> CalibrationReport:
-    """The calibration report of one round; `policy` is the round's policy (its bands)."""
+    """The calibration report of one round; `policy` is the round's policy (its bands); the example counts per
+    domain are dev's and the leaderboard's (dev's stand for the leaderboard's where it does not say)."""
     anchors = anchor_stats(manifests)
     scored = [m for m in manifests if evaluated(m)]
     gains = [
@@ -302,7 +310,7 @@ def calibration_report(
     p = None if rho is None else rank_p_value(rho, len(both))
     dev_threshold, flags = _transfer_flags([g for g in gains if g.role == "worker"], policy, len(anchors.names))
     domains, domain_flags = _domain_calibration(
-        [m for m in scored if m.role == "worker"], anchors, policy, examples_per_domain)
+        [m for m in scored if m.role == "worker"], anchors, policy, examples_per_domain, leaderboard_examples or {})
     flags += domain_flags + _rank_flag(rho, p, len(both))
     return CalibrationReport(
         n=len(both), spearman=rho, spearman_p=p,

@@ -288,9 +288,11 @@ def _audit(manifests: list[CandidateManifest], policy: Policy) -> list[Rationale
 
 
 def collect_evidence(
-    rnd: int, manifests: list[CandidateManifest], policy: Policy, examples_per_domain: dict[str, int]
+    rnd: int, manifests: list[CandidateManifest], policy: Policy, examples_per_domain: dict[str, int],
+    leaderboard_examples: dict[str, int] | None = None,
 ) -> RoundEvidence:
-    """The rule-based collector: the round's evidence from its manifests and the policy that governed it."""
+    """The rule-based collector: the round's evidence from its manifests and the policy that governed it (the
+    example counts per domain of dev and of the leaderboard size the per-domain bands)."""
     anchors = anchor_stats(manifests)
     summaries = _summaries(manifests, anchors)
     return RoundEvidence(
@@ -298,7 +300,7 @@ def collect_evidence(
         noise_band=policy.noise_band, dev_noise_band=policy.dev_noise_band, anchors=anchors,
         candidates=summaries,
         patterns=_patterns(summaries, policy.noise_band),
-        calibration=calibration_report(manifests, policy, examples_per_domain),
+        calibration=calibration_report(manifests, policy, examples_per_domain, leaderboard_examples),
         surprises=_surprises(summaries, policy.noise_band, policy.dev_noise_band),
         rationale_audit=_audit(manifests, policy),
     )
@@ -349,9 +351,9 @@ def _render_calibration(e: RoundEvidence) -> list[str]:
         f"Decoupled: {'yes' if c.decoupled else 'no'}; suspect domains: {', '.join(c.suspect_domains) or 'none'}.",
         "",
     ]
-    lines += _table(["domain", "n", "anchor dev", "anchor leaderboard", "dev band", "leaderboard band", "dev threshold",
+    lines += _table(["domain", "n dev / leaderboard", "anchor dev", "anchor leaderboard", "dev band", "leaderboard band", "dev threshold",
                      "max worker Δdev"],
-                    [[d.domain, d.n_examples, _num(d.anchor_dev), _num(d.anchor_leaderboard), _num(d.dev_band),
+                    [[d.domain, f"{d.n_examples} / {d.n_leaderboard}", _num(d.anchor_dev), _num(d.anchor_leaderboard), _num(d.dev_band),
                       _num(d.leaderboard_band), _num(d.dev_threshold),
                       _num(max((w.dev_gain for w in d.workers), default=None), True)] for d in c.domains])
     lines += ["", "Flags:", ""] + _table(["kind", "candidate", "domain", "message"],

@@ -446,8 +446,10 @@ def _noise_input_problem(args: argparse.Namespace) -> str | None:
     """The one line that says what is wrong with `noise`'s numbers, or None."""
     if args.rounds < 1 or args.trap_rounds < 1 or args.power_rounds < 1:
         return "--rounds, --trap-rounds and --power-rounds must be at least 1"
-    if args.dev_std < 0 or args.leaderboard_std < 0:
+    if min(args.dev_std or 0.0, args.leaderboard_std or 0.0) < 0:
         return "--dev-std and --leaderboard-std must be non-negative"
+    if args.real_rounds < 0 or (args.real_rounds and not args.calibration):
+        return "--real-rounds must be non-negative, and needs --calibration (the real runs it draws from)"
     if not -1 <= args.rho <= 1:
         return f"--rho must lie in [-1, 1], not {args.rho}"
     if (args.anchors is not None and args.anchors < 1) or (args.workers is not None and args.workers < 1):
@@ -477,8 +479,14 @@ def main(argv: list[str] | None = None) -> None:
     noise.add_argument("--trap-rounds", type=int, default=2_000)
     noise.add_argument("--anchors", type=int, default=None, help="override the campaign's anchors")
     noise.add_argument("--workers", type=int, default=None, help="override the campaign's workers_per_round")
-    noise.add_argument("--dev-std", type=float, default=bench_noise.DEV_STD)
-    noise.add_argument("--leaderboard-std", type=float, default=bench_noise.LEADERBOARD_STD)
+    noise.add_argument("--dev-std", type=float, default=None,
+                       help=f"seed std of the overall dev score (default: the calibration's, else {bench_noise.DEV_STD})")
+    noise.add_argument("--leaderboard-std", type=float, default=None,
+                       help=f"the same of the held-out score (default: the calibration's, else {bench_noise.LEADERBOARD_STD})")
+    noise.add_argument("--calibration", type=Path, nargs="+", default=(), metavar="SWEEP.json",
+                       help="calibrate sweeps of the campaign's start: the model's means, stds, split size and trap")
+    noise.add_argument("--real-rounds", type=int, default=0,
+                       help="rounds drawn from the sweeps' real runs of the start (needs --calibration)")
     noise.add_argument("--rho", type=float, default=0.0, help="correlation of one seed's dev and held-out noise")
     noise.add_argument("--seed", type=int, default=0)
     noise.add_argument("--power-gains", type=_gains, default=bench_noise.POWER_GAINS,
@@ -518,10 +526,14 @@ def main(argv: list[str] | None = None) -> None:
         problem = _noise_input_problem(args)
         if problem:
             noise.error(problem)
-        bench_noise.bench_noise(args.campaign, args.rounds, args.trap_rounds, args.dev_std, args.leaderboard_std,
-                                args.rho, args.seed, args.out, args.anchors, args.workers, args.power_gains,
-                                args.power_rounds,
-                                shlex.join(["python", "-m", "hpc_aevo.bench", *(sys.argv[1:] if argv is None else argv)]))
+        try:
+            bench_noise.bench_noise(
+                args.campaign, args.rounds, args.trap_rounds, args.dev_std, args.leaderboard_std, args.rho, args.seed,
+                args.out, args.anchors, args.workers, args.power_gains, args.power_rounds,
+                shlex.join(["python", "-m", "hpc_aevo.bench", *(sys.argv[1:] if argv is None else argv)]),
+                tuple(args.calibration), args.real_rounds)
+        except bench_noise.CalibrationError as exc:
+            noise.error(str(exc))
     elif args.command == "search":
         for name in ("seeds", "rounds", "jobs"):
             if getattr(args, name) is not None and getattr(args, name) < 1:

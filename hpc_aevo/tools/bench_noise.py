@@ -3,6 +3,7 @@
     python -m hpc_aevo.bench noise [--campaign campaigns/demo.yaml] [--rounds 10000] [--trap-rounds 2000]
                                    [--dev-std 0.015] [--leaderboard-std 0.008] [--rho 0.0]
                                    [--power-gains 0.01,0.02,0.03,0.04,0.05] [--power-rounds 2000] [--out bench-noise.json]
+                                   [--calibration SWEEP.json ...] [--real-rounds 2000]
 
 Why: a loop that promotes seed noise spends every later round on a recipe that is not better, and the
 constitution's band rule (C2) is the only thing between a lucky seed and the standing recipe. This runs
@@ -17,6 +18,14 @@ The planted trap is measured on single rounds from the initial policy: the first
 one domain the way the calibration's "sequence x6" did (overall dev +0.130, held-out flat); it should be
 flagged by the decoupling detector, registered as a dead end, and not promoted.
 
+With `--calibration`, the model is the one those `calibrate` sweeps measured of the campaign's start
+instead: the start's per-domain means, the wider of its seed std and the pooled within-variant std, the
+held-out split's size, and the trap as the sweep's `data.mixture.sequence:up` moved each domain. Their
+start runs are also real null candidates (trained, evaluated and scored like any other), so the same
+decision code runs on *real* rounds too: `--real-rounds` rounds each drawn from those runs (the
+first k anchors, the rest null workers). The draws share runs, so only `len(runs) // candidates` of them
+are independent; the rate checks the model rather than replacing it.
+
 The power is measured the same way: single rounds from the initial policy whose first worker carries a
 true gain of delta on every domain's dev and held-out score (the other workers null); the rate at which
 that worker is promoted, per delta. A band rule that never promotes has no false promotions too.
@@ -28,6 +37,7 @@ should be; the per-round-index rates show how far they differ.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -35,9 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from hpc_aevo.campaign.config import load_campaign, load_initial_policy
+from hpc_aevo.scoring.leaderboard import HELDOUT_PER_DOMAIN
 from hpc_aevo.search.axes import AXES, mixture_key, signature
 from hpc_aevo.search.constitution import CheckContext
 from hpc_aevo.search.decide import decide
+from hpc_aevo.search.decoupling import sample_std
 from hpc_aevo.search.evidence import RoundEvidence, collect_evidence
 from hpc_aevo.search.policy import Policy, assign_axes
 from hpc_aevo.state.manifest import CandidateManifest, Measured, Proposal
@@ -49,6 +61,8 @@ LEADERBOARD_MEANS = {"bits": 0.10, "equation": 0.09, "cipher": 0.00, "base": 0.0
 EXAMPLES_PER_DOMAIN = 100  # substrate/data.py DEV_PER_DOMAIN and scoring/leaderboard.py HELDOUT_PER_DOMAIN
 DEV_STD, LEADERBOARD_STD = 0.015, 0.008  # pooled within-variant seed std of the overall scores (the doc's wider)
 TRAP_DOMAIN, TRAP_DEV_GAIN = "sequence", 0.130  # "sequence x6": overall dev +0.130, held-out +0.001
+TRAP_VARIANT = signature(mixture_key(TRAP_DOMAIN), "up")  # the trap's operator, as a calibrate sweep names it
+RUN_KEYS = ("dev", "heldout", "dev_per_domain", "heldout_per_domain")  # what a sweep's run gives a real round
 Z95 = 1.959963984540054
 POWER_GAINS = (0.01, 0.02, 0.03, 0.04, 0.05)  # true held-out gains: the calibration's moves reach about 0.02
 _HASH = "0" * 64  # the simulated campaign's substrate and constitution hashes: unchanged by construction
@@ -92,7 +106,8 @@ class NoiseModel:
     rho: float
     dev_means: dict[str, float]
     leaderboard_means: dict[str, float]
-    examples_per_domain: dict[str, int]
+    examples_per_domain: dict[str, int]  # dev's
+    leaderboard_examples_per_domain: dict[str, int] = field(default_factory=dict)  # the held-out split's
 
     def _scale(self, means: dict[str, float], std: float) -> float:
         binomial = sum(p * (1 - p) for p in means.values())
@@ -149,6 +164,11 @@ class NoiseBench(Record):
     power: list[Power]  # the promotion rate of a worker with a true gain, per gain
     within_5_percent: bool  # the promotion rate is at most 0.05, as the issue asks of the band rule
     notes: list[str] = field(default_factory=list)
+    calibration: list[str] = field(default_factory=list)  # the sweeps the model was measured from (none: built in)
+    trap_board_gain: float = 0.0  # the trap's overall held-out gain (built-in model: flat)
+    real_runs: int = 0  # the sweeps' real null candidates (the start's seeds)
+    real_promotions: Rate | None = None  # rounds drawn from those runs that promoted
+    real_independent_rounds: int = 0  # how many of those draws could be disjoint
 
 
 @dataclass
@@ -169,7 +189,7 @@ class _Planted:
 
 def _trap(model: NoiseModel) -> _Planted:
     """"sequence x6": all of the overall dev gain on one domain, held-out flat."""
-    return _Planted(signature(mixture_key(TRAP_DOMAIN), "up"), {TRAP_DOMAIN: TRAP_DEV_GAIN * len(model.dev_means)}, {})
+    return _Planted(TRAP_VARIANT, {TRAP_DOMAIN: TRAP_DEV_GAIN * len(model.dev_means)}, {})
 
 
 def _gain(model: NoiseModel, delta: float) -> _Planted:
@@ -177,10 +197,99 @@ def _gain(model: NoiseModel, delta: float) -> _Planted:
     return _Planted("optim.steps:up", {d: delta for d in model.dev_means}, {d: delta for d in model.leaderboard_means})
 
 
-def _round(policy: Policy, shape: _Shape, rng: random.Random,
-           planted: _Planted | None = None) -> tuple[list[CandidateManifest], dict[str, dict[str, Any]]]:
+class CalibrationError(ValueError):
+    """A `--calibration` file that cannot be read as a sweep of the same start: one line naming the file."""
+
+
+@dataclass
+class Calibrated:
+    """What `calibrate` sweeps measured of one start: the noise model, the trap's effect, the start's runs."""
+
+    model: NoiseModel
+    trap: _Planted | None  # None: no sweep probed the trap's operator
+    runs: list[dict]  # the start's runs, one per seed: real null candidates
+
+
+CALIBRATION_SCHEMA, START = "hpc_aevo.calibration", "default"  # tools/calibrate.py's record and its start's name
+
+
+def _sweep(path: Path) -> dict:
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{path}: expected a calibrate JSON ({exc})") from None
+    if not isinstance(body, dict) or body.get("schema") != CALIBRATION_SCHEMA:
+        raise CalibrationError(f"{path}: schema: expected {CALIBRATION_SCHEMA!r}")
+    return body
+
+
+def load_calibration(paths: list[Path], rho: float) -> Calibrated:
+    """The start's model from one or more sweeps of it (seeds pooled; the same start, seed aside, in each)."""
+    starts: dict[int, dict] = {}
+    trap_runs: dict[int, dict] = {}
+    pooled: dict[str, list[float]] = {"dev": [], "heldout": []}
+    recipe = sizes = None
+    for path in paths:
+        body = _sweep(path)
+        try:
+            start = {k: v for k, v in body["default_recipe"].items() if k != "seed"}
+            size = int(body.get("heldout_per_domain", HELDOUT_PER_DOMAIN))
+            if recipe is not None and (start, size) != (recipe, sizes):
+                raise CalibrationError(f"{path}: default_recipe, heldout_per_domain: expected the start and split "
+                                       f"of {paths[0]} (seeds aside)")
+            recipe, sizes = start, size
+            for run in body["runs"]:
+                into = starts if run["variant"] == START else trap_runs if run["variant"] == TRAP_VARIANT else None
+                if into is not None:
+                    into.setdefault(int(run["seed"]), {k: run[k] for k in RUN_KEYS})
+            for score in pooled:
+                pooled[score].append(float(body["seed_band"][score].get("pooled_std") or 0.0))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CalibrationError(f"{path}: expected a calibrate record ({type(exc).__name__}: {exc})") from None
+    runs = [starts[seed] for seed in sorted(starts)]
+    if len(runs) < 2:
+        raise CalibrationError(f"{paths[0]}: runs: expected at least 2 seeds of the start, found {len(runs)}")
+    dev_means = _domain_means(runs, "dev_per_domain")
+    board_means = _domain_means(runs, "heldout_per_domain")
+    model = NoiseModel(
+        dev_std=max(sample_std([r["dev"] for r in runs]) or 0.0, *pooled["dev"]),
+        leaderboard_std=max(sample_std([r["heldout"] for r in runs]) or 0.0, *pooled["heldout"]),
+        rho=rho, dev_means=dev_means, leaderboard_means=board_means,
+        examples_per_domain={d: EXAMPLES_PER_DOMAIN for d in dev_means},
+        leaderboard_examples_per_domain={d: sizes for d in board_means})
+    trap = None
+    if trap_runs:
+        moved = list(trap_runs.values())
+        trap = _Planted(TRAP_VARIANT,
+                        {d: v - dev_means[d] for d, v in _domain_means(moved, "dev_per_domain").items()},
+                        {d: v - board_means[d] for d, v in _domain_means(moved, "heldout_per_domain").items()})
+    return Calibrated(model, trap, runs)
+
+
+def _domain_means(runs: list[dict], key: str) -> dict[str, float]:
+    return {d: sum(float(r[key][d]) for r in runs) / len(runs) for d in runs[0][key]}
+
+
+def real_rounds(initial: Policy, shape: _Shape, runs: list[dict], rounds: int, seed: int) -> int:
+    """Promotions over `rounds` rounds from the initial policy, each of runs drawn without replacement from the
+    sweeps' real null candidates: the first k the anchors, the rest workers whose mutation did nothing."""
+    size = shape.anchors + shape.workers
+    if len(runs) < size:
+        raise CalibrationError(f"--real-rounds: a round of {size} candidates needs as many real runs of the start, "
+                               f"the sweeps have {len(runs)}")
+    rng = random.Random(seed)
+    promoted = 0
+    for _ in range(rounds):
+        manifests, recipes = _round(initial, shape, rng, real=rng.sample(runs, size))
+        _, _, decision = _decide(initial, manifests, recipes, [], shape)
+        promoted += decision.promotion is not None
+    return promoted
+
+
+def _round(policy: Policy, shape: _Shape, rng: random.Random, planted: _Planted | None = None,
+           real: list[dict] | None = None) -> tuple[list[CandidateManifest], dict[str, dict[str, Any]]]:
     """One measured round of null candidates (the standing recipe, a fresh seed); with `planted`, the first
-    worker is that instead."""
+    worker is that instead; with `real`, the candidates' scores are those measured runs' (one each)."""
     rnd = policy.round
     axes = assign_axes(policy, shape.workers, rnd)
     manifests, recipes = [], {}
@@ -190,7 +299,8 @@ def _round(policy: Policy, shape: _Shape, rng: random.Random,
         first = planted if planted is not None and i == shape.anchors else None
         mutation = (first.mutation if first is not None
                     else signature(AXES[axis].recipe_areas[0], "noop") if worker else None)
-        dev, board = shape.model.draw(rng, first.dev if first else {}, first.board if first else {})
+        dev, board = ((real[i]["dev_per_domain"], real[i]["heldout_per_domain"]) if real is not None
+                      else shape.model.draw(rng, first.dev if first else {}, first.board if first else {}))
         name, seed = f"cand-{i:02d}", rng.randrange(2 ** 31)
         manifests.append(CandidateManifest(
             round=rnd, candidate=i, name=name, role="worker" if worker else "anchor", seed=seed, axis=axis,
@@ -204,15 +314,16 @@ def _round(policy: Policy, shape: _Shape, rng: random.Random,
 
 def _decide(policy: Policy, manifests: list[CandidateManifest], recipes: dict[str, dict[str, Any]],
             history: list[RoundEvidence], shape: _Shape):
-    evidence = collect_evidence(policy.round, manifests, policy, shape.model.examples_per_domain)
+    evidence = collect_evidence(policy.round, manifests, policy, shape.model.examples_per_domain,
+                                shape.model.leaderboard_examples_per_domain)
     new, decision = decide(policy, evidence, history, CheckContext(manifests, recipes, _HASH, _HASH, _HASH, _HASH))
     if new is None:
         raise RuntimeError(f"round {policy.round}: no policy satisfies the constitution: {decision.violations}")
     return evidence, new, decision
 
 
-def simulate(initial: Policy, shape: _Shape, rounds_per_campaign: int, campaigns: int, trap_rounds: int,
-             seed: int, power_gains: list[float], power_rounds: int) -> dict[str, Any]:
+def simulate(initial: Policy, shape: _Shape, rounds_per_campaign: int, campaigns: int, trap: _Planted,
+             trap_rounds: int, seed: int, power_gains: list[float], power_rounds: int) -> dict[str, Any]:
     """Run the null campaigns, the trap rounds and the power rounds; the counts behind NoiseBench's rates."""
     rng = random.Random(seed)
     promoted = [0] * rounds_per_campaign
@@ -232,7 +343,6 @@ def simulate(initial: Policy, shape: _Shape, rounds_per_campaign: int, campaigns
             policy = new
     flagged = dead = trapped = 0
     first = f"cand-{shape.anchors:02d}"
-    trap = _trap(shape.model)
     for _ in range(trap_rounds):
         manifests, recipes = _round(initial, shape, rng, trap)
         evidence, new, decision = _decide(initial, manifests, recipes, [], shape)
@@ -250,21 +360,35 @@ def simulate(initial: Policy, shape: _Shape, rounds_per_campaign: int, campaigns
                 flagged=flagged, dead=dead, trapped=trapped, found=found)
 
 
-def bench_noise(campaign_path: Path, rounds: int, trap_rounds: int, dev_std: float, leaderboard_std: float,
-                rho: float, seed: int, out: Path, anchors: int | None = None, workers: int | None = None,
-                power_gains: tuple[float, ...] = (), power_rounds: int = 0, command: str = "") -> NoiseBench:
-    """Simulate, print the rates and write the record; `rounds` is rounded up to whole campaigns."""
+def bench_noise(campaign_path: Path, rounds: int, trap_rounds: int, dev_std: float | None,
+                leaderboard_std: float | None, rho: float, seed: int, out: Path, anchors: int | None = None,
+                workers: int | None = None, power_gains: tuple[float, ...] = (), power_rounds: int = 0,
+                command: str = "", calibration: tuple[Path, ...] = (), real: int = 0) -> NoiseBench:
+    """Simulate, print the rates and write the record; `rounds` is rounded up to whole campaigns. The model is
+    the built-in one, or the `calibration` sweeps' (`dev_std`/`leaderboard_std`, when given, override either's
+    std); `real` rounds are drawn from the sweeps' start runs."""
     campaign = load_campaign(campaign_path)
     initial = load_initial_policy(campaign)
-    domains = {d: EXAMPLES_PER_DOMAIN for d in DEV_MEANS}
+    measured = load_calibration(list(calibration), rho) if calibration else None
+    if measured is not None:
+        model = measured.model
+    else:
+        domains = {d: EXAMPLES_PER_DOMAIN for d in DEV_MEANS}
+        model = NoiseModel(DEV_STD, LEADERBOARD_STD, rho, dict(DEV_MEANS), dict(LEADERBOARD_MEANS), domains,
+                           {d: HELDOUT_PER_DOMAIN for d in LEADERBOARD_MEANS})
+    model.dev_std = model.dev_std if dev_std is None else dev_std
+    model.leaderboard_std = model.leaderboard_std if leaderboard_std is None else leaderboard_std
     shape = _Shape(anchors if anchors is not None else campaign.anchors,
-                   workers if workers is not None else campaign.workers_per_round,
-                   NoiseModel(dev_std, leaderboard_std, rho, dict(DEV_MEANS), dict(LEADERBOARD_MEANS), domains))
+                   workers if workers is not None else campaign.workers_per_round, model)
+    trap = measured.trap if measured is not None and measured.trap is not None else _trap(model)
+    if real and measured is None:
+        raise CalibrationError("--real-rounds: real rounds are drawn from --calibration sweeps; give one")
     per = campaign.rounds
     campaigns = -(-rounds // per)
-    counts = simulate(initial, shape, per, campaigns, trap_rounds, seed, list(power_gains), power_rounds)
+    counts = simulate(initial, shape, per, campaigns, trap, trap_rounds, seed, list(power_gains), power_rounds)
     n = campaigns * per
     promotions = Rate.of(sum(counts["promoted"]), n)
+    size = shape.anchors + shape.workers
     record = NoiseBench(
         command=command,
         campaign=str(campaign_path), model=shape.model, anchors=shape.anchors, workers=shape.workers,
@@ -273,10 +397,16 @@ def bench_noise(campaign_path: Path, rounds: int, trap_rounds: int, dev_std: flo
         promotions=promotions, promotions_by_round=[Rate.of(c, campaigns) for c in counts["promoted"]],
         detector_false_alarms=Rate.of(counts["alarms"], n), false_alarm_kinds=counts["kinds"],
         dead_end_rounds=Rate.of(counts["dead_end_rounds"], n),
-        trap_dev_gain=TRAP_DEV_GAIN, trap_flagged=Rate.of(counts["flagged"], trap_rounds),
+        trap_dev_gain=sum(trap.dev.values()) / len(model.dev_means), trap_flagged=Rate.of(counts["flagged"], trap_rounds),
         trap_dead_end=Rate.of(counts["dead"], trap_rounds), trap_promoted=Rate.of(counts["trapped"], trap_rounds),
         power=[Power(delta, Rate.of(n, power_rounds)) for delta, n in counts["found"].items()],
-        within_5_percent=promotions.rate <= 0.05)
+        within_5_percent=promotions.rate <= 0.05, calibration=[str(p) for p in calibration],
+        trap_board_gain=sum(trap.board.values()) / len(model.leaderboard_means))
+    if measured is not None:
+        record.real_runs = len(measured.runs)
+        record.real_independent_rounds = len(measured.runs) // size
+        if real:
+            record.real_promotions = Rate.of(real_rounds(initial, shape, measured.runs, real, seed), real)
     if not record.within_5_percent:
         record.notes.append(f"the band rule does NOT hold false promotions at or below 5% here: {promotions.line()}")
     record.save(out)
@@ -295,9 +425,15 @@ def _lines(r: NoiseBench) -> list[str]:
         f"decoupling false alarms:      {r.detector_false_alarms.line()} "
         f"({', '.join(f'{k} {v}' for k, v in r.false_alarm_kinds.items()) or 'none'})",
         f"rounds registering dead ends: {r.dead_end_rounds.line()}",
-        f"trap (dev +{r.trap_dev_gain} on {TRAP_DOMAIN}) flagged: {r.trap_flagged.line()}",
+        *([f"model from {', '.join(r.calibration)}: {r.real_runs} real runs of the start, a held-out split of "
+           f"{'/'.join(map(str, sorted(set(r.model.leaderboard_examples_per_domain.values()))))} a domain"]
+          if r.calibration else []),
+        f"trap {TRAP_VARIANT} (dev {r.trap_dev_gain:+.3f}, held-out {r.trap_board_gain:+.3f}) flagged: "
+        f"{r.trap_flagged.line()}",
         f"trap registered as dead end:  {r.trap_dead_end.line()}",
         f"trap promoted:                {r.trap_promoted.line()}",
         *[f"true gain {p.gain:+.3f} promoted: {p.promoted.line()}" for p in r.power],
+        *([f"real rounds (drawn from {r.real_runs} runs; {r.real_independent_rounds} could be disjoint) promoted: "
+           f"{r.real_promotions.line()}"] if r.real_promotions else []),
         *r.notes,
     ]

@@ -38,10 +38,10 @@ from typing import Any, Callable
 
 import yaml
 
-from hpc_aevo.campaign.config import read_initial_policy
+from hpc_aevo.campaign.config import MAX_HELDOUT_PER_DOMAIN, read_initial_policy
 from hpc_aevo.loop.install import install_substrate
 from hpc_aevo.roles.scripted.worker import OPERATORS, operators
-from hpc_aevo.scoring.leaderboard import HeldoutPuzzles
+from hpc_aevo.scoring.leaderboard import HELDOUT_PER_DOMAIN, HeldoutPuzzles
 from hpc_aevo.scoring.results import EvalResult, selected_file
 from hpc_aevo.search.decoupling import sample_std
 from hpc_aevo.state.contract import SCORE_RESULT
@@ -224,12 +224,14 @@ def render(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def scratch_campaign(substrate: Path, scratch: Path, quota: int) -> tuple[StateTree, str, HeldoutPuzzles]:
+def scratch_campaign(substrate: Path, scratch: Path, quota: int,
+                     per_domain: int = HELDOUT_PER_DOMAIN) -> tuple[StateTree, str, HeldoutPuzzles]:
     """A scratch state tree as a campaign has it: the substrate installed read-only and hashed, the
-    held-out split written by the leaderboard adapter. Returns the tree, the substrate hash, the adapter."""
+    held-out split (`per_domain` puzzles a domain) written by the leaderboard adapter. Returns the tree, the
+    substrate hash, the adapter."""
     tree = StateTree(scratch / "state")
     manifest = install_substrate(substrate, tree.default_dir, tree.substrate_manifest)
-    leaderboard = HeldoutPuzzles(tree, quota=quota, seed=0)
+    leaderboard = HeldoutPuzzles(tree, quota=quota, seed=0, per_domain=per_domain)
     leaderboard.prepare()
     return tree, manifest.tree_sha256, leaderboard
 
@@ -242,14 +244,14 @@ def start_recipe(substrate: Path, policy: Path | None, start: list[tuple[str, An
 
 
 def calibrate(substrate: Path, recipe: dict, probes: dict[str, dict[str, Any]], seeds: int, variant_seeds: int,
-              jobs: int, scratch: Path, write: Callable[[dict], None]) -> dict:
+              jobs: int, scratch: Path, write: Callable[[dict], None], per_domain: int = HELDOUT_PER_DOMAIN) -> dict:
     """Run `recipe` with `seeds` seeds and every probe with `variant_seeds`, `jobs` at a time. `write` gets the
     record after every finished run (`complete` false until the last), so a sweep stopped early keeps what it
     measured."""
     base_seed = int(recipe["seed"])
     plan = [(DEFAULT, {}, base_seed + i) for i in range(seeds)]
     plan += [(name, o, base_seed + i) for name, o in probes.items() for i in range(variant_seeds)]
-    tree, substrate_sha256, leaderboard = scratch_campaign(substrate, scratch, quota=len(plan))
+    tree, substrate_sha256, leaderboard = scratch_campaign(substrate, scratch, len(plan), per_domain)
 
     def one(index: int) -> dict:
         name, overrides, seed = plan[index]
@@ -270,6 +272,7 @@ def calibrate(substrate: Path, recipe: dict, probes: dict[str, dict[str, Any]], 
             if any(r["variant"] == DEFAULT for r in runs):
                 body = {"schema": "hpc_aevo.calibration", "version": 1, "substrate": str(substrate),
                         "substrate_sha256": substrate_sha256, "complete": len(runs) == len(plan),
+                        "heldout_per_domain": per_domain,
                         **summarize(runs, recipe), "runs": runs}
                 write(body)
     return body
@@ -288,7 +291,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="dotted recipe keys set on the start (YAML values)")
     parser.add_argument("--operators", nargs="+", metavar="AXIS|SIGNATURE[*STRIDE]",
                         help="probe the scripted workers' operators (default: the fixed one-axis variants)")
+    parser.add_argument("--heldout-per-domain", type=int, default=HELDOUT_PER_DOMAIN, metavar="N",
+                        help="puzzles per domain in the held-out split (a campaign's leaderboard.examples_per_domain)")
     args = parser.parse_args(argv)
+    if not 10 <= args.heldout_per_domain <= MAX_HELDOUT_PER_DOMAIN:
+        parser.error(f"--heldout-per-domain must be between 10 and {MAX_HELDOUT_PER_DOMAIN}")
     if args.seeds < 2:
         parser.error("--seeds must be at least 2 to measure a noise band")
     substrate = args.substrate.resolve()
@@ -307,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_text(args.out, json.dumps(body, indent=2) + "\n")
 
     with tempfile.TemporaryDirectory(prefix="hpc-aevo-calibrate-") as scratch:
-        body = calibrate(substrate, recipe, probes, args.seeds, args.variant_seeds, args.jobs, Path(scratch), write)
+        body = calibrate(substrate, recipe, probes, args.seeds, args.variant_seeds, args.jobs, Path(scratch), write,
+                         args.heldout_per_domain)
     print(render(body))
     print(f"\nwrote {args.out} ({body['wall_s']:.0f} s)")
 
