@@ -10,7 +10,8 @@ import sys
 import pytest
 import yaml
 
-from hpc_aevo.tools.bench_search import Run, Trial, _ship_best_dev, base_values, search_space, summarize, with_budget
+from hpc_aevo.tools.bench_search import (Run, Trial, _ship_best_dev, base_values, examples_trained, render,
+                                         search_space, summarize, with_budget)
 from tiny_campaign import REPO
 
 RECIPE = yaml.safe_load((REPO / "substrate" / "recipe.yaml").read_text())
@@ -38,9 +39,10 @@ def test_a_search_that_changes_the_steps_checkpoints_at_its_end():
 def test_a_sampler_ships_its_best_dev_and_the_summary_follows_what_is_shipped():
     trials: list[Trial] = []
     for dev, heldout in ((0.30, 0.10), (0.40, 0.05), (0.35, 0.20), (0.45, 0.12)):
-        _ship_best_dev(trials, {"dev": dev, "heldout": heldout, "train_s": 6.0, "eval_s": 3.0, "heldout_s": 1.0}, {})
+        _ship_best_dev(trials, {"dev": dev, "heldout": heldout, "train_s": 6.0, "eval_s": 3.0, "heldout_s": 1.0}, {},
+                       examples_trained(RECIPE))
     assert [t.shipped_heldout for t in trials] == [0.10, 0.05, 0.05, 0.12]  # never the held-out it did not tune on
-    _ship_best_dev(trials, None, {"optim.lr": 9.0})  # a failed trial was spent and ships what was shipped
+    _ship_best_dev(trials, None, {"optim.lr": 9.0}, 10)  # a failed trial was spent and ships what was shipped
     assert (trials[-1].dev, trials[-1].shipped_heldout) == (None, 0.12)
     trials.pop()
     other = [Trial(i, 0.3, 0.1, 5.0, s) for i, s in enumerate((0.10, 0.10, 0.08, 0.08))]
@@ -49,6 +51,9 @@ def test_a_sampler_ships_its_best_dev_and_the_summary_follows_what_is_shipped():
     assert summary["curve"][1] == {"candidates": 2, "mean": pytest.approx(0.075), "min": 0.05, "max": 0.10}
     assert summary["best_heldout_seen_mean"] == pytest.approx((0.20 + 0.10) / 2)
     assert summary["candidate_s"] == pytest.approx(30.0)
+    steps_x_batch = RECIPE["optim"]["steps"] * RECIPE["optim"]["batch_size"]
+    assert summary["examples"] == pytest.approx(4 * steps_x_batch / 2)  # the other run's trials record none
+    assert f"{4 * steps_x_batch / 2:,.0f}" in render({"tpe": summary}, 4)
 
 
 @pytest.mark.slow
@@ -66,3 +71,6 @@ def test_quick_search_bench_runs_every_method_for_the_same_candidates(tmp_path):
     assert all(r["trials"][0]["overrides"] == samplers[0]["trials"][0]["overrides"] for r in samplers)  # the standing recipe
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert "| loop |" in done.stdout and "| tpe |" in done.stdout and "| random |" in done.stdout
+    assert all(t["examples"] == 24 * 16 for t in body["runs"][0]["trials"] if not t["overrides"])  # the quick recipe
+    loop = next(r for r in body["runs"] if r["method"] == "loop")
+    assert len(loop["story"]) == 1 and loop["story"][0].startswith("r0: anchor ") and loop["story"][0] in done.stdout

@@ -40,7 +40,11 @@ from typing import Any, Callable
 import yaml
 
 from hpc_aevo.campaign.config import load_campaign, load_initial_policy
+from hpc_aevo.loop.fork import load_recipe
+from hpc_aevo.scoring.leaderboard import HELDOUT_PER_DOMAIN
+from hpc_aevo.search.constitution import PolicyDecision
 from hpc_aevo.search.decoupling import sample_std
+from hpc_aevo.search.evidence import RoundEvidence
 from hpc_aevo.search.policy import Policy
 from hpc_aevo.state.contract import recipe_value
 from hpc_aevo.state.manifest import CandidateManifest
@@ -109,6 +113,12 @@ class Trial:
     wall_s: float
     shipped_heldout: float | None  # the held-out score of what the method would ship after this candidate
     overrides: dict[str, Any] = field(default_factory=dict)
+    examples: int = 0  # training examples the candidate's recipe asked for (steps x batch): its compute
+
+
+def examples_trained(recipe: dict[str, Any]) -> int:
+    """Steps x batch size: the compute a candidate spends, in the unit every method's recipes share."""
+    return int(recipe_value(recipe, "optim.steps")) * int(recipe_value(recipe, "optim.batch_size"))
 
 
 @dataclass
@@ -117,13 +127,14 @@ class Run:
     seed: int
     trials: list[Trial]
     wall_s: float  # the run's own wall time (the loop: its daemon's, agents and job overheads included)
+    story: list[str] = field(default_factory=list)  # the loop: each round's promotion or none, and its flags
 
 
 class Trainer:
     """Trains, evaluates and scores recipes on one scratch install of the substrate, `jobs` at a time."""
 
-    def __init__(self, substrate: Path, scratch: Path, quota: int, jobs: int):
-        self.tree, _, self.leaderboard = scratch_campaign(substrate, scratch, quota)
+    def __init__(self, substrate: Path, scratch: Path, quota: int, jobs: int, per_domain: int):
+        self.tree, _, self.leaderboard = scratch_campaign(substrate, scratch, quota, per_domain)
         self.scratch, self.jobs, self.count = scratch, jobs, 0
 
     def run(self, recipes: list[dict], names: list[str]) -> list[dict | None]:
@@ -141,17 +152,17 @@ class Trainer:
             return list(pool.map(one, range(len(recipes))))
 
 
-def _ship_best_dev(trials: list[Trial], result: dict | None, overrides: dict) -> None:
+def _ship_best_dev(trials: list[Trial], result: dict | None, overrides: dict, examples: int) -> None:
     """Append a sampler's trial: it ships the best dev so far (the held-out score it never sees goes along)."""
     scored = [t for t in trials if t.dev is not None]
     best = max(scored, key=lambda t: t.dev) if scored else None
     if result is None:
-        trials.append(Trial(len(trials), None, None, 0.0, best.shipped_heldout if best else None, overrides))
+        trials.append(Trial(len(trials), None, None, 0.0, best.shipped_heldout if best else None, overrides, examples))
         return
     dev, heldout = result["dev"], result["heldout"]
     shipped = heldout if best is None or dev > best.dev else best.shipped_heldout
     trials.append(Trial(len(trials), dev, heldout, result["train_s"] + result["eval_s"] + result["heldout_s"], shipped,
-                        overrides))
+                        overrides, examples))
 
 
 def run_sampler(method: str, recipe: dict, space: list[Param], budget: int, seed: int, trainer: Trainer) -> Run:
@@ -169,12 +180,12 @@ def run_sampler(method: str, recipe: dict, space: list[Param], budget: int, seed
         overrides = [with_budget({p.key: _suggest(t, p) for p in space}) for t in asked]
         recipes = [apply_overrides(recipe, {**o, "seed": seed * 1000 + len(trials) + i}) for i, o in enumerate(overrides)]
         results = trainer.run(recipes, [f"{method}/s{seed}/t{len(trials) + i}" for i in range(len(asked))])
-        for trial, o, result in zip(asked, overrides, results):
+        for trial, o, result, trained in zip(asked, overrides, results, recipes):
             if result is None:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 study.tell(trial, result["dev"])
-            _ship_best_dev(trials, result, o)
+            _ship_best_dev(trials, result, o, examples_trained(trained))
     return Run(method, seed, trials, time.time() - started)
 
 
@@ -210,7 +221,29 @@ def run_loop(campaign_file: Path, initial: Policy, rounds: int, seed: int, scrat
                               stderr=subprocess.STDOUT)
     if done.returncode != 0:
         raise RuntimeError(f"the loop (seed {seed}) exited {done.returncode}:\n{(root / 'daemon.log').read_text()[-2000:]}")
-    return Run("loop", seed, loop_trials(StateTree(root / "state"), rounds), time.time() - started)
+    tree = StateTree(root / "state")
+    return Run("loop", seed, loop_trials(tree, rounds), time.time() - started, loop_story(tree, rounds))
+
+
+def loop_story(tree: StateTree, rounds: int) -> list[str]:
+    """A line a round: what was promoted with its gain against C2's bar (or nothing), and what was flagged, so a
+    promotion can be held against the calibration sweep's measure of the same move."""
+    lines = []
+    for rnd in range(rounds):
+        manifests = {m.name: m for m in (CandidateManifest.load(p) for p in tree.candidate_manifests(rnd))}
+        decision = PolicyDecision.load(tree.decision(rnd))
+        evidence = RoundEvidence.load(tree.evidence_json(rnd))
+        anchor = evidence.anchors.leaderboard_mean
+        tried = ", ".join(f"{m.mutation} {m.measured.leaderboard - anchor:+.3f}" for m in manifests.values()
+                          if m.role == "worker" and m.measured.leaderboard is not None and anchor is not None)
+        promoted = decision.promotion
+        said = (f"promoted {manifests[promoted.candidate.split('/')[1]].mutation} {promoted.leaderboard_gain:+.3f} "
+                f"> bar {promoted.band:.3f}" if promoted else "no promotion")
+        flagged = sorted({f"{manifests[f.candidate].mutation}" for f in evidence.calibration.flags
+                          if f.candidate in manifests})
+        lines.append(f"r{rnd}: anchor {_score(anchor)}; {tried}; {said}"
+                     + (f"; flagged {', '.join(flagged)}" if flagged else ""))
+    return lines
 
 
 def loop_trials(tree: StateTree, rounds: int) -> list[Trial]:
@@ -229,7 +262,7 @@ def loop_trials(tree: StateTree, rounds: int) -> list[Trial]:
         for m in manifests:
             trials.append(Trial(len(trials), m.measured.dev, m.measured.leaderboard,
                                 (m.measured.train_wall_s or 0.0) + (m.measured.eval_wall_s or 0.0), shipped,
-                                dict(m.recipe_diff)))
+                                dict(m.recipe_diff), examples_trained(load_recipe(tree.sandbox(rnd, m.candidate)))))
         trials[-1].shipped_heldout = shipped = after
     return trials
 
@@ -253,6 +286,7 @@ def summarize(runs: list[Run], budget: int) -> dict[str, Any]:
                        "best_heldout_seen_mean": fmean(best_seen) if best_seen else None,
                        "candidates": [len(r.trials) for r in mine], "failed": [sum(t.dev is None for t in r.trials) for r in mine],
                        "candidate_s": fmean(sum(t.wall_s for t in r.trials) for r in mine),
+                       "examples": fmean(sum(t.examples for t in r.trials) for r in mine),
                        "wall_s": fmean(r.wall_s for r in mine), "curve": curve}
     return out
 
@@ -263,11 +297,14 @@ def _score(value: float | None) -> str:
 
 def render(summary: dict[str, Any], budget: int) -> str:
     lines = [f"| method | held-out shipped after {budget} candidates (mean ± std over seeds) | per seed | best held-out "
-             "seen (mean) | failed | candidate CPU-s (mean) |", "|---|---|---|---|---|---|"]
+             "seen (mean) | failed | candidate wall-s (mean) | training examples (mean; × the loop's) |",
+             "|---|---|---|---|---|---|---|"]
+    loop = summary.get("loop", {}).get("examples") or None
     for method, s in summary.items():
+        ratio = f"; ×{s['examples'] / loop:.2f}" if loop else ""
         lines.append(f"| {method} | {_score(s['final_mean'])} ± {s['final_std'] or 0:.3f} | "
                      f"{', '.join(map(_score, s['final']))} | {_score(s['best_heldout_seen_mean'])} | "
-                     f"{sum(s['failed'])} | {s['candidate_s']:.0f} |")
+                     f"{sum(s['failed'])} | {s['candidate_s']:.0f} | {s['examples']:,.0f}{ratio} |")
     return "\n".join(lines)
 
 
@@ -308,7 +345,8 @@ def bench_search(campaign_file: Path, seeds: int, rounds: int | None, jobs: int,
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="hpc-aevo-bench-search-", dir=os.environ.get("HPC_AEVO_BENCH_DIR")) as tmp:
         scratch = Path(tmp)
-        trainer = Trainer(campaign.paths.substrate, scratch / "samplers", quota=2 * seeds * budget, jobs=jobs)
+        trainer = Trainer(campaign.paths.substrate, scratch / "samplers", 2 * seeds * budget, jobs,
+                          campaign.leaderboard.examples_per_domain or HELDOUT_PER_DOMAIN)
         for seed in range(seeds):
             for method in METHODS:
                 run = run_loop(campaign_file, initial, rounds, seed, scratch) if method == "loop" else \
@@ -317,6 +355,8 @@ def bench_search(campaign_file: Path, seeds: int, rounds: int | None, jobs: int,
                 say(json.dumps({"method": method, "seed": seed, "candidates": len(run.trials),
                                 "shipped_heldout": run.trials[-1].shipped_heldout if run.trials else None,
                                 "wall_s": round(run.wall_s)}))
+                for line in run.story:
+                    say(f"  {line}")
     summary = summarize(runs, budget)
     body = {"schema": "hpc_aevo.bench_search", "version": 1, "campaign": str(campaign_file), "quick": quick,
             "seeds": seeds, "rounds": rounds, "candidates_per_method": budget, "space": [asdict(p) for p in space],
