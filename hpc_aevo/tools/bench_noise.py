@@ -270,22 +270,6 @@ def _domain_means(runs: list[dict], key: str) -> dict[str, float]:
     return {d: sum(float(r[key][d]) for r in runs) / len(runs) for d in runs[0][key]}
 
 
-def real_rounds(initial: Policy, shape: _Shape, runs: list[dict], rounds: int, seed: int) -> int:
-    """Promotions over `rounds` rounds from the initial policy, each of runs drawn without replacement from the
-    sweeps' real null candidates: the first k the anchors, the rest workers whose mutation did nothing."""
-    size = shape.anchors + shape.workers
-    if len(runs) < size:
-        raise CalibrationError(f"--real-rounds: a round of {size} candidates needs as many real runs of the start, "
-                               f"the sweeps have {len(runs)}")
-    rng = random.Random(seed)
-    promoted = 0
-    for _ in range(rounds):
-        manifests, recipes = _round(initial, shape, rng, real=rng.sample(runs, size))
-        _, _, decision = _decide(initial, manifests, recipes, [], shape)
-        promoted += decision.promotion is not None
-    return promoted
-
-
 def _round(policy: Policy, shape: _Shape, rng: random.Random, planted: _Planted | None = None,
            real: list[dict] | None = None) -> tuple[list[CandidateManifest], dict[str, dict[str, Any]]]:
     """One measured round of null candidates (the standing recipe, a fresh seed); with `planted`, the first
@@ -358,6 +342,22 @@ def simulate(initial: Policy, shape: _Shape, rounds_per_campaign: int, campaigns
             found[delta] += decision.promotion is not None and decision.promotion.candidate.endswith(first)
     return dict(promoted=promoted, alarms=alarms, kinds=dict(sorted(kinds.items())), dead_end_rounds=dead_end_rounds,
                 flagged=flagged, dead=dead, trapped=trapped, found=found)
+
+
+def real_rounds(initial: Policy, shape: _Shape, runs: list[dict], rounds: int, seed: int) -> int:
+    """Promotions over `rounds` rounds from the initial policy, each of runs drawn without replacement from the
+    sweeps' real null candidates: the first k the anchors, the rest workers whose mutation did nothing."""
+    size = shape.anchors + shape.workers
+    if len(runs) < size:
+        raise CalibrationError(f"--real-rounds: a round of {size} candidates needs as many real runs of the start, "
+                               f"the sweeps have {len(runs)}")
+    rng = random.Random(seed)
+    promoted = 0
+    for _ in range(rounds):
+        manifests, recipes = _round(initial, shape, rng, real=rng.sample(runs, size))
+        _, _, decision = _decide(initial, manifests, recipes, [], shape)
+        promoted += decision.promotion is not None
+    return promoted
 
 
 def bench_noise(campaign_path: Path, rounds: int, trap_rounds: int, dev_std: float | None,
