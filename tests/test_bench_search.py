@@ -74,3 +74,4 @@ def test_quick_search_bench_runs_every_method_for_the_same_candidates(tmp_path):
     assert all(t["examples"] == 24 * 16 for t in body["runs"][0]["trials"] if not t["overrides"])  # the quick recipe
     loop = next(r for r in body["runs"] if r["method"] == "loop")
     assert len(loop["story"]) == 1 and loop["story"][0].startswith("r0: anchor ") and loop["story"][0] in done.stdout
+    assert "[demo r000] meta" in (tmp_path / "search-loop-s0.log").read_text() and body["complete"]

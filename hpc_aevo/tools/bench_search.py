@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -209,8 +210,7 @@ def run_loop(campaign_file: Path, initial: Policy, rounds: int, seed: int, scrat
     policy = yaml.safe_load(campaign.paths.initial_policy.read_text())
     initial_file.write_text(yaml.safe_dump({**policy, "standing_recipe": initial.standing_recipe}, sort_keys=False))
     data = yaml.safe_load(campaign_file.read_text())
-    data.update(name=f"bench-search-s{seed}", state_root=str(root / "state"), substrate=str(campaign.paths.substrate),
-                rounds=rounds, seed=seed)
+    data.update(state_root=str(root / "state"), substrate=str(campaign.paths.substrate), rounds=rounds, seed=seed)
     data["policy"] = {"constitution": str(campaign.paths.constitution), "initial": str(initial_file)}
     data["leaderboard"] = {**data["leaderboard"], "quota": rounds * per_round, "per_round": per_round}
     data.setdefault("budget", {})["cpu_hours"] = None
@@ -343,30 +343,41 @@ def bench_search(campaign_file: Path, seeds: int, rounds: int | None, jobs: int,
     budget = rounds * (campaign.anchors + campaign.workers_per_round)
     runs: list[Run] = []
     started = time.time()
+
+    def write() -> dict[str, Any]:
+        """The record so far (`complete` false until the last run), so a run stopped early keeps what it measured."""
+        summary = summarize(runs, budget)
+        body = {"schema": "hpc_aevo.bench_search", "version": 1, "campaign": str(campaign_file), "quick": quick,
+                "complete": len(runs) == seeds * len(METHODS), "seeds": seeds, "rounds": rounds,
+                "candidates_per_method": budget, "space": [asdict(p) for p in space], "summary": summary,
+                "runs": [asdict(r) for r in runs], "command": command,
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jobs} candidates at once",
+                "date": date.today().isoformat(), "wall_s": time.time() - started}
+        atomic_write_text(out, json.dumps(body, indent=2) + "\n")
+        figure(summary, out.with_suffix(".png"), f"{campaign.name}: {seeds} seeds, {budget} candidates each"
+                                                 + (" (quick)" if quick else ""))
+        return body
+
     with tempfile.TemporaryDirectory(prefix="hpc-aevo-bench-search-", dir=os.environ.get("HPC_AEVO_BENCH_DIR")) as tmp:
         scratch = Path(tmp)
         trainer = Trainer(campaign.paths.substrate, scratch / "samplers", 2 * seeds * budget, jobs,
                           campaign.leaderboard.examples_per_domain or HELDOUT_PER_DOMAIN)
         for seed in range(seeds):
             for method in METHODS:
-                run = run_loop(campaign_file, initial, rounds, seed, scratch) if method == "loop" else \
-                    run_sampler(method, recipe, space, budget, seed, trainer)
+                if method == "loop":
+                    run = run_loop(campaign_file, initial, rounds, seed, scratch)
+                    kept = out.with_name(f"{out.stem}-loop-s{seed}.log")  # what the daemon printed, as the demo does
+                    shutil.copyfile(scratch / f"loop-s{seed}" / "daemon.log", kept)
+                else:
+                    run = run_sampler(method, recipe, space, budget, seed, trainer)
                 runs.append(run)
                 say(json.dumps({"method": method, "seed": seed, "candidates": len(run.trials),
                                 "shipped_heldout": run.trials[-1].shipped_heldout if run.trials else None,
                                 "wall_s": round(run.wall_s)}))
                 for line in run.story:
                     say(f"  {line}")
-    summary = summarize(runs, budget)
-    body = {"schema": "hpc_aevo.bench_search", "version": 1, "campaign": str(campaign_file), "quick": quick,
-            "seeds": seeds, "rounds": rounds, "candidates_per_method": budget, "space": [asdict(p) for p in space],
-            "summary": summary, "runs": [asdict(r) for r in runs],
-            "command": command,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jobs} candidates at once",
-            "date": date.today().isoformat(), "wall_s": time.time() - started}
-    atomic_write_text(out, json.dumps(body, indent=2) + "\n")
-    figure(summary, out.with_suffix(".png"), f"{campaign.name}: {seeds} seeds, {budget} candidates each"
-                                             + (" (quick)" if quick else ""))
+                body = write()
+    summary = body["summary"]
     say(render(summary, budget))
     say(f"wrote {out} and {out.with_suffix('.png')} ({body['wall_s']:.0f} s)")
     return body
