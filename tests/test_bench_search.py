@@ -53,7 +53,9 @@ def test_a_sampler_ships_its_best_dev_and_the_summary_follows_what_is_shipped():
     assert summary["candidate_s"] == pytest.approx(30.0)
     steps_x_batch = RECIPE["optim"]["steps"] * RECIPE["optim"]["batch_size"]
     assert summary["examples"] == pytest.approx(4 * steps_x_batch / 2)  # the other run's trials record none
-    assert f"{4 * steps_x_batch / 2:,.0f}" in render({"tpe": summary}, 4)
+    assert f"{4 * steps_x_batch / 2:,.0f}" in render({"tpe": summary}, 4) and "0.100 ± 0.028" in render({"tpe": summary}, 4)
+    alone = summarize([Run("tpe", 0, other, 20.0)], 4)
+    assert "| tpe | 0.080 (one seed) |" in render(alone, 4)
 
 
 @pytest.mark.slow

@@ -302,7 +302,8 @@ def render(summary: dict[str, Any], budget: int) -> str:
     loop = summary.get("loop", {}).get("examples") or None
     for method, s in summary.items():
         ratio = f"; ×{s['examples'] / loop:.2f}" if loop else ""
-        lines.append(f"| {method} | {_score(s['final_mean'])} ± {s['final_std'] or 0:.3f} | "
+        spread = "(one seed)" if s["final_std"] is None else f"± {s['final_std']:.3f}"
+        lines.append(f"| {method} | {_score(s['final_mean'])} {spread} | "
                      f"{', '.join(map(_score, s['final']))} | {_score(s['best_heldout_seen_mean'])} | "
                      f"{sum(s['failed'])} | {s['candidate_s']:.0f} | {s['examples']:,.0f}{ratio} |")
     return "\n".join(lines)
