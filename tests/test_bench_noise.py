@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import json
+import os
 
 from hpc_aevo.tools.bench import main
 from hpc_aevo.tools.bench_noise import NoiseBench, Rate, wilson
@@ -91,6 +92,8 @@ def test_the_model_and_real_rounds_come_from_calibrate_sweeps_of_the_start(tmp_p
     (lambda p: p.write_text('{"schema": "hpc_aevo.bench_noise"}'), "schema: expected 'hpc_aevo.calibration'"),
     (lambda p: p.write_text('{"schema": "hpc_aevo.calibration", "runs": 3}'), "expected a calibrate record"),
     (lambda p: _sweep(p, [0]), "runs: expected at least 2 seeds of the start, found 1"),
+    (lambda p: os.mkfifo(p), "expected a calibrate JSON"),  # a FIFO is refused, not read (which would hang)
+    (lambda p: p.write_text('{"schema": "hpc_aevo.calibration", "x": NaN}'), "expected a calibrate JSON"),
 ])
 def test_a_bad_calibration_file_is_one_line_naming_it(tmp_path, capsys, make, said):
     path = tmp_path / "sweep.json"

@@ -37,7 +37,6 @@ should be; the per-round-index rates show how far they differ.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from hpc_aevo.search.evidence import RoundEvidence, collect_evidence
 from hpc_aevo.search.policy import Policy, assign_axes
 from hpc_aevo.state.manifest import CandidateManifest, Measured, Proposal
 from hpc_aevo.state.records import Record
+from hpc_aevo.state.untrusted import MIB, UntrustedFile, read_json
 
 # The reference substrate's default recipe per domain, mean of 3 seeds (docs/calibration.md, 2026-11-23).
 DEV_MEANS = {"bits": 0.09, "equation": 0.19, "cipher": 0.00, "base": 0.19, "sequence": 0.26}
@@ -211,12 +211,14 @@ class Calibrated:
 
 
 CALIBRATION_SCHEMA, START = "hpc_aevo.calibration", "default"  # tools/calibrate.py's record and its start's name
+SWEEP_LIMIT = 64 * MIB  # a sweep of thousands of runs is a few MB
 
 
 def _sweep(path: Path) -> dict:
+    """A sweep read as any untrusted JSON is: a regular file, bounded, finite numbers only."""
     try:
-        body = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        body = read_json(path, path.resolve().parent, SWEEP_LIMIT)
+    except (OSError, UntrustedFile) as exc:
         raise CalibrationError(f"{path}: expected a calibrate JSON ({exc})") from None
     if not isinstance(body, dict) or body.get("schema") != CALIBRATION_SCHEMA:
         raise CalibrationError(f"{path}: schema: expected {CALIBRATION_SCHEMA!r}")
