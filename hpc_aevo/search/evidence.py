@@ -351,10 +351,10 @@ def _render_calibration(e: RoundEvidence) -> list[str]:
         f"Decoupled: {'yes' if c.decoupled else 'no'}; suspect domains: {', '.join(c.suspect_domains) or 'none'}.",
         "",
     ]
-    lines += _table(["domain", "n dev / leaderboard", "anchor dev", "anchor leaderboard", "dev band", "leaderboard band", "dev threshold",
-                     "max worker Δdev"],
-                    [[d.domain, f"{d.n_examples} / {d.n_leaderboard}", _num(d.anchor_dev), _num(d.anchor_leaderboard), _num(d.dev_band),
-                      _num(d.leaderboard_band), _num(d.dev_threshold),
+    lines += _table(["domain", "n dev / leaderboard", "anchor dev", "anchor leaderboard", "dev band",
+                     "leaderboard band", "dev threshold", "max worker Δdev"],
+                    [[d.domain, f"{d.n_examples} / {d.n_leaderboard}", _num(d.anchor_dev),
+                      _num(d.anchor_leaderboard), _num(d.dev_band), _num(d.leaderboard_band), _num(d.dev_threshold),
                       _num(max((w.dev_gain for w in d.workers), default=None), True)] for d in c.domains])
     lines += ["", "Flags:", ""] + _table(["kind", "candidate", "domain", "message"],
                                          [[f.kind, f.candidate, f.domain, f.message] for f in c.flags])

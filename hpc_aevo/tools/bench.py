@@ -480,9 +480,11 @@ def main(argv: list[str] | None = None) -> None:
     noise.add_argument("--anchors", type=int, default=None, help="override the campaign's anchors")
     noise.add_argument("--workers", type=int, default=None, help="override the campaign's workers_per_round")
     noise.add_argument("--dev-std", type=float, default=None,
-                       help=f"seed std of the overall dev score (default: the calibration's, else {bench_noise.DEV_STD})")
+                       help="seed std of the overall dev score "
+                            f"(default: the calibration's, else {bench_noise.DEV_STD})")
     noise.add_argument("--leaderboard-std", type=float, default=None,
-                       help=f"the same of the held-out score (default: the calibration's, else {bench_noise.LEADERBOARD_STD})")
+                       help="the same of the held-out score "
+                            f"(default: the calibration's, else {bench_noise.LEADERBOARD_STD})")
     noise.add_argument("--calibration", type=Path, nargs="+", default=(), metavar="SWEEP.json",
                        help="calibrate sweeps of the campaign's start: the model's means, stds, split size and trap")
     noise.add_argument("--real-rounds", type=int, default=0,
