@@ -4,12 +4,14 @@ are checked on their own; one quick run goes through the real campaign, Optuna a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import yaml
 
+from hpc_aevo.tools import bench
 from hpc_aevo.tools.bench_search import (Run, Trial, _ship_best_dev, base_values, examples_trained, render,
                                          search_space, summarize, with_budget)
 from tiny_campaign import REPO
@@ -56,6 +58,59 @@ def test_a_sampler_ships_its_best_dev_and_the_summary_follows_what_is_shipped():
     assert f"{4 * steps_x_batch / 2:,.0f}" in render({"tpe": summary}, 4) and "0.100 ± 0.028" in render({"tpe": summary}, 4)
     alone = summarize([Run("tpe", 0, other, 20.0)], 4)
     assert "| tpe | 0.080 (one seed) |" in render(alone, 4)
+
+
+def _stopped_quick_record(tmp_path, runs: list[dict]):
+    """A `--quick --seeds 2` record as the bench writes it before its last run, with `runs` in it."""
+    from hpc_aevo.campaign.config import load_campaign, load_initial_policy
+    from hpc_aevo.tools.bench_search import QUICK_RECIPE, SCHEMA, VERSION
+    from hpc_aevo.tools.calibrate import apply_overrides
+
+    initial = load_initial_policy(load_campaign(bench.DEMO_CAMPAIGN))
+    space = search_space(apply_overrides(initial.standing_recipe, QUICK_RECIPE), initial.active_axes)
+    out = tmp_path / "search.json"
+    out.write_text(json.dumps({"schema": SCHEMA, "version": VERSION, "campaign": str(bench.DEMO_CAMPAIGN), "quick": True,
+                               "rounds": 1, "candidates_per_method": 4, "space": [p.__dict__ for p in space],
+                               "complete": False, "seeds": 2, "runs": runs, "wall_s": 30.0}))
+    return out
+
+
+RUN = {"method": "tpe", "seed": 0, "wall_s": 9.0, "story": [],
+       "trials": [{"index": 0, "dev": 0.3, "heldout": 0.1, "wall_s": 2.0, "shipped_heldout": 0.1}]}
+
+
+@pytest.mark.parametrize(("args", "runs", "said"), [
+    (["--rounds", "2"], [RUN], "rounds: the record has 1, this bench asks 2: another question; give another --out"),
+    ([], [{**RUN, "trials": [{**RUN["trials"][0], "dev": "high"}]}], "trials[0].dev: expected"),
+    ([], [RUN, RUN], "runs[1]: expected one run of each method and seed"),
+    ([], [{**RUN, "method": "grid"}], "runs[0]: expected one run of each method and seed"),
+])
+def test_resume_refuses_a_record_of_another_question_or_a_broken_one_in_one_line(tmp_path, capsys, args, runs, said):
+    out = _stopped_quick_record(tmp_path, runs)
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["search", "--quick", "--resume", "--out", str(out), *args])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2 and "--resume" in last and said in last, last
+    assert json.loads(out.read_text())["runs"] == runs  # nothing the stopped bench measured is lost
+
+
+def test_resume_refuses_what_is_not_a_record_without_reading_a_fifo(tmp_path, capsys):
+    out = tmp_path / "search.json"
+    os.mkfifo(out)
+    with pytest.raises(SystemExit):
+        bench.main(["search", "--quick", "--resume", "--out", str(out)])
+    assert "--resume: expected a bench search record" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_runs_of_the_seeds_asked_and_runs_nothing_when_they_are_all_there(tmp_path, capsys):
+    kept = [{**RUN, "method": m, "seed": 0} for m in ("loop", "tpe", "random")] + [{**RUN, "seed": 1}]
+    out = _stopped_quick_record(tmp_path, kept)
+    bench.main(["search", "--quick", "--resume", "--seeds", "1", "--out", str(out)])  # seed 1's run is left out
+    said = capsys.readouterr().out
+    body = json.loads(out.read_text())
+    assert said.count("kept from") == 3 and body["complete"] and body["seeds"] == 1
+    assert [(r["method"], r["seed"]) for r in body["runs"]] == [("loop", 0), ("tpe", 0), ("random", 0)]
+    assert body["wall_s"] >= 30.0 and body["summary"]["tpe"]["final"] == [0.1]
 
 
 @pytest.mark.slow

@@ -503,6 +503,8 @@ def main(argv: list[str] | None = None) -> None:
     search.add_argument("--jobs", type=int, default=2, help="candidates trained at once by TPE and random search")
     search.add_argument("--quick", action="store_true", help="a tiny recipe, 2 seeds: minutes, for CI")
     search.add_argument("--out", type=Path, default=Path("bench-search.json"))
+    search.add_argument("--resume", action="store_true",
+                        help="keep the runs a stopped bench of the same question wrote to --out; run the rest")
     lmeval = sub.add_parser("lmeval", help="a campaign's base and trained model through its lm-eval and the "
                                           "evaluator's leaderboard, item by item")
     lmeval.add_argument("--campaign", type=Path, default=LMEVAL_CAMPAIGN,
@@ -540,9 +542,13 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("seeds", "rounds", "jobs"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 search.error(f"--{name}: expected an integer >= 1 (got {getattr(args, name)})")
-        bench_search.bench_search(args.campaign, args.seeds or (2 if args.quick else 3), args.rounds, args.jobs,
-                                  args.quick, args.out,
-                                  shlex.join(["python", "-m", "hpc_aevo.bench", *(sys.argv[1:] if argv is None else argv)]))
+        try:
+            bench_search.bench_search(
+                args.campaign, args.seeds or (2 if args.quick else 3), args.rounds, args.jobs, args.quick, args.out,
+                shlex.join(["python", "-m", "hpc_aevo.bench", *(sys.argv[1:] if argv is None else argv)]),
+                resume=args.resume)
+        except bench_search.ResumeError as exc:
+            search.error(str(exc))
     elif args.command == "lmeval":
         if min(args.per_subset, args.steps) < 1:
             lmeval.error("--per-subset and --steps must be at least 1")

@@ -1,7 +1,7 @@
 """Is the loop worth its budget? The campaign loop against Optuna's TPE and random search, at equal candidates.
 
     python -m hpc_aevo.bench search [--campaign campaigns/demo.yaml] [--seeds 3] [--rounds R] [--jobs 2]
-                                    [--quick] [--out bench-search.json]
+                                    [--quick] [--out bench-search.json] [--resume]
 
 Why: the question a team asks before spending a cluster on this is whether the loop finds better recipes
 than the hyper-parameter search it already runs, for the same GPU-hours. So each method gets the same number
@@ -16,6 +16,9 @@ of trained candidates on the reference substrate, and the same scorer:
 Every candidate trains, is evaluated and scored on the held-out split the same way (calibrate.run_candidate,
 with the `heldout-puzzles` adapter), with a fresh seed. The figure and the table: the held-out score of what
 each method ships, against candidates spent, mean and spread over the campaign seeds.
+
+`--resume` keeps the runs a stopped bench of the same question already wrote to `--out` (the record is written
+after every run) and spends candidates only on the rest: a full run is hours of 2 cores.
 
 `--quick` runs a tiny recipe (one layer, 24 steps) for two seeds of one round: minutes, for CI; its numbers
 say that the harness works, not which method wins.
@@ -51,9 +54,12 @@ from hpc_aevo.state.contract import recipe_value
 from hpc_aevo.state.manifest import CandidateManifest
 from hpc_aevo.state.records import atomic_write_text
 from hpc_aevo.state.tree import StateTree
+from hpc_aevo.state.untrusted import MIB, UntrustedFile, read_json, typed_fields
 from hpc_aevo.tools.calibrate import apply_overrides, run_candidate, scratch_campaign
 
 METHODS = ("loop", "tpe", "random")
+SCHEMA, VERSION = "hpc_aevo.bench_search", 1
+RECORD_LIMIT = 16 * MIB
 QUICK_RECIPE = {"data.train_examples": 1000, "model.hidden": 64, "model.layers": 1, "model.heads": 4,
                 "optim.steps": 24, "optim.batch_size": 16, "optim.warmup_steps": 4, "checkpoints.every": 24}
 
@@ -330,8 +336,40 @@ def figure(summary: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+class ResumeError(ValueError):
+    """`--resume` was given a record that is not an earlier run of the same bench; str() is one line."""
+
+
+def resumed_runs(out: Path, question: dict[str, Any], seeds: int) -> tuple[list[Run], float]:
+    """The runs (and wall seconds) an earlier, stopped bench wrote to `out`, if it asked the same `question`:
+    the same campaign, recipe space, rounds and budget. A run of a seed beyond `seeds` is left out."""
+    try:
+        body = read_json(out, out.resolve().parent, RECORD_LIMIT)
+    except (OSError, UntrustedFile) as exc:
+        raise ResumeError(f"--resume: expected a bench search record ({exc})") from None
+    if not isinstance(body, dict) or not isinstance(body.get("runs"), list):
+        raise ResumeError(f"--resume: {out}: expected a bench search record with its runs")
+    for key, value in json.loads(json.dumps(question)).items():
+        if body.get(key) != value:
+            raise ResumeError(f"--resume: {out}: {key}: the record has {body.get(key)!r}, this bench asks {value!r}: "
+                              "another question; give another --out")
+    runs: list[Run] = []
+    for i, data in enumerate(body["runs"]):
+        try:
+            run = typed_fields(Run, data if isinstance(data, dict) else {}, out)
+        except UntrustedFile as exc:
+            raise ResumeError(f"--resume: {exc} (runs[{i}])") from None
+        if run.method not in METHODS or any((r.method, r.seed) == (run.method, run.seed) for r in runs):
+            raise ResumeError(f"--resume: {out}: runs[{i}]: expected one run of each method and seed, "
+                              f"found {run.method!r} seed {run.seed} again or unknown")
+        if run.seed < seeds:
+            runs.append(run)
+    wall = body.get("wall_s")
+    return runs, float(wall) if isinstance(wall, (int, float)) else 0.0
+
+
 def bench_search(campaign_file: Path, seeds: int, rounds: int | None, jobs: int, quick: bool, out: Path, command: str,
-                 say: Callable[[str], None] = print) -> dict[str, Any]:
+                 say: Callable[[str], None] = print, resume: bool = False) -> dict[str, Any]:
     """Run every method for `seeds` seeds at the loop's number of candidates; write `out` and its figure."""
     campaign = load_campaign(campaign_file)
     rounds = rounds or (1 if quick else campaign.rounds)
@@ -342,18 +380,21 @@ def bench_search(campaign_file: Path, seeds: int, rounds: int | None, jobs: int,
     recipe = initial.standing_recipe
     space = search_space(recipe, initial.active_axes)
     budget = rounds * (campaign.anchors + campaign.workers_per_round)
-    runs: list[Run] = []
+    question = {"schema": SCHEMA, "version": VERSION, "campaign": str(campaign_file), "quick": quick, "rounds": rounds,
+                "candidates_per_method": budget, "space": [asdict(p) for p in space]}
+    runs, earlier_s = resumed_runs(out, question, seeds) if resume and out.exists() else ([], 0.0)
+    for run in runs:
+        say(f"kept from {out}: {run.method} seed {run.seed} ({len(run.trials)} candidates)")
     started = time.time()
 
     def write() -> dict[str, Any]:
         """The record so far (`complete` false until the last run), so a run stopped early keeps what it measured."""
         summary = summarize(runs, budget)
-        body = {"schema": "hpc_aevo.bench_search", "version": 1, "campaign": str(campaign_file), "quick": quick,
-                "complete": len(runs) == seeds * len(METHODS), "seeds": seeds, "rounds": rounds,
-                "candidates_per_method": budget, "space": [asdict(p) for p in space], "summary": summary,
-                "runs": [asdict(r) for r in runs], "command": command,
+        body = {**question, "complete": len(runs) == seeds * len(METHODS), "seeds": seeds, "summary": summary,
+                "runs": [asdict(r) for r in sorted(runs, key=lambda r: (r.seed, METHODS.index(r.method)))],
+                "command": command,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jobs} candidates at once",
-                "date": date.today().isoformat(), "wall_s": time.time() - started}
+                "date": date.today().isoformat(), "wall_s": earlier_s + time.time() - started}
         atomic_write_text(out, json.dumps(body, indent=2) + "\n")
         figure(summary, out.with_suffix(".png"), f"{campaign.name}: {seeds} seeds, {budget} candidates each"
                                                  + (" (quick)" if quick else ""))
@@ -363,8 +404,11 @@ def bench_search(campaign_file: Path, seeds: int, rounds: int | None, jobs: int,
         scratch = Path(tmp)
         trainer = Trainer(campaign.paths.substrate, scratch / "samplers", 2 * seeds * budget, jobs,
                           campaign.leaderboard.examples_per_domain or HELDOUT_PER_DOMAIN)
+        body = write()
         for seed in range(seeds):
             for method in METHODS:
+                if any((r.method, r.seed) == (method, seed) for r in runs):
+                    continue
                 if method == "loop":
                     run = run_loop(campaign_file, initial, rounds, seed, scratch)
                     kept = out.with_name(f"{out.stem}-loop-s{seed}.log")  # what the daemon printed, as the demo does
