@@ -84,6 +84,7 @@ RUN = {"method": "tpe", "seed": 0, "wall_s": 9.0, "story": [],
     ([], [{**RUN, "trials": [{**RUN["trials"][0], "dev": "high"}]}], "trials[0].dev: expected"),
     ([], [RUN, RUN], "runs[1]: expected one run of each method and seed"),
     ([], [{**RUN, "method": "grid"}], "runs[0]: expected one run of each method and seed"),
+    (["--seeds", "1"], [RUN, {**RUN, "seed": 1}], "runs[1]: the record has seed 1; ask --seeds 2 or more"),
 ])
 def test_resume_refuses_a_record_of_another_question_or_a_broken_one_in_one_line(tmp_path, capsys, args, runs, said):
     out = _stopped_quick_record(tmp_path, runs)
@@ -102,10 +103,10 @@ def test_resume_refuses_what_is_not_a_record_without_reading_a_fifo(tmp_path, ca
     assert "--resume: expected a bench search record" in capsys.readouterr().err
 
 
-def test_resume_keeps_the_runs_of_the_seeds_asked_and_runs_nothing_when_they_are_all_there(tmp_path, capsys):
-    kept = [{**RUN, "method": m, "seed": 0} for m in ("loop", "tpe", "random")] + [{**RUN, "seed": 1}]
+def test_resume_keeps_the_runs_and_runs_nothing_when_they_are_all_there(tmp_path, capsys):
+    kept = [{**RUN, "method": m, "seed": 0} for m in ("random", "tpe", "loop")]
     out = _stopped_quick_record(tmp_path, kept)
-    bench.main(["search", "--quick", "--resume", "--seeds", "1", "--out", str(out)])  # seed 1's run is left out
+    bench.main(["search", "--quick", "--resume", "--seeds", "1", "--out", str(out)])
     said = capsys.readouterr().out
     body = json.loads(out.read_text())
     assert said.count("kept from") == 3 and body["complete"] and body["seeds"] == 1

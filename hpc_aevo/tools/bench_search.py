@@ -342,7 +342,7 @@ class ResumeError(ValueError):
 
 def resumed_runs(out: Path, question: dict[str, Any], seeds: int) -> tuple[list[Run], float]:
     """The runs (and wall seconds) an earlier, stopped bench wrote to `out`, if it asked the same `question`:
-    the same campaign, recipe space, rounds and budget. A run of a seed beyond `seeds` is left out."""
+    the same campaign, recipe space, rounds and budget, and no seed beyond `seeds`."""
     try:
         body = read_json(out, out.resolve().parent, RECORD_LIMIT)
     except (OSError, UntrustedFile) as exc:
@@ -362,8 +362,10 @@ def resumed_runs(out: Path, question: dict[str, Any], seeds: int) -> tuple[list[
         if run.method not in METHODS or any((r.method, r.seed) == (run.method, run.seed) for r in runs):
             raise ResumeError(f"--resume: {out}: runs[{i}]: expected one run of each method and seed, "
                               f"found {run.method!r} seed {run.seed} again or unknown")
-        if run.seed < seeds:
-            runs.append(run)
+        if run.seed >= seeds:  # dropping it would lose what was measured
+            raise ResumeError(f"--resume: {out}: runs[{i}]: the record has seed {run.seed}; ask --seeds "
+                              f"{run.seed + 1} or more, or give another --out")
+        runs.append(run)
     wall = body.get("wall_s")
     return runs, float(wall) if isinstance(wall, (int, float)) else 0.0
 
