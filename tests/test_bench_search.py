@@ -13,7 +13,7 @@ import yaml
 
 from hpc_aevo.tools import bench
 from hpc_aevo.tools.bench_search import (Run, Trial, _ship_best_dev, base_values, examples_trained, render,
-                                         search_space, summarize, with_budget)
+                                         search_space, shipped_within, summarize, with_budget)
 from tiny_campaign import REPO
 
 RECIPE = yaml.safe_load((REPO / "substrate" / "recipe.yaml").read_text())
@@ -58,6 +58,19 @@ def test_a_sampler_ships_its_best_dev_and_the_summary_follows_what_is_shipped():
     assert f"{4 * steps_x_batch / 2:,.0f}" in render({"tpe": summary}, 4) and "0.100 ± 0.028" in render({"tpe": summary}, 4)
     alone = summarize([Run("tpe", 0, other, 20.0)], 4)
     assert "| tpe | 0.080 (one seed) |" in render(alone, 4)
+
+
+def test_equal_compute_is_what_a_run_ships_once_it_spent_what_the_loop_of_its_seed_spent():
+    loop = [Trial(i, 0.3, 0.1, 1.0, shipped, examples=100) for i, shipped in enumerate((0.10, 0.10, 0.15))]
+    tpe = [Trial(i, 0.3, 0.1, 1.0, shipped, examples=spent) for i, (shipped, spent) in
+           enumerate(((0.10, 50), (0.20, 50), (0.50, 300)))]  # its best is its last, at 4/3 of the loop's compute
+    assert shipped_within(tpe, 300) == 0.20 and shipped_within(tpe, 400) == 0.50 and shipped_within(tpe, 40) is None
+    summary = summarize([Run("loop", 0, loop, 1.0), Run("tpe", 0, tpe, 1.0), Run("tpe", 1, tpe[:2], 1.0)], 3)
+    assert summary["loop"]["at_loop_compute"] == [0.15]  # the loop at its own compute ships what it ships at its end
+    assert summary["tpe"]["at_loop_compute"] == [0.20, 0.20]  # seed 1 has no loop run: the loops' mean, 300
+    assert summary["tpe"]["final"] == [0.50, 0.20]
+    assert summary["tpe"]["compute_curve"][-1] == {"examples": 400, "mean": pytest.approx(0.35), "min": 0.20, "max": 0.50}
+    assert "| tpe | 0.350 ± 0.212 | 0.500, 0.200 | 0.200; 0.200, 0.200 |" in render(summary, 3)
 
 
 def _stopped_quick_record(tmp_path, runs: list[dict]):
@@ -129,6 +142,7 @@ def test_quick_search_bench_runs_every_method_for_the_same_candidates(tmp_path):
     assert all(r["trials"][0]["overrides"] == samplers[0]["trials"][0]["overrides"] for r in samplers)  # the standing recipe
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert "| loop |" in done.stdout and "| tpe |" in done.stdout and "| random |" in done.stdout
+    assert all(len(s["at_loop_compute"]) == 1 and s["compute_curve"] for s in body["summary"].values())
     assert all(t["examples"] == 24 * 16 for t in body["runs"][0]["trials"] if not t["overrides"])  # the quick recipe
     loop = next(r for r in body["runs"] if r["method"] == "loop")
     assert len(loop["story"]) == 1 and loop["story"][0].startswith("r0: anchor ") and loop["story"][0] in done.stdout

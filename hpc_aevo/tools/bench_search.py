@@ -273,8 +273,29 @@ def loop_trials(tree: StateTree, rounds: int) -> list[Trial]:
     return trials
 
 
+def shipped_within(trials: list[Trial], examples: float) -> float | None:
+    """The held-out score of what a run ships once it has spent `examples` training examples: after its last
+    trial that fits (None: not even its first one did)."""
+    spent, shipped = 0, None
+    for trial in trials:
+        spent += trial.examples
+        if spent > examples:
+            break
+        shipped = trial.shipped_heldout
+    return shipped
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"mean": fmean(values), "min": min(values), "max": max(values)}
+
+
 def summarize(runs: list[Run], budget: int) -> dict[str, Any]:
-    """Per method: the held-out score of what it ships after k candidates (mean, min, max over seeds), and at the end."""
+    """Per method: the held-out score of what it ships after k candidates (mean, min, max over seeds), and at the end;
+    and at equal compute: once it has spent the training examples the loop of the same seed spent (the loop's
+    mean where that seed has no loop run), and against examples spent, on a common grid."""
+    loops = {r.seed: sum(t.examples for t in r.trials) for r in runs if r.method == "loop"}
+    compute = {r.seed: loops.get(r.seed, fmean(loops.values())) for r in runs} if loops else {}
+    grid = _compute_grid(runs)
     out = {}
     for method in METHODS:
         mine = [r for r in runs if r.method == method]
@@ -284,7 +305,13 @@ def summarize(runs: list[Run], budget: int) -> dict[str, Any]:
         for k in range(1, budget + 1):
             values = [v for r in mine if (v := r.trials[min(k, len(r.trials)) - 1].shipped_heldout) is not None]
             if values:
-                curve.append({"candidates": k, "mean": fmean(values), "min": min(values), "max": max(values)})
+                curve.append({"candidates": k, **_spread(values)})
+        compute_curve = []
+        for x in grid:
+            values = [v for r in mine if (v := shipped_within(r.trials, x)) is not None]
+            if len(values) == len(mine):
+                compute_curve.append({"examples": x, **_spread(values)})
+        at_loop = [shipped_within(r.trials, compute[r.seed]) for r in mine] if compute else []
         final = [v for r in mine if (v := r.trials[-1].shipped_heldout) is not None]
         best_seen = [max(t.heldout for t in r.trials if t.heldout is not None) for r in mine
                      if any(t.heldout is not None for t in r.trials)]
@@ -293,8 +320,17 @@ def summarize(runs: list[Run], budget: int) -> dict[str, Any]:
                        "candidates": [len(r.trials) for r in mine], "failed": [sum(t.dev is None for t in r.trials) for r in mine],
                        "candidate_s": fmean(sum(t.wall_s for t in r.trials) for r in mine),
                        "examples": fmean(sum(t.examples for t in r.trials) for r in mine),
-                       "wall_s": fmean(r.wall_s for r in mine), "curve": curve}
+                       "wall_s": fmean(r.wall_s for r in mine), "curve": curve,
+                       "at_loop_compute": at_loop,
+                       "at_loop_compute_mean": fmean(at) if (at := [v for v in at_loop if v is not None]) else None,
+                       "compute_curve": compute_curve}
     return out
+
+
+def _compute_grid(runs: list[Run], points: int = 48) -> list[int]:
+    """Training examples from 0 to the most any run spent, for the score-against-compute curve."""
+    most = max((sum(t.examples for t in r.trials) for r in runs), default=0)
+    return [round(most * i / points) for i in range(1, points + 1)] if most else []
 
 
 def _score(value: float | None) -> str:
@@ -302,15 +338,18 @@ def _score(value: float | None) -> str:
 
 
 def render(summary: dict[str, Any], budget: int) -> str:
-    lines = [f"| method | held-out shipped after {budget} candidates (mean ± std over seeds) | per seed | best held-out "
-             "seen (mean) | failed | candidate wall-s (mean) | training examples (mean; × the loop's) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| method | held-out shipped after {budget} candidates (mean ± std over seeds) | per seed | held-out shipped "
+             "at the loop's compute (mean; per seed) | best held-out seen (mean) | failed | candidate wall-s (mean) | "
+             "training examples (mean; × the loop's) |",
+             "|---|---|---|---|---|---|---|---|"]
     loop = summary.get("loop", {}).get("examples") or None
     for method, s in summary.items():
         ratio = f"; ×{s['examples'] / loop:.2f}" if loop else ""
         spread = "(one seed)" if s["final_std"] is None else f"± {s['final_std']:.3f}"
+        at_loop = (f"{_score(s['at_loop_compute_mean'])}; {', '.join(map(_score, s['at_loop_compute']))}"
+                   if s.get("at_loop_compute") else "-")
         lines.append(f"| {method} | {_score(s['final_mean'])} {spread} | "
-                     f"{', '.join(map(_score, s['final']))} | {_score(s['best_heldout_seen_mean'])} | "
+                     f"{', '.join(map(_score, s['final']))} | {at_loop} | {_score(s['best_heldout_seen_mean'])} | "
                      f"{sum(s['failed'])} | {s['candidate_s']:.0f} | {s['examples']:,.0f}{ratio} |")
     return "\n".join(lines)
 
@@ -321,16 +360,21 @@ def figure(summary: dict[str, Any], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, (by_candidates, by_compute) = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for method, s in summary.items():
-        k = [p["candidates"] for p in s["curve"]]
-        ax.plot(k, [p["mean"] for p in s["curve"]], marker="o", markersize=3, label=f"{method} (mean)")
-        ax.fill_between(k, [p["min"] for p in s["curve"]], [p["max"] for p in s["curve"]], alpha=0.15)
-    ax.set_xlabel("candidates trained")
-    ax.set_ylabel("held-out score of the shipped recipe")
-    ax.set_title(title)
-    ax.legend(title="band: min-max over seeds")
-    ax.grid(alpha=0.3)
+        for ax, curve, x in ((by_candidates, s["curve"], "candidates"), (by_compute, s.get("compute_curve", []), "examples")):
+            xs = [p[x] for p in curve]
+            ax.plot(xs, [p["mean"] for p in curve], marker="o", markersize=3, label=f"{method} (mean)")
+            ax.fill_between(xs, [p["min"] for p in curve], [p["max"] for p in curve], alpha=0.15)
+    by_candidates.set_xlabel("candidates trained")
+    by_compute.set_xlabel("training examples spent (steps × batch, summed)")
+    by_candidates.set_ylabel("held-out score of the shipped recipe")
+    if summary.get("loop", {}).get("examples"):
+        by_compute.axvline(summary["loop"]["examples"], color="grey", linestyle="--", linewidth=1)
+    fig.suptitle(title)
+    by_candidates.legend(title="band: min-max over seeds")
+    for ax in (by_candidates, by_compute):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
