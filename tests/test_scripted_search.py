@@ -59,12 +59,14 @@ def test_evidence_from_one_direction_speaks_for_its_opposite():
     assert opposite("optim.schedule:linear") is None
 
 
-def test_a_direction_that_paid_beyond_the_band_gets_a_long_stride():
+def test_an_operator_not_known_to_lose_takes_the_long_stride_and_one_known_to_lose_the_short():
     policy = synthetic_policy(2, noise_band=0.016)
-    history = [_history({UP: 0.05}), _history({UP: 0.05}, rnd=2)]
-    paid = choose([UP], history, policy, random.Random(0))
+    assert choose([UP], [], policy, random.Random(0)).stride == 2  # never measured: far enough to see it
+    paid = choose([UP], [_history({UP: 0.05}), _history({UP: 0.05}, rnd=2)], policy, random.Random(0))
     assert (paid.signature, paid.stride) == (UP, 2) and paid.observations == 2
-    assert choose([UP], [_history({UP: 0.01})], policy, random.Random(0)).stride == 1
+    assert choose([UP], [_history({UP: 0.005})], policy, random.Random(0)).stride == 2  # gained under the band
+    assert choose([UP], [_history({UP: -0.01})], policy, random.Random(0)).stride == 1
+    assert choose([UP], [_history({DOWN: 0.02})], policy, random.Random(0)).stride == 1  # its opposite gained
 
 
 def test_dev_stands_in_for_a_missing_leaderboard_score_only_while_it_is_evidence():
@@ -108,4 +110,4 @@ def test_a_restarted_worker_makes_the_same_choice(tree: StateTree, tmp_path: Pat
     assert (first.mutation, first.proposal, recipe) == (again.mutation, again.proposal, recipe_again)
     assert "Thompson sampling" in first.proposal.rationale
     standing = load_recipe(REFERENCE_RECIPE.parent)["optim"]["lr"]
-    assert first.mutation == UP and recipe["optim"]["lr"] in (standing * 2, standing * 4)  # one stride or two
+    assert first.mutation == UP and recipe["optim"]["lr"] == standing * 4  # it gained: two edits
