@@ -19,11 +19,11 @@ def _run(variant: str, seed: int, dev: dict[str, float], board: dict[str, float]
             "dev_per_domain": dev, "heldout_per_domain": board, "train_s": 1.0}
 
 
-def _sweep(path, seeds, start=None, trap=True, per_domain=400):
+def _sweep(path, seeds, start=None, trap="data.mixture.sequence:up*2", per_domain=400):
     """A calibrate record of a start: its seeds' runs (held-out 0.02 +- 0.01 per seed) and, maybe, the trap's."""
     runs = [_run("default", s, {d: 0.10 for d in DOMAINS}, {d: 0.02 + 0.01 * (s % 2) for d in DOMAINS}) for s in seeds]
     if trap:
-        runs.append(_run("data.mixture.sequence:up", 0, {**{d: 0.10 for d in DOMAINS}, "sequence": 0.60},
+        runs.append(_run(trap, 0, {**{d: 0.10 for d in DOMAINS}, "sequence": 0.60},
                          {**{d: 0.02 for d in DOMAINS}, "sequence": 0.07}))
     path.write_text(json.dumps({
         "schema": "hpc_aevo.calibration", "version": 1, "heldout_per_domain": per_domain,
@@ -70,7 +70,7 @@ def test_bad_numbers_are_one_line(flag, value, capsys):
 def test_the_model_and_real_rounds_come_from_calibrate_sweeps_of_the_start(tmp_path, capsys):
     """Two sweeps of the same start pool their seeds; the model takes their means, the wider std, the split's
     size and the trap as measured; real rounds are drawn from the start's runs."""
-    first, second = _sweep(tmp_path / "a.json", [0, 1, 2]), _sweep(tmp_path / "b.json", [3, 4, 5], trap=False)
+    first, second = _sweep(tmp_path / "a.json", [0, 1, 2]), _sweep(tmp_path / "b.json", [3, 4, 5], trap=None)
     out = tmp_path / "noise.json"
     main(["noise", "--rounds", "3", "--trap-rounds", "4", "--power-gains", "0.05", "--power-rounds", "2",
           "--calibration", str(first), str(second), "--real-rounds", "6", "--out", str(out)])
@@ -82,6 +82,7 @@ def test_the_model_and_real_rounds_come_from_calibrate_sweeps_of_the_start(tmp_p
     assert model.leaderboard_examples_per_domain == {d: 400 for d in DOMAINS}
     assert model.examples_per_domain == {d: 100 for d in DOMAINS}
     assert record.trap_dev_gain == pytest.approx(0.10) and record.trap_board_gain == pytest.approx(0.005)
+    assert record.trap_variant == "data.mixture.sequence:up*2"  # the trap as a scripted worker first takes it
     assert (record.real_runs, record.real_independent_rounds, record.real_promotions.n) == (6, 1, 6)
     assert record.calibration == [str(first), str(second)]
     assert "real rounds (drawn from 6 runs; 1 could be disjoint) promoted:" in capsys.readouterr().out
@@ -104,9 +105,21 @@ def test_a_bad_calibration_file_is_one_line_naming_it(tmp_path, capsys, make, sa
     assert exc.value.code == 2 and str(path) in last and said in last, last
 
 
+def test_the_trap_is_measured_by_the_variant_asked_and_one_no_sweep_ran_is_refused(tmp_path):
+    one_edit = _sweep(tmp_path / "a.json", [0, 1], trap="data.mixture.sequence:up")
+    out = tmp_path / "noise.json"
+    main(["noise", "--rounds", "3", "--trap-rounds", "2", "--power-rounds", "1", "--calibration", str(one_edit),
+          "--trap-variant", "data.mixture.sequence:up", "--out", str(out)])
+    record = NoiseBench.load(out)
+    assert record.trap_variant == "data.mixture.sequence:up" and record.trap_dev_gain == pytest.approx(0.10)
+
+
 def test_sweeps_of_different_starts_or_real_rounds_without_them_are_refused(tmp_path, capsys):
     a, b = _sweep(tmp_path / "a.json", [0, 1]), _sweep(tmp_path / "b.json", [2, 3], start={"lr": 1e-3})
+    no_trap = _sweep(tmp_path / "c.json", [0, 1], trap="data.mixture.sequence:up")
     for argv, said in ((["--calibration", str(a), str(b)], "expected the start and split of"),
+                       (["--calibration", str(no_trap)], "no run of the trap 'data.mixture.sequence:up*2'"),
+                       (["--trap-variant", "data.mixture.sequence:up"], "--trap-variant needs --calibration"),
                        (["--real-rounds", "5"], "needs --calibration"),
                        (["--calibration", str(a), "--real-rounds", "5"], "needs as many real runs of the start")):
         with pytest.raises(SystemExit):

@@ -450,6 +450,8 @@ def _noise_input_problem(args: argparse.Namespace) -> str | None:
         return "--dev-std and --leaderboard-std must be non-negative"
     if args.real_rounds < 0 or (args.real_rounds and not args.calibration):
         return "--real-rounds must be non-negative, and needs --calibration (the real runs it draws from)"
+    if args.trap_variant is not None and not args.calibration:
+        return "--trap-variant needs --calibration (the sweeps whose runs of it measure the trap)"
     if not -1 <= args.rho <= 1:
         return f"--rho must lie in [-1, 1], not {args.rho}"
     if (args.anchors is not None and args.anchors < 1) or (args.workers is not None and args.workers < 1):
@@ -487,6 +489,9 @@ def main(argv: list[str] | None = None) -> None:
                             f"(default: the calibration's, else {bench_noise.LEADERBOARD_STD})")
     noise.add_argument("--calibration", type=Path, nargs="+", default=(), metavar="SWEEP.json",
                        help="calibrate sweeps of the campaign's start: the model's means, stds, split size and trap")
+    noise.add_argument("--trap-variant", default=None, metavar="SIGNATURE[*STRIDE]",
+                       help="with --calibration: the sweeps' variant that measures the trap "
+                            f"(default {bench_noise.TRAP_SWEPT}, as a scripted worker first takes it)")
     noise.add_argument("--real-rounds", type=int, default=0,
                        help="rounds drawn from the sweeps' real runs of the start (needs --calibration)")
     noise.add_argument("--rho", type=float, default=0.0, help="correlation of one seed's dev and held-out noise")
@@ -535,7 +540,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.campaign, args.rounds, args.trap_rounds, args.dev_std, args.leaderboard_std, args.rho, args.seed,
                 args.out, args.anchors, args.workers, args.power_gains, args.power_rounds,
                 shlex.join(["python", "-m", "hpc_aevo.bench", *(sys.argv[1:] if argv is None else argv)]),
-                tuple(args.calibration), args.real_rounds)
+                tuple(args.calibration), args.real_rounds, args.trap_variant or bench_noise.TRAP_SWEPT)
         except bench_noise.CalibrationError as exc:
             noise.error(str(exc))
     elif args.command == "search":

@@ -3,7 +3,8 @@
     python -m hpc_aevo.bench noise [--campaign campaigns/demo.yaml] [--rounds 10000] [--trap-rounds 2000]
                                    [--dev-std 0.015] [--leaderboard-std 0.008] [--rho 0.0]
                                    [--power-gains 0.01,0.02,0.03,0.04,0.05] [--power-rounds 2000] [--out bench-noise.json]
-                                   [--calibration SWEEP.json ...] [--real-rounds 2000]
+                                   [--calibration SWEEP.json ... [--trap-variant data.mixture.sequence:up*2]]
+                                   [--real-rounds 2000]
 
 Why: a loop that promotes seed noise spends every later round on a recipe that is not better, and the
 constitution's band rule (C2) is the only thing between a lucky seed and the standing recipe. This runs
@@ -20,7 +21,8 @@ flagged by the decoupling detector, registered as a dead end, and not promoted.
 
 With `--calibration`, the model is the one those `calibrate` sweeps measured of the campaign's start
 instead: the start's per-domain means, the wider of its seed std and the pooled within-variant std, the
-held-out split's size, and the trap as the sweep's `data.mixture.sequence:up` moved each domain. Their
+held-out split's size, and the trap as the sweep's `--trap-variant` runs moved each domain (by default
+`data.mixture.sequence:up*2`, the two edits a scripted worker makes of an operator not known to lose). Their
 start runs are also real null candidates (trained, evaluated and scored like any other), so the same
 decision code runs on *real* rounds too: `--real-rounds` rounds each drawn from those runs (the
 first k anchors, the rest null workers). The draws share runs, so only `len(runs) // candidates` of them
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_aevo.campaign.config import load_campaign, load_initial_policy
+from hpc_aevo.roles.scripted.search import LONG_STRIDE
 from hpc_aevo.scoring.leaderboard import HELDOUT_PER_DOMAIN
 from hpc_aevo.search.axes import AXES, mixture_key, signature
 from hpc_aevo.search.constitution import CheckContext
@@ -61,7 +64,9 @@ LEADERBOARD_MEANS = {"bits": 0.10, "equation": 0.09, "cipher": 0.00, "base": 0.0
 EXAMPLES_PER_DOMAIN = 100  # substrate/data.py DEV_PER_DOMAIN and scoring/leaderboard.py HELDOUT_PER_DOMAIN
 DEV_STD, LEADERBOARD_STD = 0.015, 0.008  # pooled within-variant seed std of the overall scores (the doc's wider)
 TRAP_DOMAIN, TRAP_DEV_GAIN = "sequence", 0.130  # "sequence x6": overall dev +0.130, held-out +0.001
-TRAP_VARIANT = signature(mixture_key(TRAP_DOMAIN), "up")  # the trap's operator, as a calibrate sweep names it
+TRAP_VARIANT = signature(mixture_key(TRAP_DOMAIN), "up")  # the trap's operator
+# The trap as a scripted worker takes it first, as a calibrate sweep names it (the operator and its stride).
+TRAP_SWEPT = f"{TRAP_VARIANT}*{LONG_STRIDE}"
 RUN_KEYS = ("dev", "heldout", "dev_per_domain", "heldout_per_domain")  # what a sweep's run gives a real round
 Z95 = 1.959963984540054
 POWER_GAINS = (0.01, 0.02, 0.03, 0.04, 0.05)  # true held-out gains: the calibration's moves reach about 0.02
@@ -166,6 +171,7 @@ class NoiseBench(Record):
     notes: list[str] = field(default_factory=list)
     calibration: list[str] = field(default_factory=list)  # the sweeps the model was measured from (none: built in)
     trap_board_gain: float = 0.0  # the trap's overall held-out gain (built-in model: flat)
+    trap_variant: str = TRAP_VARIANT  # the trap as measured: its operator and, from a sweep, the stride
     real_runs: int = 0  # the sweeps' real null candidates (the start's seeds)
     real_promotions: Rate | None = None  # rounds drawn from those runs that promoted
     real_independent_rounds: int = 0  # how many of those draws could be disjoint
@@ -206,7 +212,7 @@ class Calibrated:
     """What `calibrate` sweeps measured of one start: the noise model, the trap's effect, the start's runs."""
 
     model: NoiseModel
-    trap: _Planted | None  # None: no sweep probed the trap's operator
+    trap: _Planted  # what the sweeps' runs of the trap variant moved
     runs: list[dict]  # the start's runs, one per seed: real null candidates
 
 
@@ -225,8 +231,9 @@ def _sweep(path: Path) -> dict:
     return body
 
 
-def load_calibration(paths: list[Path], rho: float) -> Calibrated:
-    """The start's model from one or more sweeps of it (seeds pooled; the same start, seed aside, in each)."""
+def load_calibration(paths: list[Path], rho: float, trap_variant: str = TRAP_SWEPT) -> Calibrated:
+    """The start's model from one or more sweeps of it (seeds pooled; the same start, seed aside, in each),
+    and the trap as the runs of `trap_variant` moved it."""
     starts: dict[int, dict] = {}
     trap_runs: dict[int, dict] = {}
     pooled: dict[str, list[float]] = {"dev": [], "heldout": []}
@@ -241,7 +248,7 @@ def load_calibration(paths: list[Path], rho: float) -> Calibrated:
                                        f"of {paths[0]} (seeds aside)")
             recipe, sizes = start, size
             for run in body["runs"]:
-                into = starts if run["variant"] == START else trap_runs if run["variant"] == TRAP_VARIANT else None
+                into = starts if run["variant"] == START else trap_runs if run["variant"] == trap_variant else None
                 if into is not None:
                     into.setdefault(int(run["seed"]), {k: run[k] for k in RUN_KEYS})
             for score in pooled:
@@ -259,12 +266,13 @@ def load_calibration(paths: list[Path], rho: float) -> Calibrated:
         rho=rho, dev_means=dev_means, leaderboard_means=board_means,
         examples_per_domain={d: EXAMPLES_PER_DOMAIN for d in dev_means},
         leaderboard_examples_per_domain={d: sizes for d in board_means})
-    trap = None
-    if trap_runs:
-        moved = list(trap_runs.values())
-        trap = _Planted(TRAP_VARIANT,
-                        {d: v - dev_means[d] for d, v in _domain_means(moved, "dev_per_domain").items()},
-                        {d: v - board_means[d] for d, v in _domain_means(moved, "heldout_per_domain").items()})
+    if not trap_runs:
+        raise CalibrationError(f"{', '.join(map(str, paths))}: runs: no run of the trap {trap_variant!r}; sweep it "
+                               f"(calibrate --operators '{trap_variant}') or name a swept one with --trap-variant")
+    moved = list(trap_runs.values())
+    trap = _Planted(trap_variant.partition("*")[0],
+                    {d: v - dev_means[d] for d, v in _domain_means(moved, "dev_per_domain").items()},
+                    {d: v - board_means[d] for d, v in _domain_means(moved, "heldout_per_domain").items()})
     return Calibrated(model, trap, runs)
 
 
@@ -365,13 +373,14 @@ def real_rounds(initial: Policy, shape: _Shape, runs: list[dict], rounds: int, s
 def bench_noise(campaign_path: Path, rounds: int, trap_rounds: int, dev_std: float | None,
                 leaderboard_std: float | None, rho: float, seed: int, out: Path, anchors: int | None = None,
                 workers: int | None = None, power_gains: tuple[float, ...] = (), power_rounds: int = 0,
-                command: str = "", calibration: tuple[Path, ...] = (), real: int = 0) -> NoiseBench:
+                command: str = "", calibration: tuple[Path, ...] = (), real: int = 0,
+                trap_variant: str = TRAP_SWEPT) -> NoiseBench:
     """Simulate, print the rates and write the record; `rounds` is rounded up to whole campaigns. The model is
     the built-in one, or the `calibration` sweeps' (`dev_std`/`leaderboard_std`, when given, override either's
-    std); `real` rounds are drawn from the sweeps' start runs."""
+    std), and the trap is their `trap_variant` runs'; `real` rounds are drawn from the sweeps' start runs."""
     campaign = load_campaign(campaign_path)
     initial = load_initial_policy(campaign)
-    measured = load_calibration(list(calibration), rho) if calibration else None
+    measured = load_calibration(list(calibration), rho, trap_variant) if calibration else None
     if measured is not None:
         model = measured.model
     else:
@@ -382,7 +391,7 @@ def bench_noise(campaign_path: Path, rounds: int, trap_rounds: int, dev_std: flo
     model.leaderboard_std = model.leaderboard_std if leaderboard_std is None else leaderboard_std
     shape = _Shape(anchors if anchors is not None else campaign.anchors,
                    workers if workers is not None else campaign.workers_per_round, model)
-    trap = measured.trap if measured is not None and measured.trap is not None else _trap(model)
+    trap = measured.trap if measured is not None else _trap(model)
     if real and measured is None:
         raise CalibrationError("--real-rounds: real rounds are drawn from --calibration sweeps; give one")
     per = campaign.rounds
@@ -404,7 +413,8 @@ def bench_noise(campaign_path: Path, rounds: int, trap_rounds: int, dev_std: flo
         trap_dead_end=Rate.of(counts["dead"], trap_rounds), trap_promoted=Rate.of(counts["trapped"], trap_rounds),
         power=[Power(delta, Rate.of(n, power_rounds)) for delta, n in counts["found"].items()],
         within_5_percent=promotions.rate <= 0.05, calibration=[str(p) for p in calibration],
-        trap_board_gain=sum(trap.board.values()) / len(model.leaderboard_means))
+        trap_board_gain=sum(trap.board.values()) / len(model.leaderboard_means),
+        trap_variant=trap_variant if measured is not None else TRAP_VARIANT)
     if measured is not None:
         record.real_runs = len(measured.runs)
         record.real_independent_rounds = len(measured.runs) // size
@@ -431,7 +441,7 @@ def _lines(r: NoiseBench) -> list[str]:
         *([f"model from {', '.join(r.calibration)}: {r.real_runs} real runs of the start, a held-out split of "
            f"{'/'.join(map(str, sorted(set(r.model.leaderboard_examples_per_domain.values()))))} a domain"]
           if r.calibration else []),
-        f"trap {TRAP_VARIANT} (dev {r.trap_dev_gain:+.3f}, held-out {r.trap_board_gain:+.3f}) flagged: "
+        f"trap {r.trap_variant} (dev {r.trap_dev_gain:+.3f}, held-out {r.trap_board_gain:+.3f}) flagged: "
         f"{r.trap_flagged.line()}",
         f"trap registered as dead end:  {r.trap_dead_end.line()}",
         f"trap promoted:                {r.trap_promoted.line()}",
