@@ -540,7 +540,8 @@ def main(argv: list[str] | None = None) -> None:
                 args.campaign, args.rounds, args.trap_rounds, args.dev_std, args.leaderboard_std, args.rho, args.seed,
                 args.out, args.anchors, args.workers, args.power_gains, args.power_rounds,
                 shlex.join(["python", "-m", "hpc_aevo.bench", *(sys.argv[1:] if argv is None else argv)]),
-                tuple(args.calibration), args.real_rounds, args.trap_variant or bench_noise.TRAP_SWEPT)
+                tuple(args.calibration), args.real_rounds,
+                bench_noise.TRAP_SWEPT if args.trap_variant is None else args.trap_variant)
         except bench_noise.CalibrationError as exc:
             noise.error(str(exc))
     elif args.command == "search":
